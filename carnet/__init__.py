@@ -1,0 +1,18 @@
+"""Carnet: a Jupyter-native business-intelligence platform.
+
+The root package holds what the parts share (settings, database models, errors, the API client).
+In a notebook, ``import carnet`` gives the kernel helpers: ``carnet.sources`` and ``carnet.warehouse``
+are loaded lazily so that the Hub and the services, which also import ``carnet``, do not pay for pandas.
+"""
+
+__version__ = "0.1.0"
+
+_KERNEL_ATTRIBUTES = {"sources"}
+
+
+def __getattr__(name):
+    if name in _KERNEL_ATTRIBUTES:
+        from carnet import kernel_helpers
+
+        return getattr(kernel_helpers, name)
+    raise AttributeError(f"module 'carnet' has no attribute {name!r}")

@@ -1,0 +1,189 @@
+"""Carnet's platform database: who belongs where, and the definitions of sources, apps and jobs.
+
+Data itself never lives here: it is in each organization's warehouse (see ``carnet.warehouse``).
+Every org-owned row carries ``org_id``; queries for an org-owned object always filter on it, so another
+organization's id behaves exactly like an unknown id.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+
+from sqlalchemy import JSON, DateTime, Enum, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: DateTime(timezone=True), dict: JSON, list: JSON}
+
+
+class Role(enum.StrEnum):
+    """Roles in increasing order of power; see ``ROLE_RANK``."""
+
+    viewer = "viewer"
+    analyst = "analyst"
+    studio = "studio"
+    admin = "admin"
+
+
+ROLE_RANK = {Role.viewer: 0, Role.analyst: 1, Role.studio: 2, Role.admin: 3}
+AUTHOR_ROLES = frozenset({Role.analyst, Role.studio, Role.admin})
+
+
+def role_at_least(role: Role | str, minimum: Role | str) -> bool:
+    return ROLE_RANK[Role(role)] >= ROLE_RANK[Role(minimum)]
+
+
+class Organization(Base):
+    __tablename__ = "organizations"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    slug: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class User(Base):
+    """A person, identified by email (which is also their JupyterHub user name)."""
+
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    display_name: Mapped[str] = mapped_column(String(200), default="")
+    password_hash: Mapped[str | None] = mapped_column(String(200))
+    is_active: Mapped[bool] = mapped_column(default=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    memberships: Mapped[list[Membership]] = relationship(back_populates="user", cascade="all, delete-orphan")
+
+
+class Membership(Base):
+    __tablename__ = "memberships"
+    __table_args__ = (UniqueConstraint("user_id", "org_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    org_id: Mapped[int] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
+    role: Mapped[Role] = mapped_column(Enum(Role, native_enum=False, length=16))
+    user: Mapped[User] = relationship(back_populates="memberships")
+    org: Mapped[Organization] = relationship()
+
+
+class DataSource(Base):
+    """A named, org-owned definition of one table of data. ``kind`` keys the source-kind registry."""
+
+    __tablename__ = "data_sources"
+    __table_args__ = (UniqueConstraint("org_id", "name"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    org_id: Mapped[int] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(64))
+    description: Mapped[str] = mapped_column(Text, default="")
+    # Non-secret settings only (table name, schema...). Secrets get their own encrypted column later.
+    options: Mapped[dict] = mapped_column(default=dict)
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class App(Base):
+    """A published notebook. Content is an immutable snapshot (``AppVersion``): edits need a re-publish."""
+
+    __tablename__ = "apps"
+    __table_args__ = (UniqueConstraint("org_id", "slug"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    org_id: Mapped[int] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
+    slug: Mapped[str] = mapped_column(String(100))
+    title: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str] = mapped_column(Text, default="")
+    # 'org': every member of the organization may open it. Narrower sharing comes with issue 3.
+    visibility: Mapped[str] = mapped_column(String(16), default="org")
+    current_version: Mapped[int] = mapped_column(Integer, default=0)
+    published_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    versions: Mapped[list[AppVersion]] = relationship(
+        back_populates="app", cascade="all, delete-orphan", order_by="AppVersion.version"
+    )
+
+
+class AppVersion(Base):
+    __tablename__ = "app_versions"
+    __table_args__ = (UniqueConstraint("app_id", "version"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    app_id: Mapped[int] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"))
+    version: Mapped[int] = mapped_column(Integer)
+    # Path of the snapshot under CarnetSettings.published_dir, e.g. "1/3/v2.ipynb".
+    notebook_path: Mapped[str] = mapped_column(String(500))
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    app: Mapped[App] = relationship(back_populates="versions")
+
+
+class Job(Base):
+    """A scheduled automation. ``kind='report'``: run an app's notebook, print it to PDF, mail it."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (UniqueConstraint("org_id", "name"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    org_id: Mapped[int] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(32), default="report")
+    app_id: Mapped[int] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"))
+    parameters: Mapped[dict] = mapped_column(default=dict)
+    cron: Mapped[str] = mapped_column(String(120))
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    recipients: Mapped[list] = mapped_column(default=list)
+    enabled: Mapped[bool] = mapped_column(default=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    next_run_at: Mapped[datetime | None] = mapped_column(index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    owner: Mapped[User] = relationship()
+    app: Mapped[App] = relationship()
+
+
+class RunStatus(enum.StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+
+
+class JobRun(Base):
+    __tablename__ = "job_runs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    status: Mapped[RunStatus] = mapped_column(Enum(RunStatus, native_enum=False, length=16))
+    trigger: Mapped[str] = mapped_column(String(16))  # 'schedule' | 'manual'
+    scheduled_for: Mapped[datetime | None]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    error: Mapped[str | None] = mapped_column(Text)
+    output_dir: Mapped[str | None] = mapped_column(String(500))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    job: Mapped[Job] = relationship()
+
+
+class TokenKind(enum.StrEnum):
+    studio_kernel = "studio_kernel"  # handed to a Studio (JupyterLab) server's kernels
+    viewer_kernel = "viewer_kernel"  # handed to one Viewer kernel, carries the viewer's identity
+    job = "job"  # handed to the kernel of one job run, carries the job owner's identity
+
+
+class Token(Base):
+    """A Carnet credential. Only a hash of the secret is stored; ``prefix`` finds the row fast."""
+
+    __tablename__ = "tokens"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    prefix: Mapped[str] = mapped_column(String(16), unique=True)
+    secret_hash: Mapped[str] = mapped_column(String(128))
+    kind: Mapped[TokenKind] = mapped_column(Enum(TokenKind, native_enum=False, length=32))
+    org_id: Mapped[int] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    note: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+    user: Mapped[User] = relationship()
+    org: Mapped[Organization] = relationship()

@@ -1,0 +1,20 @@
+"""Alembic environment: migrations run against CarnetSettings.db_url (set by carnet.db.upgrade)."""
+
+from alembic import context
+
+from carnet.db import get_engine
+from carnet.db.models import Base
+
+config = context.config
+url = config.get_main_option("sqlalchemy.url")
+
+with get_engine(url).connect() as connection:
+    context.configure(
+        connection=connection,
+        target_metadata=Base.metadata,
+        render_as_batch=connection.dialect.name == "sqlite",
+        compare_type=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+    connection.commit()

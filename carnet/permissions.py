@@ -1,0 +1,48 @@
+"""Who may do what: one table, read by the permission decorator on every API handler.
+
+``ACTION_MIN_ROLE`` is the minimum organization role for each action when a person acts directly (browser,
+Hub token, Studio kernel). Kernels of published apps and job runs act *for* an app: they may read data
+through sources whatever the person's role (a viewer sees data only through apps), and nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from carnet.db.models import Role, TokenKind, role_at_least
+
+ACTION_MIN_ROLE: dict[str, Role] = {
+    "me:read": Role.viewer,
+    "apps:list": Role.viewer,
+    "apps:read": Role.viewer,
+    "apps:publish": Role.analyst,
+    "sources:list": Role.analyst,
+    "sources:read_data": Role.analyst,
+    "sources:create": Role.studio,
+    "jobs:list": Role.analyst,
+    "jobs:read": Role.analyst,
+    "jobs:create": Role.analyst,
+    "jobs:run": Role.analyst,
+}
+
+APP_KERNEL_ACTIONS = frozenset({"me:read", "sources:list", "sources:read_data"})
+APP_KERNEL_KINDS = frozenset({TokenKind.viewer_kernel, TokenKind.job})
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: a person acting in one organization, through some credential."""
+
+    user_id: int
+    email: str
+    org_id: int
+    org_slug: str
+    role: Role
+    via: str  # 'hub' (browser cookie or Hub token) or a TokenKind value
+
+    def can(self, action: str) -> bool:
+        if action not in ACTION_MIN_ROLE:
+            raise KeyError(f"Unknown action {action!r}: add it to ACTION_MIN_ROLE")
+        if self.via in APP_KERNEL_KINDS:
+            return action in APP_KERNEL_ACTIONS
+        return role_at_least(self.role, ACTION_MIN_ROLE[action])

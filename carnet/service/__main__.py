@@ -1,0 +1,3 @@
+from carnet.service.app import main
+
+main()

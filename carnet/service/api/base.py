@@ -1,0 +1,219 @@
+"""Base handler of the REST API: who is calling, JSON in and out, errors as ``{status, message}``."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import traceback
+from http import HTTPStatus
+
+from jupyterhub.services.auth import HubOAuthenticated
+from sqlalchemy import select
+from tornado import web
+
+from carnet.db import session_scope
+from carnet.db.models import Membership, User
+from carnet.errors import AuthenticationRequired, CarnetError, NotFound, PermissionDenied, ValidationError
+from carnet.permissions import Principal
+from carnet.tokens import TOKEN_PREFIX, resolve_token
+
+API_PREFIX = "api/v1/"
+
+
+class BaseHandler(HubOAuthenticated, web.RequestHandler):
+    """Identifies the caller. Three kinds of callers exist:
+
+    - a person through the Hub (OAuth cookie in a browser, or a Hub API token);
+    - a Carnet token (``ck_...``) held by a kernel or a job run, bound to one user and one org;
+    - a Hub-managed Carnet service (the Viewer, the scheduler), through its own Hub token.
+    """
+
+    @property
+    def settings_obj(self):
+        return self.settings["carnet_settings"]
+
+    @property
+    def db_url(self) -> str:
+        return self.settings_obj.db_url
+
+    def db(self):
+        return session_scope(self.db_url)
+
+    def _bearer(self) -> str | None:
+        header = self.request.headers.get("Authorization", "")
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() in ("bearer", "token") and value.strip().startswith(TOKEN_PREFIX):
+            return value.strip()
+        return None
+
+    def get_current_user(self):
+        # Carnet tokens are checked locally; everything else goes to the Hub (cached by HubAuth).
+        if self._bearer():
+            return None
+        return super().get_current_user()
+
+    def check_xsrf_cookie(self):
+        # Token-authenticated calls carry no cookie, so there is nothing to forge.
+        if self._bearer() or self.request.headers.get("Authorization"):
+            return None
+        return super().check_xsrf_cookie()
+
+    def hub_service_name(self) -> str | None:
+        model = self.current_user
+        if model and model.get("kind") == "service":
+            return model["name"]
+        return None
+
+    def principal(self) -> Principal:
+        """The person calling, in one organization. Raises 401 when nobody is identified."""
+        cached = getattr(self, "_principal", None)
+        if cached is not None:
+            return cached
+        bearer = self._bearer()
+        with self.db() as session:
+            if bearer:
+                resolved = resolve_token(session, bearer)
+                if resolved is None:
+                    raise AuthenticationRequired("Invalid, expired or revoked token")
+                token, membership = resolved
+                principal = _principal_of(membership, via=token.kind.value)
+            else:
+                model = self.current_user
+                if not model or model.get("kind") != "user":
+                    raise AuthenticationRequired("Sign in through the Hub or present a Carnet token")
+                principal = principal_for_email(session, model["name"], requested_org=self._org_hint())
+        self._principal = principal
+        return principal
+
+    def _org_hint(self) -> str | None:
+        return self.request.headers.get("X-Carnet-Org") or self.get_query_argument("org", None)
+
+    # -- JSON ---------------------------------------------------------------------------------------
+    def get_json_body(self) -> dict:
+        if not self.request.body:
+            return {}
+        try:
+            body = json.loads(self.request.body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ValidationError(f"Request body is not valid JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise ValidationError("Request body must be a JSON object")
+        return body
+
+    def write_json(self, data, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.finish(json.dumps(data, default=str))
+
+    def write_error(self, status_code: int, **kwargs) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, CarnetError):
+            body = exc.to_json()
+        else:
+            message = getattr(exc, "log_message", None) or HTTPStatus(status_code).phrase
+            if status_code >= 500:
+                message = "Internal server error"
+            body = {"status": status_code, "message": message}
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.finish(json.dumps(body))
+
+    def log_exception(self, typ, value, tb):
+        if isinstance(value, CarnetError):
+            self.log.info("%s %s -> %s: %s", self.request.method, self.request.path, value.status, value)
+        else:
+            self.log.error(
+                "Unhandled error on %s %s\n%s",
+                self.request.method,
+                self.request.path,
+                "".join(traceback.format_exception(typ, value, tb)),
+            )
+
+    def _handle_request_exception(self, e):
+        # Typed errors answer their own status; tornado would turn them into 500s.
+        if isinstance(e, CarnetError):
+            self.log_exception(*sys.exc_info())
+            if not self._finished:
+                self.send_error(e.status, exc_info=sys.exc_info())
+            return
+        super()._handle_request_exception(e)
+
+    @property
+    def log(self):
+        return self.application.settings["log"]
+
+
+def _principal_of(membership: Membership, via: str) -> Principal:
+    return Principal(
+        user_id=membership.user_id,
+        email=membership.user.email,
+        org_id=membership.org_id,
+        org_slug=membership.org.slug,
+        role=membership.role,
+        via=via,
+    )
+
+
+def principal_for_email(session, email: str, requested_org: str | None = None, via: str = "hub") -> Principal:
+    user = session.scalar(select(User).where(User.email == email.lower()))
+    if user is None or not user.is_active or not user.memberships:
+        raise PermissionDenied("You are not a member of any organization")
+    memberships = user.memberships
+    if requested_org:
+        memberships = [m for m in memberships if m.org.slug == requested_org]
+        if not memberships:
+            raise NotFound(f"Unknown organization {requested_org!r}")
+    if len(memberships) > 1:
+        raise ValidationError("You belong to several organizations: choose one with ?org=<slug>")
+    return _principal_of(memberships[0], via=via)
+
+
+def authorized(action: str):
+    """Permission decorator: the caller must be identified and allowed ``action`` in their org."""
+
+    def decorator(method):
+        method.__carnet_action__ = action
+
+        @functools.wraps(method)
+        async def wrapper(self, *args, **kwargs):
+            principal = self.principal()
+            if not principal.can(action):
+                raise PermissionDenied(f"Your role ({principal.role}) does not allow {action}")
+            result = method(self, *args, **kwargs)
+            if hasattr(result, "__await__"):
+                result = await result
+            return result
+
+        wrapper.__carnet_action__ = action
+        return wrapper
+
+    return decorator
+
+
+def service_only(*names: str):
+    """Only the named Hub-managed Carnet services may call this handler method."""
+
+    def decorator(method):
+        @functools.wraps(method)
+        async def wrapper(self, *args, **kwargs):
+            service = self.hub_service_name()
+            if service is None:
+                raise AuthenticationRequired("This endpoint is for Carnet's own services")
+            if service not in names:
+                raise PermissionDenied(f"Service {service!r} may not call this endpoint")
+            result = method(self, *args, **kwargs)
+            if hasattr(result, "__await__"):
+                result = await result
+            return result
+
+        wrapper.__carnet_service_only__ = names
+        return wrapper
+
+    return decorator
+
+
+class NotFoundHandler(BaseHandler):
+    """Any unknown path under the API answers JSON 404."""
+
+    def prepare(self):
+        raise NotFound("No such API endpoint")

@@ -1,0 +1,55 @@
+"""/api/v1/internal: calls made only by Carnet's own Hub-managed services (never by people or kernels)."""
+
+from __future__ import annotations
+
+from carnet.db.models import TokenKind
+from carnet.errors import NotFound, PermissionDenied, ValidationError
+from carnet.publishing import current_notebook_path, find_app
+from carnet.service.api.base import API_PREFIX, BaseHandler, principal_for_email, service_only
+from carnet.tokens import mint_token
+
+VIEWER_SERVICE = "carnet-viewer"
+
+
+class ViewerSessionHandler(BaseHandler):
+    """The Viewer asks: may ``user`` open app ``app_id``? If so it gets a token for that user's kernel.
+
+    The token carries the viewer's identity (never an author's), so every query of the app's kernel
+    is made as the person looking at it.
+    """
+
+    @service_only(VIEWER_SERVICE)
+    def post(self):
+        body = self.get_json_body()
+        email = body.get("user")
+        if not isinstance(email, str) or not email:
+            raise ValidationError("user is required", field="user")
+        with self.db() as session:
+            try:
+                principal = principal_for_email(session, email)
+            except PermissionDenied:
+                raise NotFound("No such app") from None
+            app = find_app(session, principal.org_id, body.get("app_id"))
+            token = mint_token(
+                session,
+                kind=TokenKind.viewer_kernel,
+                user_id=principal.user_id,
+                org_id=principal.org_id,
+                ttl_seconds=self.settings_obj.kernel_token_ttl,
+                note=f"app {app.id}",
+            )
+            notebook = current_notebook_path(self.settings_obj, app)
+            self.write_json(
+                {
+                    "token": token,
+                    "notebook_path": str(notebook.relative_to(self.settings_obj.published_dir)),
+                    "app": {"id": app.id, "title": app.title, "version": app.current_version},
+                    "user": {"email": principal.email, "role": principal.role.value},
+                },
+                status=201,
+            )
+
+
+default_handlers = [
+    (API_PREFIX + r"internal/viewer-sessions", ViewerSessionHandler),
+]

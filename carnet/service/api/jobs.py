@@ -1,0 +1,104 @@
+"""/api/v1/jobs: scheduled report jobs, their runs, and "run now"."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from carnet.db.models import Job, JobRun, RunStatus, utcnow
+from carnet.errors import Conflict, NotFound, ValidationError
+from carnet.publishing import find_app
+from carnet.scheduler.cron import next_fire_time, validate_cron, validate_timezone
+from carnet.service.api.base import API_PREFIX, BaseHandler, authorized
+from carnet.service.api.serialize import job_json, run_json
+from carnet.validation import validate_emails
+
+
+def find_job(session, org_id: int, job_id) -> Job:
+    try:
+        job_id = int(job_id)
+    except (TypeError, ValueError):
+        raise NotFound("No such job") from None
+    job = session.scalar(select(Job).where(Job.id == job_id, Job.org_id == org_id))
+    if job is None:
+        raise NotFound("No such job")
+    return job
+
+
+class JobListHandler(BaseHandler):
+    @authorized("jobs:list")
+    def get(self):
+        principal = self.principal()
+        with self.db() as session:
+            jobs = session.scalars(select(Job).where(Job.org_id == principal.org_id).order_by(Job.name)).all()
+            self.write_json({"jobs": [job_json(job) for job in jobs]})
+
+    @authorized("jobs:create")
+    def post(self):
+        principal = self.principal()
+        body = self.get_json_body()
+        name = body.get("name")
+        if not isinstance(name, str) or not name.strip() or len(name) > 200:
+            raise ValidationError("A job needs a name (1-200 characters)", field="name")
+        cron = validate_cron(body.get("cron"))
+        timezone = body.get("timezone", "UTC")
+        validate_timezone(timezone)
+        parameters = body.get("parameters") or {}
+        if not isinstance(parameters, dict):
+            raise ValidationError("parameters must be an object", field="parameters")
+        recipients = validate_emails(body.get("recipients"), field="recipients")
+        try:
+            with self.db() as session:
+                app = find_app(session, principal.org_id, body.get("app_id"))
+                job = Job(
+                    org_id=principal.org_id,
+                    name=name.strip(),
+                    kind="report",
+                    app_id=app.id,
+                    cron=cron,
+                    timezone=timezone,
+                    parameters=parameters,
+                    recipients=recipients,
+                    owner_id=principal.user_id,
+                    next_run_at=next_fire_time(cron, timezone, utcnow()),
+                )
+                session.add(job)
+                session.flush()
+                self.write_json(job_json(job), status=201)
+        except IntegrityError:
+            raise Conflict(f"A job named {name!r} already exists") from None
+
+
+class JobHandler(BaseHandler):
+    @authorized("jobs:read")
+    def get(self, job_id):
+        with self.db() as session:
+            self.write_json(job_json(find_job(session, self.principal().org_id, job_id)))
+
+
+class JobRunsHandler(BaseHandler):
+    @authorized("jobs:read")
+    def get(self, job_id):
+        with self.db() as session:
+            job = find_job(session, self.principal().org_id, job_id)
+            runs = session.scalars(
+                select(JobRun).where(JobRun.job_id == job.id).order_by(JobRun.id.desc()).limit(50)
+            ).all()
+            self.write_json({"runs": [run_json(run) for run in runs]})
+
+    @authorized("jobs:run")
+    def post(self, job_id):
+        """Run now: queue a run; the scheduler picks it up within its poll interval."""
+        with self.db() as session:
+            job = find_job(session, self.principal().org_id, job_id)
+            run = JobRun(job_id=job.id, status=RunStatus.queued, trigger="manual", scheduled_for=utcnow())
+            session.add(run)
+            session.flush()
+            self.write_json(run_json(run), status=202)
+
+
+default_handlers = [
+    (API_PREFIX + r"jobs", JobListHandler),
+    (API_PREFIX + r"jobs/(?P<job_id>[^/]+)", JobHandler),
+    (API_PREFIX + r"jobs/(?P<job_id>[^/]+)/runs", JobRunsHandler),
+]

@@ -1,0 +1,57 @@
+"""JSON views of database rows. Secrets never appear here."""
+
+from carnet.db.models import App, DataSource, Job, JobRun
+
+
+def source_json(source: DataSource) -> dict:
+    return {
+        "id": source.id,
+        "name": source.name,
+        "kind": source.kind,
+        "description": source.description,
+        "options": source.options,
+        "created_at": source.created_at.isoformat(),
+    }
+
+
+def app_json(app: App) -> dict:
+    return {
+        "id": app.id,
+        "slug": app.slug,
+        "title": app.title,
+        "description": app.description,
+        "visibility": app.visibility,
+        "version": app.current_version,
+        "updated_at": app.updated_at.isoformat(),
+    }
+
+
+def job_json(job: Job) -> dict:
+    return {
+        "id": job.id,
+        "name": job.name,
+        "kind": job.kind,
+        "app_id": job.app_id,
+        "cron": job.cron,
+        "timezone": job.timezone,
+        "parameters": job.parameters,
+        "recipients": job.recipients,
+        "enabled": job.enabled,
+        "next_run_at": job.next_run_at.isoformat() if job.next_run_at else None,
+    }
+
+
+def run_json(run: JobRun) -> dict:
+    def iso(moment):
+        return moment.isoformat() if moment else None
+
+    return {
+        "id": run.id,
+        "job_id": run.job_id,
+        "status": run.status.value,
+        "trigger": run.trigger,
+        "scheduled_for": iso(run.scheduled_for),
+        "started_at": iso(run.started_at),
+        "finished_at": iso(run.finished_at),
+        "error": run.error,
+    }

@@ -1,0 +1,92 @@
+"""The Carnet service process: started by the Hub as a managed service at /services/carnet/."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from pathlib import Path
+
+from jupyterhub.services.auth import HubOAuthCallbackHandler
+from jupyterhub.utils import url_path_join
+from tornado import ioloop, web
+from traitlets import Integer, Unicode, default
+from traitlets.config import Application
+
+from carnet.db import upgrade
+from carnet.service import gallery
+from carnet.service.api import apps, internal, jobs, meta, sources
+from carnet.service.api.base import NotFoundHandler
+from carnet.settings import CarnetSettings
+
+HANDLER_MODULES = [meta, sources, apps, jobs, internal, gallery]
+
+
+def all_handlers(prefix: str) -> list[tuple]:
+    routes = [
+        (url_path_join(prefix, pattern), handler)
+        for m in HANDLER_MODULES
+        for pattern, handler in m.default_handlers
+    ]
+    routes.append((url_path_join(prefix, "oauth_callback"), HubOAuthCallbackHandler))
+    routes.append((url_path_join(prefix, "api/.*"), NotFoundHandler))
+    return routes
+
+
+class CarnetService(Application):
+    name = "carnet-service"
+    description = "Carnet's platform service: organizations, sources, apps, jobs and the REST API."
+    classes = [CarnetSettings]
+
+    port = Integer(
+        help="Port to listen on (127.0.0.1). Default: from the URL the Hub gives in JUPYTERHUB_SERVICE_URL."
+    ).tag(config=True)
+
+    @default("port")
+    def _default_port(self):
+        url = os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:8181")
+        return int(url.rsplit(":", 1)[-1].split("/")[0])
+
+    service_prefix = Unicode(help="URL prefix (the Hub sets JUPYTERHUB_SERVICE_PREFIX).").tag(config=True)
+
+    @default("service_prefix")
+    def _default_prefix(self):
+        return os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/carnet/")
+
+    def make_app(self) -> web.Application:
+        settings = CarnetSettings(parent=self)
+        return web.Application(
+            all_handlers(self.service_prefix),
+            carnet_settings=settings,
+            service_prefix=self.service_prefix,
+            hub_base_url=os.environ.get("JUPYTERHUB_BASE_URL", "/"),
+            cookie_secret=self._cookie_secret(settings),
+            xsrf_cookies=False,  # HubOAuthenticated checks xsrf itself for cookie-authenticated requests
+            log=self.log,
+        )
+
+    @staticmethod
+    def _cookie_secret(settings: CarnetSettings) -> bytes:
+        # Kept on disk so that browser sessions survive a restart of the service.
+        path = Path(settings.data_dir) / "secrets" / "service_cookie_secret"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
+        return path.read_text().strip().encode()
+
+    def start(self):
+        settings = CarnetSettings(parent=self)
+        upgrade(settings.db_url)
+        app = self.make_app()
+        app.listen(self.port, address="127.0.0.1")
+        self.log.info("Carnet service listening on 127.0.0.1:%s%s", self.port, self.service_prefix)
+        ioloop.IOLoop.current().start()
+
+
+def main(argv=None):
+    logging.basicConfig(level=logging.INFO)
+    service = CarnetService.instance()
+    service.initialize(argv)
+    service.start()

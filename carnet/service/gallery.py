@@ -1,0 +1,50 @@
+"""The Viewer's home page: the apps the signed-in person may open (server-rendered)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from tornado import web
+
+from carnet.errors import CarnetError
+from carnet.publishing import visible_apps
+from carnet.service.api.apps import viewer_url
+from carnet.service.api.base import BaseHandler, authorized
+from carnet.service.api.serialize import app_json
+
+_templates = Environment(
+    loader=FileSystemLoader(Path(__file__).parent / "templates"), autoescape=select_autoescape()
+)
+
+
+class GalleryHandler(BaseHandler):
+    def write_error(self, status_code, **kwargs):
+        # A page, not an API: answer errors as plain HTML.
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        message = exc.message if isinstance(exc, CarnetError) else "Something went wrong"
+        self.set_header("Content-Type", "text/html; charset=UTF-8")
+        self.finish(f"<!doctype html><h1>{status_code}</h1><p>{web.escape.xhtml_escape(message)}</p>")
+
+    @web.authenticated
+    @authorized("apps:list")
+    def get(self):
+        principal = self.principal()
+        with self.db() as session:
+            apps = [
+                {**app_json(a), "url": viewer_url(self, a.id)}
+                for a in visible_apps(session, principal.org_id)
+            ]
+        page = _templates.get_template("gallery.html").render(
+            apps=apps,
+            org=principal.org_slug,
+            email=principal.email,
+            hub_base_url=self.settings["hub_base_url"],
+        )
+        self.set_header("Content-Type", "text/html; charset=UTF-8")
+        self.finish(page)
+
+
+default_handlers = [
+    (r"viewer/?", GalleryHandler),
+]

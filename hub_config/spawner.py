@@ -1,0 +1,67 @@
+"""Studio servers: only authors (analyst, studio, admin) get one; each gets a Carnet token for its kernels.
+
+The token is bound to the user and their organization and is revoked when the server stops. No data-source
+credential is ever put in the server's environment: kernels reach data through the Carnet API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from jupyterhub.spawner import SimpleLocalProcessSpawner
+from sqlalchemy import select
+from tornado import web
+
+from carnet.db import session_scope
+from carnet.db.models import AUTHOR_ROLES, TokenKind, User
+from carnet.settings import CarnetSettings
+from carnet.tokens import mint_token, revoke_tokens
+
+
+def mint_studio_token(settings: CarnetSettings, email: str) -> str:
+    """A token for ``email``'s Studio kernels. Raises 403 for anyone who is not an author."""
+    with session_scope(settings.db_url) as session:
+        user = session.scalar(select(User).where(User.email == email))
+        memberships = [
+            m for m in (user.memberships if user and user.is_active else []) if m.role in AUTHOR_ROLES
+        ]
+        if not memberships:
+            raise web.HTTPError(403, "Viewers open apps in the Viewer; they have no Studio server")
+        revoke_tokens(session, user_id=user.id, kind=TokenKind.studio_kernel)
+        return mint_token(
+            session,
+            kind=TokenKind.studio_kernel,
+            user_id=user.id,
+            org_id=memberships[0].org_id,
+            ttl_seconds=None,  # lives as long as the server; revoked at stop
+            note="studio server",
+        )
+
+
+def revoke_studio_tokens(settings: CarnetSettings, email: str) -> None:
+    with session_scope(settings.db_url) as session:
+        user = session.scalar(select(User).where(User.email == email))
+        if user:
+            revoke_tokens(session, user_id=user.id, kind=TokenKind.studio_kernel)
+
+
+class CarnetSpawner(SimpleLocalProcessSpawner):
+    """A local JupyterLab per author. Production deployments swap the process spawner for one that
+    isolates users (containers); the Carnet-specific part is only the token and the role check."""
+
+    async def start(self):
+        settings = CarnetSettings(parent=self)
+        token = await asyncio.to_thread(mint_studio_token, settings, self.user.name)
+        self.environment = {
+            **self.environment,
+            "CARNET_API_URL": settings.api_url,
+            "CARNET_TOKEN": token,
+        }
+        return await super().start()
+
+    async def stop(self, now=False):
+        try:
+            return await super().stop(now=now)
+        finally:
+            settings = CarnetSettings(parent=self)
+            await asyncio.to_thread(revoke_studio_tokens, settings, self.user.name)

@@ -1,0 +1,12 @@
+"""Helpers for notebooks: ``import carnet; carnet.sources.list(); carnet.sources["orders"].df()``.
+
+They work the same in a Studio kernel, a Viewer kernel and a job run: each gets ``CARNET_API_URL`` and a
+``CARNET_TOKEN`` bound to one person in one organization, and every call goes through the Carnet API.
+No credential of a data source ever reaches the kernel.
+"""
+
+from carnet.kernel_helpers.sources import Source, SourceCollection
+
+sources = SourceCollection()
+
+__all__ = ["Source", "SourceCollection", "sources"]

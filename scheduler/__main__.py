@@ -1,0 +1,3 @@
+from carnet.scheduler.app import main
+
+main()

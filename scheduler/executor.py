@@ -1,0 +1,194 @@
+"""Runs one job run, in steps (as jupyter-scheduler does): before_start -> execute -> on_complete,
+or on_failure when any step raises. Each step is small and overridable."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from carnet.scheduler.mail import send_mail
+from carnet.scheduler.pdf import notebook_to_pdf
+from sqlalchemy import select
+
+from carnet.db import session_scope
+from carnet.db.models import Job, JobRun, RunStatus, TokenKind, utcnow
+from carnet.errors import CarnetError
+from carnet.publishing import current_notebook_path
+from carnet.settings import CarnetSettings
+from carnet.tokens import mint_token
+
+log = logging.getLogger("carnet.scheduler")
+
+# The only variables of the scheduler's environment a job's kernel inherits.
+_KERNEL_ENV_KEEP = (
+    "PATH",
+    "HOME",
+    "LANG",
+    "LC_ALL",
+    "TZ",
+    "TMPDIR",
+    "JUPYTER_CONFIG_DIR",
+    "JUPYTER_DATA_DIR",
+    "JUPYTER_RUNTIME_DIR",
+    "IPYTHONDIR",
+    "PYTHONPATH",
+)
+
+
+class JobRunError(CarnetError):
+    """A run failed; ``step`` says where."""
+
+    status = 500
+
+    def __init__(self, message: str, step: str):
+        super().__init__(message, step=step)
+        self.step = step
+
+
+@dataclass
+class RunContext:
+    run_id: int
+    job_id: int
+    job_name: str
+    org_id: int
+    owner_id: int
+    parameters: dict
+    recipients: list[str]
+    notebook: Path
+    output_dir: Path
+    token: str = ""
+
+    @property
+    def executed_notebook(self) -> Path:
+        return self.output_dir / "executed.ipynb"
+
+    @property
+    def pdf(self) -> Path:
+        safe = (
+            "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in self.job_name).strip("-") or "report"
+        )
+        return self.output_dir / f"{safe}.pdf"
+
+
+class ReportExecutor:
+    def __init__(self, settings: CarnetSettings, run_id: int, cell_timeout: int = 600):
+        self.settings = settings
+        self.run_id = run_id
+        self.cell_timeout = cell_timeout
+
+    def run(self) -> RunStatus:
+        context = None
+        try:
+            context = self.before_start()
+            self.execute(context)
+            self.on_complete(context)
+            return RunStatus.succeeded
+        except Exception as exc:
+            self.on_failure(context, exc)
+            return RunStatus.failed
+
+    def before_start(self) -> RunContext:
+        with session_scope(self.settings.db_url) as session:
+            run = session.get(JobRun, self.run_id)
+            job = session.scalar(select(Job).where(Job.id == run.job_id))
+            output_dir = self.settings.runs_dir / str(job.org_id) / str(job.id) / str(run.id)
+            output_dir.mkdir(parents=True, exist_ok=True)
+            run.output_dir = str(output_dir)
+            context = RunContext(
+                run_id=run.id,
+                job_id=job.id,
+                job_name=job.name,
+                org_id=job.org_id,
+                owner_id=job.owner_id,
+                parameters=dict(job.parameters or {}),
+                recipients=list(job.recipients or []),
+                notebook=current_notebook_path(self.settings, job.app),
+                output_dir=output_dir,
+            )
+            # The run reads data as the job's owner, inside the job's organization, for one hour at most.
+            context.token = mint_token(
+                session,
+                kind=TokenKind.job,
+                user_id=job.owner_id,
+                org_id=job.org_id,
+                ttl_seconds=3600,
+                note=f"job run {run.id}",
+            )
+        return context
+
+    def kernel_environment(self, context: RunContext) -> dict:
+        env = {k: v for k, v in os.environ.items() if k in _KERNEL_ENV_KEEP}
+        env.update(
+            CARNET_API_URL=self.settings.api_url,
+            CARNET_TOKEN=context.token,
+            # Self-contained chart HTML so that the PDF printer needs no network.
+            PLOTLY_RENDERER="plotly_mimetype+notebook",
+        )
+        return env
+
+    def execute(self, context: RunContext) -> None:
+        command = [
+            sys.executable,
+            "-m",
+            "carnet.scheduler.notebook_run",
+            str(context.notebook),
+            str(context.executed_notebook),
+            "--parameters",
+            json.dumps(context.parameters),
+            "--cwd",
+            str(context.output_dir),
+            "--timeout",
+            str(self.cell_timeout),
+        ]
+        result = subprocess.run(
+            command,
+            env=self.kernel_environment(context),
+            capture_output=True,
+            text=True,
+            timeout=self.cell_timeout * 4,
+            check=False,
+        )
+        if result.returncode != 0:
+            detail = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "no output"
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                detail = json.loads(detail)["error"]
+            raise JobRunError(f"The notebook failed: {detail}", step="execute")
+        try:
+            notebook_to_pdf(context.executed_notebook, context.pdf, self.settings.chromium_path)
+        except CarnetError as exc:
+            raise JobRunError(exc.message, step="pdf") from None
+
+    def on_complete(self, context: RunContext) -> None:
+        where = send_mail(
+            self.settings,
+            context.recipients,
+            subject=f"[Carnet] {context.job_name}",
+            body=f"Your report {context.job_name!r} is attached.\n\n-- Carnet",
+            attachments=[context.pdf],
+        )
+        log.info(
+            "Run %s of job %r mailed to %s via %s",
+            context.run_id,
+            context.job_name,
+            ", ".join(context.recipients),
+            where,
+        )
+        self._finish(RunStatus.succeeded, None)
+
+    def on_failure(self, context: RunContext | None, exc: Exception) -> None:
+        message = exc.message if isinstance(exc, CarnetError) else f"{type(exc).__name__}: {exc}"
+        log.warning("Run %s failed: %s", self.run_id, message, exc_info=not isinstance(exc, CarnetError))
+        self._finish(RunStatus.failed, message)
+
+    def _finish(self, status: RunStatus, error: str | None) -> None:
+        with session_scope(self.settings.db_url) as session:
+            run = session.get(JobRun, self.run_id)
+            run.status = status
+            run.error = error
+            run.finished_at = utcnow()
