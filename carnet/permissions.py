@@ -23,6 +23,7 @@ ACTION_MIN_ROLE: dict[str, Role] = {
     "jobs:read": Role.analyst,
     "jobs:create": Role.analyst,
     "jobs:run": Role.analyst,
+    "jobs:delete": Role.analyst,
 }
 
 APP_KERNEL_ACTIONS = frozenset({"me:read", "sources:list", "sources:read_data"})

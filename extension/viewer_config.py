@@ -28,7 +28,7 @@ c.ServerApp.terminals_enabled = False
 # The published snapshots are the only files the Viewer can reach; authors cannot write there.
 settings.published_dir.mkdir(parents=True, exist_ok=True)
 c.ServerApp.root_dir = str(settings.published_dir)
-c.ServerApp.default_url = "/services/carnet/viewer/"
+
 c.ServerApp.kernel_manager_class = "carnet.extension.viewer.ViewerKernelManager"
 c.ServerApp.authorizer_class = "carnet.extension.viewer.ViewerAuthorizer"
 c.ContentsManager.allow_hidden = False

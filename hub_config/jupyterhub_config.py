@@ -9,16 +9,11 @@ import sys
 from pathlib import Path
 
 from carnet.hub_config.authenticator import AUTHORS_GROUP
-from carnet.hub_config.routing import default_url
+from carnet.hub_config.routing import default_url, proxy_command
 
 from carnet.settings import CarnetSettings, environment_for
 
 c = get_config()  # noqa: F821 - provided by JupyterHub when it loads this file
-
-settings = CarnetSettings()
-data_dir = Path(settings.data_dir)
-secrets_dir = data_dir / "secrets"
-venv_bin = str(Path(sys.executable).parent)
 
 hub_port = int(os.environ.get("CARNET_HUB_PORT", "8000"))
 hub_api_port = int(os.environ.get("CARNET_HUB_API_PORT", "8081"))
@@ -26,6 +21,14 @@ proxy_api_port = int(os.environ.get("CARNET_PROXY_API_PORT", "8001"))
 service_port = int(os.environ.get("CARNET_SERVICE_PORT", "8181"))
 viewer_port = int(os.environ.get("CARNET_VIEWER_PORT", "8182"))
 ip = os.environ.get("CARNET_IP", "127.0.0.1")
+# Every CarnetSettings made in this process (spawner, authenticator) sees the same service URL.
+os.environ.setdefault("CARNET_API_URL", f"http://127.0.0.1:{service_port}/services/carnet/")
+os.environ.setdefault("CARNET_PUBLIC_URL", f"http://{ip}:{hub_port}/")
+
+settings = CarnetSettings()
+data_dir = Path(settings.data_dir)
+secrets_dir = data_dir / "secrets"
+venv_bin = str(Path(sys.executable).parent)
 
 
 def _secret(name: str) -> str:
@@ -50,7 +53,7 @@ c.JupyterHub.pid_file = str(data_dir / "jupyterhub.pid")
 c.ConfigurableHTTPProxy.auth_token = _secret("proxy_auth_token")
 c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{proxy_api_port}"
 c.ConfigurableHTTPProxy.pid_file = str(data_dir / "jupyterhub-proxy.pid")
-c.ConfigurableHTTPProxy.command = [os.path.join(venv_bin, "configurable-http-proxy")]
+c.ConfigurableHTTPProxy.command = [proxy_command()]
 c.ConfigurableHTTPProxy.should_start = True
 if os.environ.get("CARNET_SSL_CERT"):
     # All traffic can run over TLS: give a certificate and key and the Hub serves HTTPS.
@@ -91,6 +94,7 @@ c.JupyterHub.load_roles = [
 
 # -- Carnet's own processes, managed by the Hub -----------------------------------------------------
 service_env = {
+    **{name: value for name, value in os.environ.items() if name.startswith("CARNET_")},
     **environment_for(settings),
     "PATH": f"{venv_bin}:{os.environ.get('PATH', '/usr/bin:/bin')}",
     "PYTHONUNBUFFERED": "1",

@@ -8,13 +8,14 @@ tick, and runs a killed scheduler left 'running' are marked failed (interrupted)
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 
 from carnet.scheduler.cron import next_fire_time
 from carnet.scheduler.executor import ReportExecutor
 from sqlalchemy import select, update
-from traitlets import Float, Integer
+from traitlets import Float, Integer, default
 from traitlets.config import Application
 
 from carnet.db import session_scope, upgrade
@@ -78,9 +79,13 @@ class SchedulerService(Application):
     classes = [CarnetSettings]
 
     poll_interval = Float(
-        2.0,
-        help="Seconds between two looks at the database for due jobs and queued runs.",
+        help="Seconds between two looks at the database for due jobs and queued runs. "
+        "Environment: CARNET_SCHEDULER_POLL. Default: 2.",
     ).tag(config=True)
+
+    @default("poll_interval")
+    def _default_poll_interval(self):
+        return float(os.environ.get("CARNET_SCHEDULER_POLL", "2"))
 
     cell_timeout = Integer(600, help="Seconds a single notebook cell of a job may run.").tag(config=True)
 

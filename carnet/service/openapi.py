@@ -93,7 +93,10 @@ PATHS = {
             ),
         ),
     },
-    "/api/v1/jobs/{job_id}": {"get": _op("One job", "jobs:read")},
+    "/api/v1/jobs/{job_id}": {
+        "get": _op("One job", "jobs:read"),
+        "delete": _op("Delete a job and its runs", "jobs:delete", ok="204"),
+    },
     "/api/v1/jobs/{job_id}/runs": {
         "get": _op("The job's latest runs", "jobs:read"),
         "post": _op("Run the job now", "jobs:run", ok="202"),

@@ -75,6 +75,13 @@ class JobHandler(BaseHandler):
         with self.db() as session:
             self.write_json(job_json(find_job(session, self.principal().org_id, job_id)))
 
+    @authorized("jobs:delete")
+    def delete(self, job_id):
+        with self.db() as session:
+            session.delete(find_job(session, self.principal().org_id, job_id))
+        self.set_status(204)
+        self.finish()
+
 
 class JobRunsHandler(BaseHandler):
     @authorized("jobs:read")

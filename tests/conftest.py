@@ -1,0 +1,124 @@
+"""Fixtures for Carnet's tests.
+
+Index (session-scoped unless noted):
+- ``isolated_jupyter``: per-session JUPYTER_CONFIG_DIR / JUPYTER_RUNTIME_DIR / IPYTHONDIR / TMPDIR, so the
+  developer's own Jupyter settings never leak into a test (autouse).
+- ``smtp_server``: a real SMTP server (aiosmtpd) on a free loopback port; ``.messages`` holds what arrived.
+- ``carnet_stack``: a real JupyterHub + proxy + Carnet service + Viewer + scheduler on free ports, in a
+  temporary data directory seeded with the demo; ``.url``, ``.passwords``, ``.settings``, ``.app_id``.
+- ``login``: ``login(email)`` -> a requests.Session signed in through the Hub's login form.
+- ``hub_token``: ``hub_token(session, email)`` -> a Hub API token of that user (for token-auth API calls).
+- ``settings_env`` (function): sets CARNET_* variables for in-process code and restores them after.
+- ``pg_url`` / ``mysql_url``: server URLs from CARNET_TEST_PG_URL / CARNET_TEST_MYSQL_URL (set by
+  scripts/test, which starts private servers when none answer); tests needing them fail if unset in CI.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import CarnetStack, SmtpCatcher, hub_login, make_hub_token
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_jupyter():
+    root = Path(tempfile.mkdtemp(prefix="carnet-jupyter-"))
+    saved = {}
+    for name, sub in (
+        ("JUPYTER_CONFIG_DIR", "config"),
+        ("JUPYTER_RUNTIME_DIR", "runtime"),
+        ("IPYTHONDIR", "ipython"),
+        ("JUPYTER_PLATFORM_DIRS", None),
+    ):
+        saved[name] = os.environ.get(name)
+        if sub is None:
+            os.environ[name] = "1"
+        else:
+            (root / sub).mkdir()
+            os.environ[name] = str(root / sub)
+    yield root
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def smtp_server():
+    catcher = SmtpCatcher()
+    catcher.start()
+    yield catcher
+    catcher.stop()
+
+
+@pytest.fixture(scope="session")
+def carnet_stack(smtp_server, tmp_path_factory):
+    stack = CarnetStack(tmp_path_factory.mktemp("carnet-data"), smtp=smtp_server)
+    stack.start()
+    yield stack
+    stack.stop()
+
+
+@pytest.fixture(scope="session")
+def login(carnet_stack):
+    sessions = {}
+
+    def _login(email: str):
+        if email not in sessions:
+            sessions[email] = hub_login(carnet_stack.url, email, carnet_stack.passwords[email])
+        return sessions[email]
+
+    return _login
+
+
+@pytest.fixture(scope="session")
+def hub_token(carnet_stack, login):
+    tokens = {}
+
+    def _token(email: str) -> str:
+        if email not in tokens:
+            tokens[email] = make_hub_token(carnet_stack.url, login(email), email)
+        return tokens[email]
+
+    return _token
+
+
+@pytest.fixture
+def settings_env(tmp_path):
+    """CARNET_* pointing at a fresh data directory, for tests of in-process code."""
+    saved = {
+        k: v for k, v in os.environ.items() if k.startswith("CARNET_") and not k.startswith("CARNET_TEST")
+    }
+    for name in saved:
+        del os.environ[name]
+    os.environ["CARNET_DATA_DIR"] = str(tmp_path / "data")
+    yield tmp_path / "data"
+    for name in [k for k in os.environ if k.startswith("CARNET_") and not k.startswith("CARNET_TEST")]:
+        del os.environ[name]
+    os.environ.update(saved)
+
+
+def _server_url(variable: str) -> str:
+    url = os.environ.get(variable)
+    if not url:
+        if os.environ.get("CI"):
+            pytest.fail(f"{variable} is not set: scripts/test starts the database servers")
+        pytest.skip(f"{variable} not set (run the suite through scripts/test)")
+    return url
+
+
+@pytest.fixture(scope="session")
+def pg_url():
+    return _server_url("CARNET_TEST_PG_URL")
+
+
+@pytest.fixture(scope="session")
+def mysql_url():
+    return _server_url("CARNET_TEST_MYSQL_URL")

@@ -1,0 +1,281 @@
+"""Test helpers that drive real processes: the Carnet stack under JupyterHub, an SMTP server, kernels."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import quote
+
+import requests
+
+from carnet.demo import seed_demo
+from carnet.secret_files import ensure_hub_secrets
+from carnet.settings import CarnetSettings
+
+VENV_BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class GaveUp(Exception):
+    """Raised by a wait_until predicate when waiting longer cannot help."""
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.25, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    last_error = None
+    while time.monotonic() < deadline:
+        try:
+            result = predicate()
+            if result:
+                return result
+        except GaveUp:
+            raise
+        except Exception as exc:  # the thing we wait for may not answer yet
+            last_error = exc
+        time.sleep(interval)
+    raise TimeoutError(f"Timed out after {timeout}s waiting for {what} (last error: {last_error!r})")
+
+
+class SmtpCatcher:
+    """A real SMTP server (aiosmtpd) on loopback that keeps every message it receives."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.messages: list[email.message.Message] = []
+        self._controller = None
+
+    def start(self):
+        from aiosmtpd.controller import Controller
+
+        catcher = self
+
+        class Handler:
+            async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd's name
+                message = email.message_from_bytes(envelope.content)
+                message["X-Envelope-To"] = ", ".join(envelope.rcpt_tos)
+                catcher.messages.append(message)
+                return "250 Message accepted for delivery"
+
+        self._controller = Controller(Handler(), hostname="127.0.0.1", port=self.port)
+        self._controller.start()
+
+    def stop(self):
+        if self._controller:
+            self._controller.stop()
+
+
+class CarnetStack:
+    """JupyterHub (+ proxy, Carnet service, Viewer, scheduler) started with ``carnet hub``."""
+
+    def __init__(self, data_dir: Path, smtp: SmtpCatcher | None = None):
+        self.data_dir = Path(data_dir)
+        self.ports = {name: free_port() for name in ("HUB", "HUB_API", "PROXY_API", "SERVICE", "VIEWER")}
+        self.url = f"http://127.0.0.1:{self.ports['HUB']}"
+        self.env = {
+            **{
+                k: v
+                for k, v in os.environ.items()
+                if not k.startswith("CARNET_") or k.startswith("CARNET_TEST")
+            },
+            "CARNET_DATA_DIR": str(self.data_dir),
+            "CARNET_SCHEDULER_POLL": "0.5",
+            **{f"CARNET_{name}_PORT": str(port) for name, port in self.ports.items()},
+        }
+        if smtp:
+            self.env.update(CARNET_SMTP_HOST="127.0.0.1", CARNET_SMTP_PORT=str(smtp.port))
+        self.process: subprocess.Popen | None = None
+        self.log_path = self.data_dir / "stack.log"
+        self.passwords: dict[str, str] = {}
+        self.app_id = None
+        self.job_id = None
+
+    @property
+    def settings(self) -> CarnetSettings:
+        return CarnetSettings(
+            data_dir=str(self.data_dir), db_url=f"sqlite:///{self.data_dir / 'carnet.sqlite'}"
+        )
+
+    def seed(self):
+        ensure_hub_secrets(self.data_dir)
+        result = seed_demo(self.settings)
+        self.passwords = result.created_passwords
+        self.app_id, self.job_id = result.app_id, result.job_id
+
+    def start(self, timeout: float = 90):
+        self.seed()
+        log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the life of the process
+        self.process = subprocess.Popen(
+            [
+                str(VENV_BIN / "carnet"),
+                "--data-dir",
+                str(self.data_dir),
+                "hub",
+                "--port",
+                str(self.ports["HUB"]),
+            ],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+        def ready():
+            if self.process.poll() is not None:
+                raise GaveUp(f"carnet hub exited with {self.process.returncode}:\n{self.log_tail()}")
+            api = requests.get(f"{self.url}/services/carnet/api/v1/", timeout=2)
+            viewer = requests.get(
+                f"{self.url}/services/carnet-viewer/apps/1", timeout=2, allow_redirects=False
+            )
+            return api.status_code == 200 and viewer.status_code in (302, 303) and self._scheduler_started()
+
+        try:
+            wait_until(ready, timeout, what="the Carnet stack")
+        except Exception:
+            self.stop()
+            raise
+
+    def _scheduler_started(self) -> bool:
+        return b"Carnet scheduler started" in self.log_path.read_bytes()
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self):
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+        # The proxy and spawned servers may outlive the Hub (STACK-NOTES): kill what the pid files name.
+        for pid_file in (self.data_dir / "jupyterhub-proxy.pid",):
+            if pid_file.exists():
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(pid_file.read_text().strip()), signal.SIGKILL)
+        if self.process:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+
+
+def hub_login(base_url: str, email: str, password: str) -> requests.Session:
+    session = requests.Session()
+    session.get(f"{base_url}/hub/login", timeout=10)
+    response = session.post(
+        f"{base_url}/hub/login",
+        data={"username": email, "password": password, "_xsrf": session.cookies.get("_xsrf", path="/hub/")},
+        timeout=30,
+        allow_redirects=False,
+    )
+    if response.status_code != 302:
+        raise AssertionError(f"login of {email} failed: {response.status_code}")
+    return session
+
+
+def user_path(email: str) -> str:
+    """The URL path of a user's server, quoted as the Hub quotes it ('@' stays)."""
+    return f"/user/{quote(email, safe='@~')}/"
+
+
+def hub_xsrf_headers(session: requests.Session) -> dict:
+    return {"X-XSRFToken": session.cookies.get("_xsrf", path="/hub/")}
+
+
+def make_hub_token(base_url: str, session: requests.Session, email: str) -> str:
+    response = session.post(
+        f"{base_url}/hub/api/users/{quote(email)}/tokens",
+        json={"note": f"test {uuid.uuid4().hex[:6]}", "expires_in": 3600},
+        headers=hub_xsrf_headers(session),
+        timeout=30,
+    )
+    response.raise_for_status()
+    return response.json()["token"]
+
+
+def start_server(
+    base_url: str, session: requests.Session, email: str, timeout: float = 90
+) -> requests.Response:
+    """Ask the Hub for the user's server; returns the Hub's answer (403 for viewers) after it is ready."""
+    user = quote(email)
+    response = session.post(
+        f"{base_url}/hub/api/users/{user}/server", json={}, headers=hub_xsrf_headers(session), timeout=60
+    )
+    if response.status_code not in (201, 202):
+        return response
+
+    def ready():
+        model = session.get(f"{base_url}/hub/api/users/{user}", timeout=10).json()
+        server = model.get("servers", {}).get("")
+        return server and server.get("ready")
+
+    wait_until(ready, timeout, what=f"the server of {email}")
+    return response
+
+
+async def _execute(ws_url: str, token: str, code: str, timeout: float) -> dict:
+    from tornado.httpclient import HTTPRequest
+    from tornado.websocket import websocket_connect
+
+    connection = await websocket_connect(HTTPRequest(ws_url, headers={"Authorization": f"token {token}"}))
+    msg_id = uuid.uuid4().hex
+    connection.write_message(
+        json.dumps(
+            {
+                "header": {
+                    "msg_id": msg_id,
+                    "username": "test",
+                    "session": uuid.uuid4().hex,
+                    "msg_type": "execute_request",
+                    "version": "5.3",
+                },
+                "parent_header": {},
+                "metadata": {},
+                "content": {
+                    "code": code,
+                    "silent": False,
+                    "store_history": False,
+                    "user_expressions": {},
+                    "allow_stdin": False,
+                },
+                "channel": "shell",
+                "buffers": [],
+            }
+        )
+    )
+    result = {"stdout": "", "error": None}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        raw = await asyncio.wait_for(connection.read_message(), timeout=deadline - time.monotonic())
+        if raw is None:
+            break
+        message = json.loads(raw)
+        if message.get("parent_header", {}).get("msg_id") != msg_id:
+            continue
+        kind = message["header"]["msg_type"]
+        if kind == "stream" and message["content"]["name"] == "stdout":
+            result["stdout"] += message["content"]["text"]
+        elif kind == "error":
+            result["error"] = f"{message['content']['ename']}: {message['content']['evalue']}"
+        elif kind == "status" and message["content"]["execution_state"] == "idle":
+            break
+    connection.close()
+    return result
+
+
+def execute_in_kernel(ws_url: str, token: str, code: str, timeout: float = 60) -> dict:
+    """Run ``code`` in a kernel over its websocket; returns its stdout and error, if any."""
+    return asyncio.run(_execute(ws_url, token, code, timeout))
