@@ -10,7 +10,6 @@ from pathlib import Path
 
 from carnet.hub_config.authenticator import AUTHORS_GROUP
 from carnet.hub_config.routing import default_url, proxy_command
-
 from carnet.settings import CarnetSettings, environment_for
 
 c = get_config()  # noqa: F821 - provided by JupyterHub when it loads this file

@@ -5,8 +5,9 @@ import shutil
 import sys
 from pathlib import Path
 
-from carnet.hub_config.authenticator import AUTHORS_GROUP
 from jupyterhub.utils import url_path_join
+
+from carnet.hub_config.authenticator import AUTHORS_GROUP
 
 
 def default_url(handler) -> str:
