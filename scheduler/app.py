@@ -12,14 +12,14 @@ import os
 import signal
 import threading
 
-from carnet.scheduler.cron import next_fire_time
-from carnet.scheduler.executor import ReportExecutor
 from sqlalchemy import select, update
 from traitlets import Float, Integer, default
 from traitlets.config import Application
 
 from carnet.db import session_scope, upgrade
 from carnet.db.models import Job, JobRun, RunStatus, utcnow
+from carnet.scheduler.cron import next_fire_time
+from carnet.scheduler.executor import ReportExecutor
 from carnet.settings import CarnetSettings
 
 log = logging.getLogger("carnet.scheduler")

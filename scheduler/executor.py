@@ -12,14 +12,14 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from carnet.scheduler.mail import send_mail
-from carnet.scheduler.pdf import notebook_to_pdf
 from sqlalchemy import select
 
 from carnet.db import session_scope
 from carnet.db.models import Job, JobRun, RunStatus, TokenKind, utcnow
 from carnet.errors import CarnetError
 from carnet.publishing import current_notebook_path
+from carnet.scheduler.mail import send_mail
+from carnet.scheduler.pdf import notebook_to_pdf
 from carnet.settings import CarnetSettings
 from carnet.tokens import mint_token
 
