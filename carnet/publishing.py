@@ -16,6 +16,7 @@ from sqlalchemy import select
 from carnet.db.models import App, AppVersion, utcnow
 from carnet.errors import NotFound, ValidationError
 from carnet.settings import CarnetSettings
+from carnet.validation import parse_id
 
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,99}$")
 
@@ -24,7 +25,9 @@ def validate_notebook(notebook) -> nbformat.NotebookNode:
     if not isinstance(notebook, dict):
         raise ValidationError("notebook must be a Jupyter notebook (JSON object)", field="notebook")
     try:
-        node = nbformat.from_dict(notebook)
+        # normalize() adds what older writers leave out (cell ids) instead of warning about it.
+        _, normalized = nbformat.validator.normalize(notebook)
+        node = nbformat.from_dict(normalized)
         nbformat.validate(node)
     except nbformat.ValidationError as exc:
         raise ValidationError(f"Invalid notebook: {exc.message}", field="notebook") from None
@@ -45,7 +48,7 @@ def publish(
     description: str = "",
 ) -> App:
     """Create the app ``slug`` or add a version to it; the new version becomes current."""
-    if not isinstance(slug, str) or not _SLUG.match(slug):
+    if not isinstance(slug, str) or not _SLUG.fullmatch(slug):
         raise ValidationError("slug must be lowercase letters, digits and dashes", field="slug")
     if not isinstance(title, str) or not title.strip() or len(title) > 200:
         raise ValidationError("title is required (1-200 characters)", field="title")
@@ -84,10 +87,7 @@ def visible_apps(session, org_id: int) -> list[App]:
 
 def find_app(session, org_id: int, app_id) -> App:
     """The app, or NotFound — the same error whether it is unknown or another org's."""
-    try:
-        app_id = int(app_id)
-    except (TypeError, ValueError):
-        raise NotFound("No such app") from None
+    app_id = parse_id(app_id, "No such app")
     app = session.scalar(select(App).where(App.id == app_id, App.org_id == org_id, App.current_version > 0))
     if app is None:
         raise NotFound("No such app")

@@ -39,7 +39,7 @@ class WarehouseTableKind(SourceKind):
         table = options.get("table")
         if not table:
             raise ValidationError("A warehouse_table source needs options.table", field="options.table")
-        return {"table": check_identifier(table)}
+        return {"table": check_identifier(table, field="options.table")}
 
     def columns(self, settings, org_id, options):
         return Warehouse(settings.warehouse_path(org_id)).columns(options["table"])

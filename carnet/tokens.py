@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -52,11 +52,6 @@ def mint_token(
     return f"{TOKEN_PREFIX}{prefix}_{secret}"
 
 
-def _as_utc(moment: datetime) -> datetime:
-    # SQLite hands datetimes back naive; they were stored in UTC.
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
 def resolve_token(session: Session, text: str) -> tuple[Token, Membership] | None:
     """The live token and the membership it acts under, or None for anything invalid."""
     if not text.startswith(TOKEN_PREFIX) or text.count("_") < 2:
@@ -67,7 +62,7 @@ def resolve_token(session: Session, text: str) -> tuple[Token, Membership] | Non
         return None
     if token.revoked_at is not None:
         return None
-    if token.expires_at is not None and _as_utc(token.expires_at) <= utcnow():
+    if token.expires_at is not None and token.expires_at <= utcnow():
         return None
     if not token.user.is_active:
         return None

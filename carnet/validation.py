@@ -2,13 +2,15 @@
 
 import re
 
-from carnet.errors import ValidationError
+from carnet.errors import NotFound, ValidationError
+
+MAX_ID = 2**63 - 1
 
 _EMAIL = re.compile(r"^[^@\s<>,;\"]+@[^@\s<>,;\"]+\.[^@\s<>,;\"]+$")
 
 
 def validate_email(value, field: str = "email") -> str:
-    if not isinstance(value, str) or not _EMAIL.match(value.strip()) or len(value) > 320:
+    if not isinstance(value, str) or not _EMAIL.fullmatch(value.strip()) or len(value) > 320:
         raise ValidationError(f"Invalid email address {value!r}", field=field)
     return value.strip().lower()
 
@@ -17,3 +19,16 @@ def validate_emails(values, field: str) -> list[str]:
     if not isinstance(values, list) or not values:
         raise ValidationError(f"{field} must be a non-empty list of email addresses", field=field)
     return [validate_email(v, field=field) for v in values]
+
+
+def parse_id(value, not_found_message: str) -> int:
+    """A database id from a path or a body; anything that cannot be one is simply not found (404)."""
+    if isinstance(value, bool):
+        raise NotFound(not_found_message)
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise NotFound(not_found_message) from None
+    if not 0 < number <= MAX_ID:
+        raise NotFound(not_found_message)
+    return number

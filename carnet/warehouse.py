@@ -17,11 +17,11 @@ from carnet.errors import NotFound, ValidationError
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
-def check_identifier(name: str, what: str = "table name") -> str:
-    if not isinstance(name, str) or not _IDENTIFIER.match(name):
+def check_identifier(name: str, what: str = "table name", field: str | None = None) -> str:
+    if not isinstance(name, str) or not _IDENTIFIER.fullmatch(name):
         raise ValidationError(
             f"Invalid {what} {name!r}: use letters, digits and underscores, starting with a letter",
-            field=what,
+            field=field or what,
         )
     return name
 

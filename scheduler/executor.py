@@ -96,6 +96,8 @@ class ReportExecutor:
     def before_start(self) -> RunContext:
         with session_scope(self.settings.db_url) as session:
             run = session.get(JobRun, self.run_id)
+            if run is None:
+                raise JobRunError("The job was deleted before its run started", step="before_start")
             job = session.scalar(select(Job).where(Job.id == run.job_id))
             output_dir = self.settings.runs_dir / str(job.org_id) / str(job.id) / str(run.id)
             output_dir.mkdir(parents=True, exist_ok=True)
@@ -189,6 +191,8 @@ class ReportExecutor:
     def _finish(self, status: RunStatus, error: str | None) -> None:
         with session_scope(self.settings.db_url) as session:
             run = session.get(JobRun, self.run_id)
+            if run is None:  # the job was deleted while it ran
+                return
             run.status = status
             run.error = error
             run.finished_at = utcnow()

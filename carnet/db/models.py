@@ -12,14 +12,40 @@ from datetime import UTC, datetime
 
 from sqlalchemy import JSON, DateTime, Enum, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+class UTCDateTime(TypeDecorator):
+    """Stored in UTC, always read back timezone-aware (SQLite and MariaDB drop the zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is not None:
+            if value.tzinfo is None:
+                raise ValueError("naive datetime: Carnet stores aware datetimes only")
+            value = value.astimezone(UTC)
+            if dialect.name in ("sqlite", "mysql", "mariadb"):
+                value = value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
+
+
 class Base(DeclarativeBase):
-    type_annotation_map = {datetime: DateTime(timezone=True), dict: JSON, list: JSON}
+    type_annotation_map = {datetime: UTCDateTime(), dict: JSON, list: JSON}
+
+
+# Ids are never reused, on SQLite too: a deleted job's id (and its output folder) never goes to a new job.
+NO_ID_REUSE = {"sqlite_autoincrement": True}
 
 
 class Role(enum.StrEnum):
@@ -41,6 +67,7 @@ def role_at_least(role: Role | str, minimum: Role | str) -> bool:
 
 class Organization(Base):
     __tablename__ = "organizations"
+    __table_args__ = NO_ID_REUSE
     id: Mapped[int] = mapped_column(primary_key=True)
     slug: Mapped[str] = mapped_column(String(64), unique=True)
     name: Mapped[str] = mapped_column(String(200))
@@ -51,6 +78,7 @@ class User(Base):
     """A person, identified by email (which is also their JupyterHub user name)."""
 
     __tablename__ = "users"
+    __table_args__ = NO_ID_REUSE
     id: Mapped[int] = mapped_column(primary_key=True)
     email: Mapped[str] = mapped_column(String(320), unique=True)
     display_name: Mapped[str] = mapped_column(String(200), default="")
@@ -62,7 +90,7 @@ class User(Base):
 
 class Membership(Base):
     __tablename__ = "memberships"
-    __table_args__ = (UniqueConstraint("user_id", "org_id"),)
+    __table_args__ = (UniqueConstraint("user_id", "org_id"), NO_ID_REUSE)
     id: Mapped[int] = mapped_column(primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     org_id: Mapped[int] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
@@ -75,7 +103,7 @@ class DataSource(Base):
     """A named, org-owned definition of one table of data. ``kind`` keys the source-kind registry."""
 
     __tablename__ = "data_sources"
-    __table_args__ = (UniqueConstraint("org_id", "name"),)
+    __table_args__ = (UniqueConstraint("org_id", "name"), NO_ID_REUSE)
     id: Mapped[int] = mapped_column(primary_key=True)
     org_id: Mapped[int] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(200))
@@ -91,7 +119,7 @@ class App(Base):
     """A published notebook. Content is an immutable snapshot (``AppVersion``): edits need a re-publish."""
 
     __tablename__ = "apps"
-    __table_args__ = (UniqueConstraint("org_id", "slug"),)
+    __table_args__ = (UniqueConstraint("org_id", "slug"), NO_ID_REUSE)
     id: Mapped[int] = mapped_column(primary_key=True)
     org_id: Mapped[int] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
     slug: Mapped[str] = mapped_column(String(100))
@@ -110,7 +138,7 @@ class App(Base):
 
 class AppVersion(Base):
     __tablename__ = "app_versions"
-    __table_args__ = (UniqueConstraint("app_id", "version"),)
+    __table_args__ = (UniqueConstraint("app_id", "version"), NO_ID_REUSE)
     id: Mapped[int] = mapped_column(primary_key=True)
     app_id: Mapped[int] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"))
     version: Mapped[int] = mapped_column(Integer)
@@ -125,7 +153,7 @@ class Job(Base):
     """A scheduled automation. ``kind='report'``: run an app's notebook, print it to PDF, mail it."""
 
     __tablename__ = "jobs"
-    __table_args__ = (UniqueConstraint("org_id", "name"),)
+    __table_args__ = (UniqueConstraint("org_id", "name"), NO_ID_REUSE)
     id: Mapped[int] = mapped_column(primary_key=True)
     org_id: Mapped[int] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(200))
@@ -152,6 +180,7 @@ class RunStatus(enum.StrEnum):
 
 class JobRun(Base):
     __tablename__ = "job_runs"
+    __table_args__ = NO_ID_REUSE
     id: Mapped[int] = mapped_column(primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     status: Mapped[RunStatus] = mapped_column(Enum(RunStatus, native_enum=False, length=16))
@@ -175,6 +204,7 @@ class Token(Base):
     """A Carnet credential. Only a hash of the secret is stored; ``prefix`` finds the row fast."""
 
     __tablename__ = "tokens"
+    __table_args__ = NO_ID_REUSE
     id: Mapped[int] = mapped_column(primary_key=True)
     prefix: Mapped[str] = mapped_column(String(16), unique=True)
     secret_hash: Mapped[str] = mapped_column(String(128))

@@ -3,7 +3,15 @@
 from alembic import context
 
 from carnet.db import get_engine
-from carnet.db.models import Base
+from carnet.db.models import Base, UTCDateTime
+
+
+def render_item(type_, obj, autogen_context):
+    # Migrations use plain SQLAlchemy types, so they never import (and freeze) the models.
+    if type_ == "type" and isinstance(obj, UTCDateTime):
+        return "sa.DateTime(timezone=True)"
+    return False
+
 
 config = context.config
 url = config.get_main_option("sqlalchemy.url")
@@ -14,6 +22,7 @@ with get_engine(url).connect() as connection:
         target_metadata=Base.metadata,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        render_item=render_item,
     )
     with context.begin_transaction():
         context.run_migrations()

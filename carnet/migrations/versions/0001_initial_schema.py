@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-27 12:32:05.774193
+Create Date: 2026-11-27
 """
 
 import sqlalchemy as sa
@@ -24,6 +24,7 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("slug"),
+        sqlite_autoincrement=True,
     )
     op.create_table(
         "users",
@@ -35,6 +36,7 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("email"),
+        sqlite_autoincrement=True,
     )
     op.create_table(
         "apps",
@@ -52,6 +54,7 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["published_by"], ["users.id"], ondelete="SET NULL"),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("org_id", "slug"),
+        sqlite_autoincrement=True,
     )
     with op.batch_alter_table("apps", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_apps_org_id"), ["org_id"], unique=False)
@@ -70,6 +73,7 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["org_id"], ["organizations.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("org_id", "name"),
+        sqlite_autoincrement=True,
     )
     with op.batch_alter_table("data_sources", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_data_sources_org_id"), ["org_id"], unique=False)
@@ -88,6 +92,7 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["user_id"], ["users.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("user_id", "org_id"),
+        sqlite_autoincrement=True,
     )
     op.create_table(
         "tokens",
@@ -109,6 +114,7 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["user_id"], ["users.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("prefix"),
+        sqlite_autoincrement=True,
     )
     with op.batch_alter_table("tokens", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_tokens_org_id"), ["org_id"], unique=False)
@@ -126,6 +132,7 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["created_by"], ["users.id"], ondelete="SET NULL"),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("app_id", "version"),
+        sqlite_autoincrement=True,
     )
     op.create_table(
         "jobs",
@@ -150,6 +157,7 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("org_id", "name"),
+        sqlite_autoincrement=True,
     )
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_jobs_next_run_at"), ["next_run_at"], unique=False)
@@ -175,6 +183,7 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(["job_id"], ["jobs.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id"),
+        sqlite_autoincrement=True,
     )
     with op.batch_alter_table("job_runs", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_job_runs_job_id"), ["job_id"], unique=False)

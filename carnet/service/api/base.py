@@ -198,6 +198,8 @@ def service_only(*names: str):
         async def wrapper(self, *args, **kwargs):
             service = self.hub_service_name()
             if service is None:
+                if self._bearer() or self.current_user:
+                    raise PermissionDenied("This endpoint is for Carnet's own services")
                 raise AuthenticationRequired("This endpoint is for Carnet's own services")
             if service not in names:
                 raise PermissionDenied(f"Service {service!r} may not call this endpoint")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
@@ -11,14 +13,11 @@ from carnet.publishing import find_app
 from carnet.scheduler.cron import next_fire_time, validate_cron, validate_timezone
 from carnet.service.api.base import API_PREFIX, BaseHandler, authorized
 from carnet.service.api.serialize import job_json, run_json
-from carnet.validation import validate_emails
+from carnet.validation import parse_id, validate_emails
 
 
 def find_job(session, org_id: int, job_id) -> Job:
-    try:
-        job_id = int(job_id)
-    except (TypeError, ValueError):
-        raise NotFound("No such job") from None
+    job_id = parse_id(job_id, "No such job")
     job = session.scalar(select(Job).where(Job.id == job_id, Job.org_id == org_id))
     if job is None:
         raise NotFound("No such job")
@@ -78,7 +77,11 @@ class JobHandler(BaseHandler):
     @authorized("jobs:delete")
     def delete(self, job_id):
         with self.db() as session:
-            session.delete(find_job(session, self.principal().org_id, job_id))
+            job = find_job(session, self.principal().org_id, job_id)
+            outputs = self.settings_obj.runs_dir / str(job.org_id) / str(job.id)
+            session.delete(job)
+        # The job's runs went with it (cascade); so do their files.
+        shutil.rmtree(outputs, ignore_errors=True)
         self.set_status(204)
         self.finish()
 

@@ -42,7 +42,10 @@ class SourceListHandler(BaseHandler):
         if not isinstance(name, str) or not name.strip() or len(name) > 200:
             raise ValidationError("A source needs a name (1-200 characters)", field="name")
         kind = source_kinds.get(str(body.get("kind", "")))
-        options = kind.validate_options(body.get("options") or {})
+        options = body.get("options") or {}
+        if not isinstance(options, dict):
+            raise ValidationError("options must be an object", field="options")
+        options = kind.validate_options(options)
         try:
             with self.db() as session:
                 source = DataSource(
@@ -84,8 +87,8 @@ class SourceDataHandler(BaseHandler):
                 limit = int(limit)
             except ValueError:
                 raise ValidationError("limit must be an integer", field="limit") from None
-            if limit < 0:
-                raise ValidationError("limit must be >= 0", field="limit")
+            if not 0 <= limit < 2**63:
+                raise ValidationError("limit must be between 0 and 2**63 - 1", field="limit")
         with self.db() as session:
             source = find_source(session, principal.org_id, name)
             kind, options = source_kinds.get(source.kind), dict(source.options)

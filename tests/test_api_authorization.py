@@ -1,0 +1,518 @@
+"""Who may call what: every route and method of the REST API, for every role, against the real stack.
+
+The expected statuses below are written by hand from the product's rules (viewers only open apps; analysts
+also read data, publish and schedule; studio and admin also create sources; app kernels read sources and
+nothing else), never derived from ``carnet.permissions``: a change of that table must break this test.
+"""
+
+from __future__ import annotations
+
+import re
+
+import duckdb
+import pyarrow as pa
+import pytest
+import requests
+from jupyterhub.services.auth import HubOAuthCallbackHandler
+from sqlalchemy import func, select
+from tornado import web
+
+from carnet.db import session_scope
+from carnet.db.models import Token, TokenKind
+from carnet.demo import DEMO_SOURCE, DEMO_TABLE
+from carnet.permissions import ACTION_MIN_ROLE
+from carnet.service.api.base import NotFoundHandler, authorized
+from carnet.service.api.meta import PUBLIC_HANDLERS
+from carnet.service.app import all_handlers
+from carnet.service.openapi import openapi_document
+from carnet.tokens import mint_token
+from tests.api_support import (
+    NEVER_CRON,
+    UNKNOWN_ID,
+    Created,
+    api_url,
+    assert_json_error,
+    auth,
+    tiny_notebook,
+    unique,
+)
+
+ARROW_STREAM = "application/vnd.apache.arrow.stream"
+HTTP_METHODS = ("get", "post", "put", "patch", "delete")
+EMAILS = {
+    "viewer": "viewer@acme.example",
+    "analyst": "analyst@acme.example",
+    "studio": "studio@acme.example",
+    "admin": "admin@acme.example",
+}
+GLOBEX_VIEWER = "viewer@globex.example"
+ROLES = ("anonymous", "viewer", "analyst", "studio", "admin", "viewer-kernel")
+
+# method, route,                        anonymous, viewer, analyst, studio, admin, viewer-kernel
+MATRIX = [
+    ("GET", "/", 200, 200, 200, 200, 200, 200),
+    ("GET", "/openapi.json", 200, 200, 200, 200, 200, 200),
+    ("GET", "/me", 401, 200, 200, 200, 200, 200),
+    ("GET", "/sources", 401, 403, 200, 200, 200, 200),
+    ("POST", "/sources", 401, 403, 403, 201, 201, 403),
+    ("GET", "/sources/{name}", 401, 403, 200, 200, 200, 200),
+    ("GET", "/sources/{name}/data", 401, 403, 200, 200, 200, 200),
+    ("GET", "/apps", 401, 200, 200, 200, 200, 403),
+    ("POST", "/apps", 401, 403, 201, 201, 201, 403),
+    ("GET", "/apps/{app_id}", 401, 200, 200, 200, 200, 403),
+    ("GET", "/jobs", 401, 403, 200, 200, 200, 403),
+    ("POST", "/jobs", 401, 403, 201, 201, 201, 403),
+    ("GET", "/jobs/{job_id}", 401, 403, 200, 200, 200, 403),
+    ("DELETE", "/jobs/{job_id}", 401, 403, 204, 204, 204, 403),
+    ("GET", "/jobs/{job_id}/runs", 401, 403, 200, 200, 200, 403),
+    ("POST", "/jobs/{job_id}/runs", 401, 403, 202, 202, 202, 403),
+    ("POST", "/internal/viewer-sessions", 401, 403, 403, 403, 403, 403),
+]
+
+CASES = [
+    pytest.param(method, route, role, expected, id=f"{method} {route} as {role}")
+    for method, route, *statuses in MATRIX
+    for role, expected in zip(ROLES, statuses, strict=True)
+]
+
+
+# -- fixtures ----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def created(carnet_stack):
+    objects = Created(carnet_stack)
+    yield objects
+    objects.cleanup()
+
+
+@pytest.fixture(scope="module")
+def tokens(carnet_stack, hub_token, created):
+    result = {"anonymous": None, **{role: hub_token(email) for role, email in EMAILS.items()}}
+    with session_scope(carnet_stack.settings.db_url) as session:
+        result["viewer-kernel"] = mint_token(
+            session,
+            kind=TokenKind.viewer_kernel,
+            user_id=created.user_id(EMAILS["viewer"]),
+            org_id=created.org_id("acme"),
+            ttl_seconds=3600,
+            note="authorization matrix",
+        )
+    return result
+
+
+@pytest.fixture(scope="module")
+def tiny_app(carnet_stack, tokens, created):
+    """A tiny acme app (published through the API) that the matrix's jobs run: quick to execute."""
+    response = requests.post(
+        api_url(carnet_stack, "apps"),
+        json={"slug": unique("authz-tiny"), "title": "Authz tiny", "notebook": tiny_notebook()},
+        headers=auth(tokens["studio"]),
+        timeout=30,
+    )
+    assert response.status_code == 201, response.text
+    created.apps.add(response.json()["id"])
+    return response.json()["id"]
+
+
+def create_job(stack, token, app_id: int, name: str | None = None) -> dict:
+    response = requests.post(
+        api_url(stack, "jobs"),
+        json={
+            "name": name or unique("authz job"),
+            "app_id": app_id,
+            "cron": NEVER_CRON,
+            "recipients": ["authz-matrix@acme.example"],
+        },
+        headers=auth(token),
+        timeout=30,
+    )
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+@pytest.fixture(scope="module")
+def shared_job(carnet_stack, tokens, tiny_app, created):
+    job = create_job(carnet_stack, tokens["analyst"], tiny_app)
+    created.jobs.add(job["id"])
+    return job["id"]
+
+
+def warehouse_rows(stack) -> int:
+    with duckdb.connect(str(stack.settings.warehouse_path(1)), read_only=True) as con:
+        return con.execute(f"SELECT count(*) FROM {DEMO_TABLE}").fetchone()[0]  # noqa: S608
+
+
+def viewer_kernel_tokens(stack) -> int:
+    with session_scope(stack.settings.db_url) as session:
+        return session.scalar(select(func.count(Token.id)).where(Token.kind == TokenKind.viewer_kernel))
+
+
+# -- the matrix --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("method,route,role,expected", CASES)
+def test_authorization_matrix(
+    carnet_stack, tokens, tiny_app, shared_job, created, method, route, role, expected
+):
+    stack, token = carnet_stack, tokens[role]
+    admin = auth(tokens["admin"])
+    job_id = shared_job
+    if method == "DELETE":
+        job_id = create_job(stack, tokens["analyst"], tiny_app)["id"]
+        created.jobs.add(job_id)
+    path = route.format(name=DEMO_SOURCE, app_id=stack.app_id, job_id=job_id)
+    body, before = None, None
+    if (method, route) == ("POST", "/sources"):
+        body = {"name": unique("authz-src"), "kind": "warehouse_table", "options": {"table": DEMO_TABLE}}
+    elif (method, route) == ("POST", "/apps"):
+        body = {"slug": unique("authz-app"), "title": "Authz app", "notebook": tiny_notebook()}
+    elif (method, route) == ("POST", "/jobs"):
+        body = {
+            "name": unique("authz job"),
+            "app_id": tiny_app,
+            "cron": NEVER_CRON,
+            "recipients": ["authz-matrix@acme.example"],
+        }
+    elif (method, route) == ("POST", "/jobs/{job_id}/runs"):
+        before = created.run_count(job_id)
+    elif route == "/internal/viewer-sessions":
+        body = {"user": EMAILS["viewer"], "app_id": stack.app_id}
+        before = viewer_kernel_tokens(stack)
+
+    response = requests.request(method, api_url(stack, path), json=body, headers=auth(token), timeout=60)
+
+    allowed = expected if isinstance(expected, tuple) else (expected,)
+    assert response.status_code in allowed, (response.status_code, response.text[:500])
+    if response.status_code >= 400:
+        assert_json_error(response, response.status_code)
+
+    # What the call did (or, refused, did not do).
+    ok = response.status_code < 400
+    if (method, route) == ("GET", "/"):
+        assert response.json()["name"] == "carnet" and response.json()["api"] == "v1"
+    elif route == "/openapi.json":
+        assert response.json()["openapi"].startswith("3.")
+        assert response.json()["paths"].keys() == openapi_document("/services/carnet/")["paths"].keys()
+    elif route == "/me" and ok:
+        me = response.json()
+        if role == "viewer-kernel":
+            assert me == {"email": EMAILS["viewer"], "org": "acme", "role": "viewer", "via": "viewer_kernel"}
+        else:
+            assert me == {"email": EMAILS[role], "org": "acme", "role": role, "via": "hub"}
+    elif (method, route) == ("GET", "/sources") and ok:
+        assert DEMO_SOURCE in [s["name"] for s in response.json()["sources"]]
+    elif (method, route) == ("POST", "/sources"):
+        check = requests.get(api_url(stack, f"sources/{body['name']}"), headers=admin, timeout=30)
+        if ok:
+            created.sources.add(response.json()["id"])
+            assert response.json()["name"] == body["name"]
+            assert response.json()["options"] == {"table": DEMO_TABLE}
+            assert check.status_code == 200
+        else:
+            assert check.status_code == 404
+    elif route == "/sources/{name}" and ok:
+        assert response.json()["name"] == DEMO_SOURCE
+        assert [c["name"] for c in response.json()["columns"]][:3] == ["country", "continent", "year"]
+    elif route == "/sources/{name}/data" and ok:
+        assert response.headers["Content-Type"] == ARROW_STREAM
+        table = pa.ipc.open_stream(response.content).read_all()
+        assert table.num_rows == warehouse_rows(stack)
+        assert table.column_names[:3] == ["country", "continent", "year"]
+    elif (method, route) == ("GET", "/apps") and ok:
+        assert stack.app_id in [a["id"] for a in response.json()["apps"]]
+    elif (method, route) == ("POST", "/apps"):
+        listed = requests.get(api_url(stack, "apps"), headers=admin, timeout=30).json()["apps"]
+        if ok:
+            created.apps.add(response.json()["id"])
+            assert response.json()["slug"] == body["slug"] and response.json()["version"] == 1
+            assert body["slug"] in [a["slug"] for a in listed]
+        else:
+            assert body["slug"] not in [a["slug"] for a in listed]
+    elif route == "/apps/{app_id}" and ok:
+        assert response.json()["id"] == stack.app_id
+        assert response.json()["url"].endswith(f"/services/carnet-viewer/apps/{stack.app_id}")
+    elif (method, route) == ("GET", "/jobs") and ok:
+        assert shared_job in [j["id"] for j in response.json()["jobs"]]
+    elif (method, route) == ("POST", "/jobs"):
+        listed = requests.get(api_url(stack, "jobs"), headers=admin, timeout=30).json()["jobs"]
+        if ok:
+            created.jobs.add(response.json()["id"])
+            assert response.json()["name"] == body["name"] and response.json()["app_id"] == tiny_app
+            assert body["name"] in [j["name"] for j in listed]
+            gone = requests.delete(api_url(stack, f"jobs/{response.json()['id']}"), headers=admin, timeout=30)
+            assert gone.status_code == 204
+        else:
+            assert body["name"] not in [j["name"] for j in listed]
+    elif (method, route) == ("GET", "/jobs/{job_id}") and ok:
+        assert response.json()["id"] == job_id and response.json()["cron"] == NEVER_CRON
+    elif method == "DELETE":
+        after = requests.get(api_url(stack, f"jobs/{job_id}"), headers=admin, timeout=30)
+        if ok:
+            assert response.text == ""
+        assert after.status_code == (404 if ok else 200)
+        assert created.job_exists(job_id) is not ok
+    elif (method, route) == ("GET", "/jobs/{job_id}/runs") and ok:
+        assert isinstance(response.json()["runs"], list)
+    elif (method, route) == ("POST", "/jobs/{job_id}/runs"):
+        if ok:
+            run = response.json()
+            assert run["job_id"] == job_id and run["trigger"] == "manual"
+            assert run["status"] in ("queued", "running", "succeeded", "failed")
+            runs = requests.get(api_url(stack, f"jobs/{job_id}/runs"), headers=admin, timeout=30).json()
+            assert run["id"] in [r["id"] for r in runs["runs"]]
+            assert created.run_count(job_id) == before + 1
+        else:
+            assert created.run_count(job_id) == before
+    elif route == "/internal/viewer-sessions":
+        assert response.status_code != 201
+        assert "token" not in response.text
+        assert viewer_kernel_tokens(stack) == before
+
+
+def test_matrix_covers_every_documented_operation():
+    documented = {
+        (method.upper(), path.removeprefix("/api/v1"))
+        for path, operations in openapi_document("/services/carnet/")["paths"].items()
+        for method in operations
+    }
+    assert documented == {(method, route) for method, route, *_ in MATRIX}
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "token ck_000000000000_not-a-real-secret",
+        "token ck_garbage",
+        "token not-a-hub-token-either",
+        "Bearer ck_000000000000_not-a-real-secret",
+    ],
+    ids=["unknown carnet token", "malformed carnet token", "unknown hub token", "bearer scheme"],
+)
+def test_bad_credentials_are_a_json_401(carnet_stack, header):
+    response = requests.get(api_url(carnet_stack, "me"), headers={"Authorization": header}, timeout=30)
+    assert_json_error(response, 401)
+
+
+@pytest.mark.parametrize("state", ["revoked", "expired"])
+def test_dead_kernel_tokens_are_refused(carnet_stack, created, state):
+    from datetime import timedelta
+
+    from carnet.db.models import utcnow
+
+    with session_scope(carnet_stack.settings.db_url) as session:
+        token = mint_token(
+            session,
+            kind=TokenKind.viewer_kernel,
+            user_id=created.user_id(EMAILS["analyst"]),
+            org_id=created.org_id("acme"),
+            ttl_seconds=3600,
+        )
+    me = requests.get(api_url(carnet_stack, "me"), headers=auth(token), timeout=30)
+    assert me.status_code == 200
+    prefix = token.split("_")[1]
+    with session_scope(carnet_stack.settings.db_url) as session:
+        row = session.scalar(select(Token).where(Token.prefix == prefix))
+        if state == "revoked":
+            row.revoked_at = utcnow()
+        else:
+            row.expires_at = utcnow() - timedelta(seconds=1)
+    assert_json_error(requests.get(api_url(carnet_stack, "me"), headers=auth(token), timeout=30), 401)
+    data = requests.get(api_url(carnet_stack, f"sources/{DEMO_SOURCE}/data"), headers=auth(token), timeout=30)
+    assert_json_error(data, 401)
+
+
+def test_naming_an_organization_one_is_not_in_reveals_nothing(carnet_stack, tokens):
+    headers = auth(tokens["analyst"])
+    for org in ("globex", "no-such-org"):
+        response = requests.get(api_url(carnet_stack, f"jobs?org={org}"), headers=headers, timeout=30)
+        body = assert_json_error(response, 404)
+        assert body["message"] == f"Unknown organization {org!r}"
+    header = requests.get(
+        api_url(carnet_stack, "me"), headers={**headers, "X-Carnet-Org": "globex"}, timeout=30
+    )
+    assert_json_error(header, 404)
+
+
+# -- other organizations' ids behave like unknown ids -------------------------------------------------------
+@pytest.fixture(scope="module")
+def globex(created):
+    """A globex app and job, made in the database: globex has only a viewer, who can create neither."""
+    app_id = created.publish_app("globex", title="Globex secret app")
+    job_id = created.add_job("globex", app_id, GLOBEX_VIEWER, name=unique("globex job"))
+    return {"app_id": app_id, "job_id": job_id}
+
+
+def get(stack, token, path, method="GET"):
+    return requests.request(method, api_url(stack, path), headers=auth(token), timeout=30)
+
+
+def test_globex_viewer_gets_acme_app_as_unknown(carnet_stack, hub_token):
+    token = hub_token(GLOBEX_VIEWER)
+    acme = get(carnet_stack, token, f"apps/{carnet_stack.app_id}")
+    unknown = get(carnet_stack, token, f"apps/{UNKNOWN_ID}")
+    assert_json_error(acme, 404)
+    assert acme.json() == unknown.json() == {"status": 404, "message": "No such app"}
+    listed = get(carnet_stack, token, "apps").json()["apps"]
+    assert carnet_stack.app_id not in [a["id"] for a in listed]
+
+
+def test_globex_viewer_learns_nothing_about_acme_jobs(carnet_stack, hub_token, shared_job):
+    token = hub_token(GLOBEX_VIEWER)
+    for suffix, method in (("", "GET"), ("/runs", "GET"), ("/runs", "POST"), ("", "DELETE")):
+        acme = get(carnet_stack, token, f"jobs/{shared_job}{suffix}", method)
+        unknown = get(carnet_stack, token, f"jobs/{UNKNOWN_ID}{suffix}", method)
+        assert acme.status_code == unknown.status_code == 403, (method, suffix)
+        assert acme.json() == unknown.json()
+
+
+def test_acme_analyst_gets_globex_app_as_unknown(carnet_stack, tokens, hub_token, globex):
+    token = tokens["analyst"]
+    theirs = get(carnet_stack, token, f"apps/{globex['app_id']}")
+    unknown = get(carnet_stack, token, f"apps/{UNKNOWN_ID}")
+    assert_json_error(theirs, 404)
+    assert theirs.json() == unknown.json() == {"status": 404, "message": "No such app"}
+    assert globex["app_id"] not in [a["id"] for a in get(carnet_stack, token, "apps").json()["apps"]]
+    # ...while the globex viewer does see it: the 404 above is about the organization, not the app.
+    assert get(carnet_stack, hub_token(GLOBEX_VIEWER), f"apps/{globex['app_id']}").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "suffix,method",
+    [("", "GET"), ("/runs", "GET"), ("/runs", "POST"), ("", "DELETE")],
+    ids=["GET /jobs/{id}", "GET /jobs/{id}/runs", "POST /jobs/{id}/runs", "DELETE /jobs/{id}"],
+)
+def test_acme_analyst_gets_globex_job_as_unknown(carnet_stack, tokens, globex, created, suffix, method):
+    token = tokens["analyst"]
+    theirs = get(carnet_stack, token, f"jobs/{globex['job_id']}{suffix}", method)
+    unknown = get(carnet_stack, token, f"jobs/{UNKNOWN_ID}{suffix}", method)
+    assert_json_error(theirs, 404)
+    assert theirs.json() == unknown.json() == {"status": 404, "message": "No such job"}
+    assert created.job_exists(globex["job_id"])
+    assert created.run_count(globex["job_id"]) == 0
+    assert globex["job_id"] not in [j["id"] for j in get(carnet_stack, token, "jobs").json()["jobs"]]
+
+
+def test_acme_analyst_cannot_schedule_a_globex_app(carnet_stack, tokens, globex):
+    before = get(carnet_stack, tokens["analyst"], "jobs").json()
+    response = requests.post(
+        api_url(carnet_stack, "jobs"),
+        json={
+            "name": unique("cross-org"),
+            "app_id": globex["app_id"],
+            "cron": NEVER_CRON,
+            "recipients": ["x@acme.example"],
+        },
+        headers=auth(tokens["analyst"]),
+        timeout=30,
+    )
+    assert response.json() == {"status": 404, "message": "No such app"}
+    assert get(carnet_stack, tokens["analyst"], "jobs").json() == before
+
+
+def test_a_globex_kernel_cannot_read_acme_sources(carnet_stack, created):
+    with session_scope(carnet_stack.settings.db_url) as session:
+        token = mint_token(
+            session,
+            kind=TokenKind.viewer_kernel,
+            user_id=created.user_id(GLOBEX_VIEWER),
+            org_id=created.org_id("globex"),
+            ttl_seconds=600,
+        )
+    assert get(carnet_stack, token, "sources").json() == {"sources": []}
+    for path in (f"sources/{DEMO_SOURCE}", f"sources/{DEMO_SOURCE}/data"):
+        theirs, unknown = get(carnet_stack, token, path), get(carnet_stack, token, "sources/nope")
+        assert_json_error(theirs, 404)
+        assert theirs.json()["message"] == f"No source named {DEMO_SOURCE!r}"
+        assert unknown.json()["message"] == "No source named 'nope'"
+
+
+# -- every handler method carries a permission, and the OpenAPI document matches the routes ------------------
+EXEMPT = (*PUBLIC_HANDLERS, HubOAuthCallbackHandler, NotFoundHandler)
+
+
+def implemented_methods(handler) -> list[str]:
+    return [m for m in HTTP_METHODS if getattr(handler, m) is not getattr(web.RequestHandler, m)]
+
+
+def undecorated(routes) -> list[str]:
+    missing = []
+    for pattern, handler, *_ in routes:
+        if issubclass(handler, EXEMPT):
+            continue
+        for name in implemented_methods(handler):
+            method = getattr(handler, name)
+            if not hasattr(method, "__carnet_action__") and not hasattr(method, "__carnet_service_only__"):
+                missing.append(f"{name.upper()} {pattern} ({handler.__name__})")
+    return missing
+
+
+def test_every_handler_method_declares_its_permission():
+    routes = all_handlers("/services/carnet/")
+    assert len(routes) >= 12
+    assert undecorated(routes) == []
+    for _pattern, handler, *_ in routes:
+        for name in implemented_methods(handler):
+            action = getattr(getattr(handler, name), "__carnet_action__", None)
+            assert action is None or action in ACTION_MIN_ROLE, (handler, name, action)
+
+
+def test_the_permission_check_catches_an_undecorated_route():
+    class Forgotten(web.RequestHandler):
+        def get(self):
+            pass
+
+        @authorized("apps:list")
+        def post(self):
+            pass
+
+    class Inherited(Forgotten):
+        pass
+
+    routes = [("/services/carnet/api/v1/forgotten", Forgotten), ("/x/inherited", Inherited)]
+    assert undecorated(routes) == [
+        "GET /services/carnet/api/v1/forgotten (Forgotten)",
+        "GET /x/inherited (Inherited)",
+    ]
+
+
+def route_to_path(pattern: str, prefix: str = "/services/carnet") -> str:
+    path = re.sub(r"\(\?P<(\w+)>[^)]*\)", r"{\1}", pattern.removeprefix(prefix))
+    if path.endswith("/?"):
+        path = path[:-2] + "/"
+    assert not re.search(r"[()?*+\[\]\\|^$]", path), f"cannot turn {pattern!r} into an OpenAPI path"
+    return path
+
+
+def served_operations(prefix: str = "/services/carnet/") -> dict[tuple[str, str], object]:
+    operations = {}
+    for pattern, handler, *_ in all_handlers(prefix):
+        if handler is NotFoundHandler or not pattern.startswith(prefix + "api/"):
+            continue
+        for name in implemented_methods(handler):
+            operations[(route_to_path(pattern), name)] = getattr(handler, name)
+    return operations
+
+
+def test_route_to_path():
+    assert route_to_path("/services/carnet/api/v1/?") == "/api/v1/"
+    runs = "/services/carnet/api/v1/jobs/(?P<job_id>[^/]+)/runs"
+    assert route_to_path(runs) == "/api/v1/jobs/{job_id}/runs"
+    with pytest.raises(AssertionError):
+        route_to_path("/services/carnet/api/v1/(\\d+)")
+
+
+def test_openapi_describes_exactly_the_served_routes():
+    document = openapi_document("/services/carnet/")
+    documented = {
+        (path, method): operation
+        for path, operations in document["paths"].items()
+        for method, operation in operations.items()
+    }
+    served = served_operations()
+    assert sorted(documented) == sorted(served)
+    for key, operation in documented.items():
+        handler_method = served[key]
+        action = operation.get("x-carnet-permission")
+        if action is not None:
+            assert action in ACTION_MIN_ROLE, key
+        assert action == getattr(handler_method, "__carnet_action__", None), key
+        service_only = operation.get("x-carnet-service-only")
+        enforced = getattr(handler_method, "__carnet_service_only__", None)
+        assert (list(service_only) if service_only else None) == (list(enforced) if enforced else None), key
