@@ -36,6 +36,13 @@ def notebook_to_html(notebook_path: Path) -> tuple[str, int]:
     return html, charts
 
 
+def _local_only(route) -> None:
+    if route.request.url.startswith(("file:", "data:", "blob:")):
+        route.continue_()
+    else:
+        route.abort()
+
+
 def html_to_pdf(
     html_path: Path, pdf_path: Path, chromium: str, expected_charts: int = 0, timeout_s: float = 60
 ) -> None:
@@ -59,6 +66,9 @@ def html_to_pdf(
             try:
                 # ~A4 landscape at 96 dpi: plotly does not re-layout for print, so size the page first.
                 page = browser.new_page(viewport={"width": 1122, "height": 793})
+                # The report is self-contained: any network fetch (CDN scripts nbconvert's template names)
+                # is refused at once rather than left to hang or to leak what is being printed.
+                page.route("**/*", _local_only)
                 page.goto(html_path.resolve().as_uri(), wait_until="load", timeout=timeout_s * 1000)
                 if expected_charts:
                     page.wait_for_function(
