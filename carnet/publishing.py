@@ -63,6 +63,8 @@ def publish(
     target = settings.published_dir / relative
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".tmp")
+    # The title travels with the snapshot: the Viewer's header and the PDF's <title> read it.
+    node.metadata["title"] = title
     tmp.write_text(json.dumps(nbformat.from_dict(node), indent=1))
     os.chmod(tmp, 0o444)  # a snapshot never changes; a new version is a new file
     tmp.replace(target)

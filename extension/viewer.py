@@ -13,8 +13,14 @@ from __future__ import annotations
 import contextvars
 import json
 import os
+import re
+import time
 from dataclasses import dataclass
+from pathlib import Path
+from queue import Empty
 
+from jupyter_client.asynchronous import AsyncKernelClient
+from jupyter_client.channels import AsyncZMQSocketChannel
 from jupyter_core.utils import ensure_async
 from jupyter_server.base.handlers import FileFindHandler
 from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
@@ -23,6 +29,7 @@ from jupyterhub.singleuser.extension import JupyterHubAuthorizer
 from jupyterlab_server.themes_handler import ThemesHandler
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+from traitlets import Type
 from voila.configuration import VoilaConfiguration
 from voila.paths import collect_static_paths, collect_template_paths
 from voila.shutdown_kernel_handler import VoilaShutdownKernelHandler
@@ -32,6 +39,12 @@ from voila.utils import get_data_dir, get_voila_labextensions_path, pjoin
 
 # Environment variables of the Viewer service that never reach a kernel.
 _PRIVATE_ENV_PREFIXES = ("JUPYTERHUB_", "CARNET_", "JPY_")
+# Carnet's own Voila template in a source checkout: an editable install links the installed template's files
+# here (scripts/link_data_files.py), so template assets may resolve into this folder.
+_CARNET_TEMPLATE_SOURCES = Path(__file__).resolve().parent.parent / "voila_templates"
+_TEMPLATE_ASSET = re.compile(r"[A-Za-z0-9_][\w.-]*/static/.+")
+# Longest a wait on a kernel's shell socket may overlook a reply that already arrived (WakefulShellChannel).
+_SHELL_WAKE_UP = 0.25
 
 
 @dataclass(frozen=True)
@@ -75,6 +88,33 @@ class ViewerKernelManager(AsyncMappingKernelManager):
 
     def owner_of(self, kernel_id: str | None) -> str | None:
         return self.kernel_owners.get(kernel_id) if kernel_id else None
+
+
+class WakefulShellChannel(AsyncZMQSocketChannel):
+    """A shell channel whose waits re-check the socket every ``_SHELL_WAKE_UP`` seconds.
+
+    While Voila's executor (nbclient) waits for a cell's execute_reply on the shell socket, it also sends
+    on that socket: every output captured by an ``ipywidgets.Output`` is synced back to the kernel as a
+    comm_msg. jupyter_client sends through a blocking shadow of the asyncio socket, which can swallow the
+    socket's edge-triggered wake-up; the reply then sits unread until the cell timeout (120 s a cell,
+    STACK-NOTES' "stall"). A fresh poll sees a message that is already there, so polling in slices bounds
+    that delay to a fraction of a second.
+    """
+
+    async def get_msg(self, timeout: float | None = None) -> dict:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = _SHELL_WAKE_UP if deadline is None else max(0.0, deadline - time.monotonic())
+            if await self.socket.poll(int(min(remaining, _SHELL_WAKE_UP) * 1000)):
+                return await self._recv()
+            if deadline is not None and time.monotonic() >= deadline:
+                raise Empty
+
+
+class ViewerKernelClient(AsyncKernelClient):
+    """The client Voila renders an app with (``ServerKernelManager.client_class`` in viewer_config.py)."""
+
+    shell_channel_class = Type(WakefulShellChannel)
 
 
 class ViewerAuthorizer(JupyterHubAuthorizer):
@@ -141,6 +181,33 @@ class OwnedKernelShutdownHandler(VoilaShutdownKernelHandler):
         self.finish()
 
 
+class TemplateAssetHandler(TemplateStaticFileHandler):
+    """Voila's handler of template assets (``voila/templates/<template>/static/<file>``), corrected twice:
+
+    - a URL that is not of that shape (``voila/templates/carnet/conf.json``, ``../`` tricks) is a 404, not an
+      AssertionError turned into a 500;
+    - Tornado (>= 6.5) refuses files that are symlinks leading out of the served folder, which is what an
+      editable install's template files are: they may lead into Carnet's own template sources, nowhere else.
+    """
+
+    def parse_url_path(self, path):
+        normalized = os.path.normpath(path).replace(os.path.sep, "/")
+        if not _TEMPLATE_ASSET.fullmatch(path) or not _TEMPLATE_ASSET.fullmatch(normalized):
+            raise web.HTTPError(404)
+        return super().parse_url_path(path)
+
+    def validate_absolute_path(self, root, absolute_path):
+        self.allowed_symlink_directory = [*self.roots, str(_CARNET_TEMPLATE_SOURCES)]
+        return super().validate_absolute_path(root, absolute_path)
+
+
+class NotFoundHandler(web.RequestHandler):
+    """Jupyter Server routes the Viewer does not offer (mounted before the server's own handlers)."""
+
+    def prepare(self):
+        raise web.HTTPError(404)
+
+
 def _jupyter_server_extension_points():
     return [{"module": "carnet.extension.viewer"}]
 
@@ -174,7 +241,9 @@ def _load_jupyter_server_extension(server_app):
                     "voila_configuration": configuration,
                 },
             ),
-            (url_path_join(base, "voila/templates/(.*)"), TemplateStaticFileHandler),
+            # Prometheus metrics: any signed-in Hub user could read the Viewer's kernel counts and traffic.
+            (url_path_join(base, r"metrics/?"), NotFoundHandler),
+            (url_path_join(base, "voila/templates/(.*)"), TemplateAssetHandler),
             (
                 url_path_join(base, r"voila/api/themes/(.*)"),
                 ThemesHandler,
