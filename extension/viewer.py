@@ -10,6 +10,7 @@ keeps viewers from executing code.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import json
 import os
@@ -37,6 +38,9 @@ from voila.static_file_handler import MultiStaticFileHandler, TemplateStaticFile
 from voila.tornado.handler import TornadoVoilaHandler
 from voila.utils import get_data_dir, get_voila_labextensions_path, pjoin
 
+from carnet.isolation import KERNEL_ACCOUNT_ENV, accounts_enabled, ensure_account
+from carnet.settings import CarnetSettings
+
 # Environment variables of the Viewer service that never reach a kernel.
 _PRIVATE_ENV_PREFIXES = ("JUPYTERHUB_", "CARNET_", "JPY_")
 # Carnet's own Voila template in a source checkout: an editable install links the installed template's files
@@ -51,6 +55,7 @@ _SHELL_WAKE_UP = 0.25
 class KernelRequest:
     owner: str  # the Hub user name of the person looking at the app
     token: str  # a Carnet viewer_kernel token carrying that person's identity
+    user_id: int  # their Carnet user id: the kernel runs as their OS account (carnet.isolation)
 
 
 _kernel_request: contextvars.ContextVar[KernelRequest | None] = contextvars.ContextVar(
@@ -76,7 +81,12 @@ class ViewerKernelManager(AsyncMappingKernelManager):
         request = _kernel_request.get()
         if request is None:
             raise web.HTTPError(403, "Kernels are started only to render an app")
-        kwargs["env"] = kernel_env(kwargs.get("env") or dict(os.environ), request.token)
+        env = kernel_env(kwargs.get("env") or dict(os.environ), request.token)
+        if accounts_enabled():
+            account = await asyncio.to_thread(ensure_account, CarnetSettings(), request.user_id)
+            env.update(account.environment())
+            env[KERNEL_ACCOUNT_ENV] = account.name  # read (and removed) by AccountProvisioner
+        kwargs["env"] = env
         kernel_id = await super().start_kernel(*args, **kwargs)
         self.kernel_owners[kernel_id] = request.owner
         return kernel_id
@@ -160,7 +170,11 @@ class AppHandler(TornadoVoilaHandler):
     @web.authenticated
     async def get(self, app_id):
         session = await request_viewer_session(self.current_user.username, app_id)
-        token = _kernel_request.set(KernelRequest(owner=self.current_user.username, token=session["token"]))
+        token = _kernel_request.set(
+            KernelRequest(
+                owner=self.current_user.username, token=session["token"], user_id=session["user"]["id"]
+            )
+        )
         try:
             async for html in self.get_generator(path=session["notebook_path"]):
                 self.write(html)

@@ -48,6 +48,9 @@ c.MappingKernelManager.cull_idle_timeout = int(os.environ.get("CARNET_VIEWER_CUL
 c.MappingKernelManager.cull_interval = 60
 c.MappingKernelManager.cull_connected = False
 
+# Each kernel runs as the OS account of the person looking (carnet.isolation), when Carnet runs as root.
+c.KernelProvisionerFactory.default_provisioner_name = "carnet-account-provisioner"
+
 c.VoilaConfiguration.template = "carnet"
 c.VoilaConfiguration.strip_sources = True
 c.VoilaConfiguration.show_tracebacks = False

@@ -10,9 +10,13 @@ from pathlib import Path
 
 from carnet.hub_config.authenticator import AUTHORS_GROUP
 from carnet.hub_config.routing import default_url, proxy_command
+from carnet.isolation import accounts_enabled, lock_down_data_dir
 from carnet.settings import CarnetSettings, environment_for
 
 c = get_config()  # noqa: F821 - provided by JupyterHub when it loads this file
+
+# Everything the Hub and the services it starts create is private to Carnet unless made otherwise.
+os.umask(0o077)
 
 hub_port = int(os.environ.get("CARNET_HUB_PORT", "8000"))
 hub_api_port = int(os.environ.get("CARNET_HUB_API_PORT", "8081"))
@@ -39,6 +43,15 @@ def _secret(name: str) -> str:
         )
     return value
 
+
+if accounts_enabled():
+    lock_down_data_dir(settings)
+else:
+    print(
+        "Carnet: WARNING: not running as root (or CARNET_ISOLATION=off): notebook code runs as this OS user "
+        "and can read the data directory. Fine for development, never for several organizations.",
+        file=sys.stderr,
+    )
 
 # -- front door -----------------------------------------------------------------------------------
 c.JupyterHub.ip = ip

@@ -14,12 +14,13 @@ from tornado import web
 
 from carnet.db import session_scope
 from carnet.db.models import AUTHOR_ROLES, TokenKind, User
+from carnet.isolation import Account, account_for
 from carnet.settings import CarnetSettings
 from carnet.tokens import mint_token, revoke_tokens
 
 
-def mint_studio_token(settings: CarnetSettings, email: str) -> str:
-    """A token for ``email``'s Studio kernels. Raises 403 for anyone who is not an author."""
+def mint_studio_token(settings: CarnetSettings, email: str) -> tuple[str, int]:
+    """A token for ``email``'s Studio kernels, and their Carnet user id. 403 for anyone not an author."""
     with session_scope(settings.db_url) as session:
         user = session.scalar(select(User).where(User.email == email))
         memberships = [
@@ -28,7 +29,7 @@ def mint_studio_token(settings: CarnetSettings, email: str) -> str:
         if not memberships:
             raise web.HTTPError(403, "Viewers open apps in the Viewer; they have no Studio server")
         revoke_tokens(session, user_id=user.id, kind=TokenKind.studio_kernel)
-        return mint_token(
+        token = mint_token(
             session,
             kind=TokenKind.studio_kernel,
             user_id=user.id,
@@ -36,6 +37,7 @@ def mint_studio_token(settings: CarnetSettings, email: str) -> str:
             ttl_seconds=None,  # lives as long as the server; revoked at stop
             note="studio server",
         )
+        return token, user.id
 
 
 def revoke_studio_tokens(settings: CarnetSettings, email: str) -> None:
@@ -46,18 +48,33 @@ def revoke_studio_tokens(settings: CarnetSettings, email: str) -> None:
 
 
 class CarnetSpawner(SimpleLocalProcessSpawner):
-    """A local JupyterLab per author. Production deployments swap the process spawner for one that
-    isolates users (containers); the Carnet-specific part is only the token and the role check."""
+    """A local JupyterLab per author, run as the author's own OS account (carnet.isolation) when Carnet
+    runs as root, so notebook code can read nothing of Carnet's data directory. Deployments may swap in a
+    container spawner; the Carnet-specific part is the token, the role check and the account."""
+
+    _account: Account | None = None
 
     async def start(self):
         settings = CarnetSettings(parent=self)
-        token = await asyncio.to_thread(mint_studio_token, settings, self.user.name)
+        token, user_id = await asyncio.to_thread(mint_studio_token, settings, self.user.name)
+        self._account = await asyncio.to_thread(account_for, settings, user_id)
         self.environment = {
             **self.environment,
             "CARNET_API_URL": settings.api_url,
             "CARNET_TOKEN": token,
         }
         return await super().start()
+
+    def make_preexec_fn(self, name):
+        if self._account:
+            return self._account.preexec()
+        return super().make_preexec_fn(name)
+
+    def user_env(self, env):
+        if self._account:
+            env.update(self._account.environment())
+            return env
+        return super().user_env(env)
 
     async def stop(self, now=False):
         try:

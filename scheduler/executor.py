@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from sqlalchemy import select
 from carnet.db import session_scope
 from carnet.db.models import Job, JobRun, RunStatus, TokenKind, utcnow
 from carnet.errors import CarnetError
+from carnet.isolation import account_for
 from carnet.publishing import current_notebook_path
 from carnet.scheduler.mail import send_mail
 from carnet.scheduler.pdf import notebook_to_pdf
@@ -102,6 +104,9 @@ class ReportExecutor:
             output_dir = self.settings.runs_dir / str(job.org_id) / str(job.id) / str(run.id)
             output_dir.mkdir(parents=True, exist_ok=True)
             run.output_dir = str(output_dir)
+            # The run works on its own copy of the snapshot (what ran is kept with what it produced).
+            notebook = output_dir / "input.ipynb"
+            shutil.copyfile(current_notebook_path(self.settings, job.app), notebook)
             context = RunContext(
                 run_id=run.id,
                 job_id=job.id,
@@ -110,7 +115,7 @@ class ReportExecutor:
                 owner_id=job.owner_id,
                 parameters=dict(job.parameters or {}),
                 recipients=list(job.recipients or []),
-                notebook=current_notebook_path(self.settings, job.app),
+                notebook=notebook,
                 output_dir=output_dir,
             )
             # The run reads data as the job's owner, inside the job's organization, for one hour at most.
@@ -134,7 +139,20 @@ class ReportExecutor:
         )
         return env
 
+    def run_as_owner(self, context: RunContext, env: dict) -> dict:
+        """Popen arguments that run the notebook as the job owner's OS account (when accounts are on)."""
+        account = account_for(self.settings, context.owner_id)
+        if account is None:
+            return {}
+        for folder in (context.output_dir.parent.parent, context.output_dir.parent):
+            os.chmod(folder, 0o711)  # noqa: S103 - traversable, not listable
+        subprocess.run(["chown", "-R", f"{account.uid}:{account.gid}", str(context.output_dir)], check=True)
+        env.update(account.environment())
+        return {"user": account.uid, "group": account.gid, "extra_groups": [], "cwd": str(context.output_dir)}
+
     def execute(self, context: RunContext) -> None:
+        env = self.kernel_environment(context)
+        as_owner = self.run_as_owner(context, env)
         command = [
             sys.executable,
             "-m",
@@ -150,7 +168,8 @@ class ReportExecutor:
         ]
         result = subprocess.run(
             command,
-            env=self.kernel_environment(context),
+            env=env,
+            **as_owner,
             capture_output=True,
             text=True,
             timeout=self.cell_timeout * 4,

@@ -59,11 +59,15 @@ def smtp_server():
 
 
 @pytest.fixture(scope="session")
-def carnet_stack(smtp_server, tmp_path_factory):
-    stack = CarnetStack(tmp_path_factory.mktemp("carnet-data"), smtp=smtp_server)
+def carnet_stack(smtp_server):
+    # Not under pytest's tmp dirs (0700): kernels run as unprivileged accounts that must reach their homes.
+    data_dir = Path(tempfile.mkdtemp(prefix="carnet-stack-"))
+    os.chmod(data_dir, 0o711)  # noqa: S103 - traversable, not listable
+    stack = CarnetStack(data_dir, smtp=smtp_server)
     stack.start()
     yield stack
     stack.stop()
+    shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 import time
 from urllib.parse import quote
@@ -11,9 +12,12 @@ import duckdb
 import pytest
 import requests
 from pypdf import PdfReader
+from sqlalchemy import select
 
-from carnet.db.models import Role
+from carnet.db import session_scope
+from carnet.db.models import Role, User
 from carnet.demo import DEMO_SOURCE, DEMO_TABLE, DEMO_USERS
+from carnet.isolation import accounts_enabled
 from tests.helpers import execute_in_kernel, start_server, user_path, wait_until
 
 ACME_VIEWER = "viewer@acme.example"
@@ -112,8 +116,6 @@ def test_studio_kernel_reads_a_source_without_any_credential(carnet_stack, login
     )
     result = execute_in_kernel(ws_url, token, code, timeout=90)
     assert result["error"] is None, result
-    import json
-
     out = json.loads(result["stdout"])
     expected = warehouse_frame(carnet_stack, f"SELECT count(*) AS n FROM {DEMO_TABLE}")["n"][0]
     assert out["names"] == [DEMO_SOURCE]
@@ -160,6 +162,9 @@ def test_scheduled_job_mails_a_pdf_with_the_data(carnet_stack, hub_token, smtp_s
             timeout=180,
             what="the report mail",
         )
+    except TimeoutError:
+        runs = requests.get(f"{api}/jobs/{job['id']}/runs", headers=headers, timeout=30).json()
+        raise AssertionError(f"no mail; the job's runs: {runs}") from None
     finally:
         assert requests.delete(f"{api}/jobs/{job['id']}", headers=headers, timeout=30).status_code == 204
     runs = [p for p in message.walk() if p.get_content_type() == "application/pdf"]
@@ -204,3 +209,55 @@ def test_api_unknown_ids_are_json_404(carnet_stack, hub_token, path, message):
     assert response.status_code == 404
     assert response.headers["Content-Type"].startswith("application/json")
     assert response.json() == {"status": 404, "message": message}
+
+
+@pytest.mark.skipif(not accounts_enabled(), reason="Carnet is not running as root: no per-person OS accounts")
+def test_studio_kernel_runs_as_its_own_account_and_cannot_read_carnet_files(carnet_stack, login, hub_token):
+    # Another person's home exists once they have had a server: give the studio user one first.
+    start_server(carnet_stack.url, login("studio@acme.example"), "studio@acme.example")
+    email = "analyst@acme.example"
+    session = login(email)
+    start_server(carnet_stack.url, session, email)
+    token = hub_token(email)
+    kernel = requests.post(
+        f"{carnet_stack.url}{user_path(email)}api/kernels",
+        json={"name": "python3"},
+        headers={"Authorization": f"token {token}"},
+        timeout=60,
+    )
+    assert kernel.status_code == 201, kernel.text
+    ws_url = f"ws://127.0.0.1:{carnet_stack.ports['HUB']}{user_path(email)}api/kernels/{kernel.json()['id']}/channels"
+    data = carnet_stack.data_dir
+    with session_scope(carnet_stack.settings.db_url) as db:
+        ids = {u.email: u.id for u in db.scalars(select(User)).all()}
+    targets = {
+        "database": data / "carnet.sqlite",
+        "hub_database": data / "jupyterhub.sqlite",
+        "secret": data / "secrets" / "hub_cookie_secret",
+        "warehouse": carnet_stack.settings.warehouse_path(1),
+        "snapshot": next(carnet_stack.settings.published_dir.rglob("*.ipynb")),
+        "studio_users_home": data / "homes" / f"u{ids['studio@acme.example']}",
+    }
+    code = (
+        "import json, os\n"
+        "def readable(path):\n"
+        "    try:\n"
+        "        if os.path.isdir(path):\n"
+        "            os.listdir(path)\n"
+        "        else:\n"
+        "            open(path, 'rb').read(1)\n"
+        "        return True\n"
+        "    except OSError:\n"
+        "        return False\n"
+        f"targets = {json.dumps({k: str(v) for k, v in targets.items()})}\n"
+        "result = {name: readable(path) for name, path in targets.items()}\n"
+        "print(json.dumps({'reach': result, 'uid': os.getuid(), 'home': os.environ['HOME'],\n"
+        "                  'own_home': readable(os.environ['HOME'])}))"
+    )
+    result = execute_in_kernel(ws_url, token, code, timeout=90)
+    assert result["error"] is None, result
+    out = json.loads(result["stdout"])
+    assert out["uid"] != 0
+    assert out["home"] == str(data / "homes" / f"u{ids[email]}") and out["own_home"]
+    # Everything but the person's own home is out of reach: data comes only through the API.
+    assert not any(out["reach"].values()), out["reach"]

@@ -44,7 +44,7 @@ class ViewerSessionHandler(BaseHandler):
                     "token": token,
                     "notebook_path": str(notebook.relative_to(self.settings_obj.published_dir)),
                     "app": {"id": app.id, "title": app.title, "version": app.current_version},
-                    "user": {"email": principal.email, "role": principal.role.value},
+                    "user": {"id": principal.user_id, "email": principal.email, "role": principal.role.value},
                 },
                 status=201,
             )
