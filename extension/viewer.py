@@ -17,7 +17,6 @@ import os
 import re
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from queue import Empty
 
 from jupyter_client.asynchronous import AsyncKernelClient
@@ -43,9 +42,6 @@ from carnet.settings import CarnetSettings
 
 # Environment variables of the Viewer service that never reach a kernel.
 _PRIVATE_ENV_PREFIXES = ("JUPYTERHUB_", "CARNET_", "JPY_")
-# Carnet's own Voila template in a source checkout: an editable install links the installed template's files
-# here (scripts/link_data_files.py), so template assets may resolve into this folder.
-_CARNET_TEMPLATE_SOURCES = Path(__file__).resolve().parent.parent / "voila_templates"
 _TEMPLATE_ASSET = re.compile(r"[A-Za-z0-9_][\w.-]*/static/.+")
 # Longest a wait on a kernel's shell socket may overlook a reply that already arrived (WakefulShellChannel).
 _SHELL_WAKE_UP = 0.25
@@ -196,23 +192,15 @@ class OwnedKernelShutdownHandler(VoilaShutdownKernelHandler):
 
 
 class TemplateAssetHandler(TemplateStaticFileHandler):
-    """Voila's handler of template assets (``voila/templates/<template>/static/<file>``), corrected twice:
-
-    - a URL that is not of that shape (``voila/templates/carnet/conf.json``, ``../`` tricks) is a 404, not an
-      AssertionError turned into a 500;
-    - Tornado (>= 6.5) refuses files that are symlinks leading out of the served folder, which is what an
-      editable install's template files are: they may lead into Carnet's own template sources, nowhere else.
-    """
+    """Voila's handler of template assets (``voila/templates/<template>/static/<file>``): a URL that is not of
+    that shape (``voila/templates/carnet/conf.json``, ``../`` tricks) is a 404, not an AssertionError turned
+    into a 500."""
 
     def parse_url_path(self, path):
         normalized = os.path.normpath(path).replace(os.path.sep, "/")
         if not _TEMPLATE_ASSET.fullmatch(path) or not _TEMPLATE_ASSET.fullmatch(normalized):
             raise web.HTTPError(404)
         return super().parse_url_path(path)
-
-    def validate_absolute_path(self, root, absolute_path):
-        self.allowed_symlink_directory = [*self.roots, str(_CARNET_TEMPLATE_SOURCES)]
-        return super().validate_absolute_path(root, absolute_path)
 
 
 class NotFoundHandler(web.RequestHandler):
