@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -16,9 +18,16 @@ from tests.helpers import CarnetStack
 
 
 def start_stack() -> CarnetStack:
-    stack = CarnetStack(Path(tempfile.mkdtemp(prefix="carnet-bench-")))
+    data_dir = Path(tempfile.mkdtemp(prefix="carnet-bench-"))
+    os.chmod(data_dir, 0o711)  # noqa: S103 - people's OS accounts traverse it to their homes
+    stack = CarnetStack(data_dir)
     stack.start()
     return stack
+
+
+def stop_stack(stack: CarnetStack) -> None:
+    stack.stop()
+    shutil.rmtree(stack.data_dir, ignore_errors=True)
 
 
 def studio_token(settings, email: str = "studio@acme.example") -> str:

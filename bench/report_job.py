@@ -9,7 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import report, start_stack, studio_token, timed
+from bench.common import report, start_stack, stop_stack, studio_token, timed
 from carnet.db import session_scope
 from carnet.db.models import App, JobRun, RunStatus, utcnow
 from carnet.publishing import current_notebook_path
@@ -77,7 +77,7 @@ def main():
             ],
         )
     finally:
-        stack.stop()
+        stop_stack(stack)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from bench.common import report, start_stack, studio_token, timed
+from bench.common import report, start_stack, stop_stack, studio_token, timed
 from carnet.client import ApiClient
 from carnet.db import session_scope
 from carnet.db.models import DataSource
@@ -67,7 +67,7 @@ def main():
             ],
         )
     finally:
-        stack.stop()
+        stop_stack(stack)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import requests
 
-from bench.common import report, start_stack, studio_token, timed
+from bench.common import report, start_stack, stop_stack, studio_token, timed
 from carnet.db import session_scope
 from carnet.db.models import App
 from carnet.publishing import current_notebook_path
@@ -75,7 +75,7 @@ def main():
         if voila:
             voila.terminate()
             voila.wait(timeout=20)
-        stack.stop()
+        stop_stack(stack)
 
 
 if __name__ == "__main__":
