@@ -8,10 +8,8 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from tornado import web
 
 from carnet.errors import CarnetError
-from carnet.publishing import visible_apps
-from carnet.service.api.apps import viewer_url
+from carnet.service.api.apps import app_listing
 from carnet.service.api.base import BaseHandler, authorized
-from carnet.service.api.serialize import app_json
 
 _templates = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"), autoescape=select_autoescape()
@@ -31,10 +29,7 @@ class GalleryHandler(BaseHandler):
     def get(self):
         principal = self.principal()
         with self.db() as session:
-            apps = [
-                {**app_json(a), "url": viewer_url(self, a.id)}
-                for a in visible_apps(session, principal.org_id)
-            ]
+            apps = app_listing(self, session, principal.org_id)
         page = _templates.get_template("gallery.html").render(
             apps=apps,
             org=principal.org_slug,

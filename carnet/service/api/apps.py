@@ -11,15 +11,17 @@ def viewer_url(handler: BaseHandler, app_id: int) -> str:
     return f"{handler.settings['hub_base_url']}services/carnet-viewer/apps/{app_id}"
 
 
+def app_listing(handler: BaseHandler, session, org_id: int) -> list[dict]:
+    """The apps a member of ``org_id`` may open, with their Viewer URLs (API and gallery alike)."""
+    return [{**app_json(app), "url": viewer_url(handler, app.id)} for app in visible_apps(session, org_id)]
+
+
 class AppListHandler(BaseHandler):
     @authorized("apps:list")
     def get(self):
         principal = self.principal()
         with self.db() as session:
-            apps = [
-                {**app_json(app), "url": viewer_url(self, app.id)}
-                for app in visible_apps(session, principal.org_id)
-            ]
+            apps = app_listing(self, session, principal.org_id)
         self.write_json({"apps": apps})
 
     @authorized("apps:publish")

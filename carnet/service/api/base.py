@@ -168,6 +168,14 @@ def principal_for_email(session, email: str, requested_org: str | None = None, v
     return _principal_of(memberships[0], via=via)
 
 
+async def _call(method, handler, *args, **kwargs):
+    """Call a handler method that may be sync or async."""
+    result = method(handler, *args, **kwargs)
+    if hasattr(result, "__await__"):
+        result = await result
+    return result
+
+
 def authorized(action: str):
     """Permission decorator: the caller must be identified and allowed ``action`` in their org."""
 
@@ -179,10 +187,7 @@ def authorized(action: str):
             principal = self.principal()
             if not principal.can(action):
                 raise PermissionDenied(f"Your role ({principal.role}) does not allow {action}")
-            result = method(self, *args, **kwargs)
-            if hasattr(result, "__await__"):
-                result = await result
-            return result
+            return await _call(method, self, *args, **kwargs)
 
         wrapper.__carnet_action__ = action
         return wrapper
@@ -203,10 +208,7 @@ def service_only(*names: str):
                 raise AuthenticationRequired("This endpoint is for Carnet's own services")
             if service not in names:
                 raise PermissionDenied(f"Service {service!r} may not call this endpoint")
-            result = method(self, *args, **kwargs)
-            if hasattr(result, "__await__"):
-                result = await result
-            return result
+            return await _call(method, self, *args, **kwargs)
 
         wrapper.__carnet_service_only__ = names
         return wrapper
