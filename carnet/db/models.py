@@ -84,6 +84,14 @@ class User(Base):
     display_name: Mapped[str] = mapped_column(String(200), default="")
     password_hash: Mapped[str | None] = mapped_column(String(200))
     is_active: Mapped[bool] = mapped_column(default=True)
+    # Sign-in protection: failures since the last success, and until when sign-in is refused.
+    failed_logins: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    locked_until: Mapped[datetime | None]
+    # Set when an admin gave a one-time password: the person must choose their own at next sign-in.
+    must_change_password: Mapped[bool] = mapped_column(default=False, server_default="0")
+    # Credentials (tokens, sessions) issued before this moment are dead: set by logout-everywhere,
+    # disabling, and lowering a role.
+    credentials_valid_after: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     memberships: Mapped[list[Membership]] = relationship(back_populates="user", cascade="all, delete-orphan")
 
@@ -217,3 +225,44 @@ class Token(Base):
     revoked_at: Mapped[datetime | None]
     user: Mapped[User] = relationship()
     org: Mapped[Organization] = relationship()
+
+
+class ApiKey(Base):
+    """A renewable per-org key for programs. Acts as its creator, never above ``role`` (its ceiling)."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = (UniqueConstraint("org_id", "name"), NO_ID_REUSE)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    org_id: Mapped[int] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    prefix: Mapped[str] = mapped_column(String(16), unique=True)
+    secret_hash: Mapped[str] = mapped_column(String(128))
+    role: Mapped[Role] = mapped_column(Enum(Role, native_enum=False, length=16))
+    # Deleting the creator deletes their keys: a key never outlives the person it acts as.
+    created_by: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+    rotated_at: Mapped[datetime | None]
+    last_used_at: Mapped[datetime | None]
+    creator: Mapped[User] = relationship()
+    org: Mapped[Organization] = relationship()
+
+
+class AuditEvent(Base):
+    """Who did what, when, from where. Written for every mutating action and every sign-in attempt."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = NO_ID_REUSE
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # NULL for events outside any organization (a failed sign-in with an unknown email).
+    org_id: Mapped[int | None] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
+    actor_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    actor: Mapped[str] = mapped_column(
+        String(320), default=""
+    )  # email or "api key <name>", kept after deletion
+    action: Mapped[str] = mapped_column(String(64), index=True)  # e.g. "login.failure", "source.create"
+    target: Mapped[str] = mapped_column(String(320), default="")
+    details: Mapped[dict] = mapped_column(default=dict)
+    remote_addr: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
