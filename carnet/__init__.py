@@ -1,6 +1,7 @@
 """Carnet: a Jupyter-native business-intelligence platform.
 
 The root package holds what the parts share (settings, database models, errors, the API client).
+Outside notebooks, ``carnet.Client(url, api_key)`` reads an organization's data with an API key.
 In a notebook, ``import carnet`` gives the kernel helpers: ``carnet.sources`` and ``carnet.warehouse``
 are loaded lazily so that the Hub and the services, which also import ``carnet``, do not pay for pandas.
 """
@@ -15,4 +16,8 @@ def __getattr__(name):
         from carnet import kernel_helpers
 
         return getattr(kernel_helpers, name)
+    if name == "Client":
+        from carnet.client import Client
+
+        return Client
     raise AttributeError(f"module 'carnet' has no attribute {name!r}")

@@ -22,13 +22,23 @@ class CarnetApiError(CarnetError):
 
 
 class ApiClient:
-    def __init__(self, url: str | None = None, token: str | None = None, timeout: float = 300):
+    """``url`` is the Carnet service's base URL (ending with ``/services/carnet/``); the credential, a Carnet
+    token (``token=``) or an org API key (``api_key=``), is sent as ``Authorization: Bearer``."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        timeout: float = 300,
+        *,
+        api_key: str | None = None,
+    ):
         self.url = (url or os.environ.get("CARNET_API_URL") or "").rstrip("/") + "/"
-        self.token = token or os.environ.get("CARNET_TOKEN")
+        self.token = api_key or token or os.environ.get("CARNET_TOKEN")
         if self.url == "/" or not self.token:
             raise CarnetError(
                 "No Carnet connection: CARNET_API_URL and CARNET_TOKEN are set in Studio, Viewer and job "
-                "kernels; elsewhere pass url= and token=."
+                "kernels; elsewhere pass url= and token= (or api_key=)."
             )
         self.timeout = timeout
         self._http = requests.Session()
@@ -57,3 +67,50 @@ class ApiClient:
     @staticmethod
     def segment(value: str) -> str:
         return quote(value, safe="")
+
+
+SERVICE_PATH = "/services/carnet/"
+
+
+def service_url(url: str) -> str:
+    """The Carnet service's base URL from what people paste: the Hub's address (``https://bi.example``), the
+    service's (``.../services/carnet``) or the API's (``.../services/carnet/api/v1``)."""
+    url = url.strip().rstrip("/")
+    for suffix in ("/api/v1", "/api"):
+        url = url.removesuffix(suffix)
+    if not url.endswith(SERVICE_PATH.rstrip("/")):
+        url += SERVICE_PATH.rstrip("/")
+    return url + "/"
+
+
+class Client:
+    """Carnet from any Python program, with an org API key: ``carnet.Client(url, api_key)``.
+
+    ``client.me()``, ``client.sources()`` (names), ``client.get_source(name).get_data()`` (a DataFrame).
+    """
+
+    def __init__(self, url: str, api_key: str, timeout: float = 300):
+        if not url or not api_key:
+            raise CarnetError("carnet.Client needs the Carnet URL and an API key")
+        self._api = ApiClient(service_url(url), timeout=timeout, api_key=api_key)
+
+    @property
+    def url(self) -> str:
+        return self._api.url
+
+    def __repr__(self):
+        return f"<carnet.Client {self.url}>"
+
+    def me(self) -> dict:
+        return self._api.get_json("api/v1/me")
+
+    def sources(self) -> list[str]:
+        return [source["name"] for source in self._api.get_json("api/v1/sources")["sources"]]
+
+    def get_source(self, name: str):
+        """One source (its ``info`` is fetched now, so an unknown name fails here)."""
+        from carnet.kernel_helpers.sources import Source
+
+        source = Source(self._api, name)
+        source.info  # noqa: B018 - fetch now: a missing source or a refusal raises here
+        return source

@@ -24,10 +24,18 @@ ACTION_MIN_ROLE: dict[str, Role] = {
     "jobs:create": Role.analyst,
     "jobs:run": Role.analyst,
     "jobs:delete": Role.analyst,
+    "audit:read": Role.admin,
+    "keys:manage": Role.admin,
+    "users:manage": Role.admin,
+    "me:update": Role.viewer,
 }
 
 APP_KERNEL_ACTIONS = frozenset({"me:read", "sources:list", "sources:read_data"})
 APP_KERNEL_KINDS = frozenset({TokenKind.viewer_kernel, TokenKind.job})
+API_KEY_VIA = "api_key"
+# Only a person signed in through the Hub (browser or Hub token) may do these: never an API key (keys are for
+# programs, key management is for people) nor a kernel's token, whatever the role.
+PEOPLE_ONLY_ACTIONS = frozenset({"keys:manage"})
 
 
 @dataclass(frozen=True)
@@ -39,11 +47,14 @@ class Principal:
     org_id: int
     org_slug: str
     role: Role
-    via: str  # 'hub' (browser cookie or Hub token) or a TokenKind value
+    via: str  # 'hub' (browser cookie or Hub token), 'api_key' (role capped by the key) or a TokenKind value
+    key_name: str = ""  # the API key's name when via == 'api_key'
 
     def can(self, action: str) -> bool:
         if action not in ACTION_MIN_ROLE:
             raise KeyError(f"Unknown action {action!r}: add it to ACTION_MIN_ROLE")
         if self.via in APP_KERNEL_KINDS:
             return action in APP_KERNEL_ACTIONS
+        if action in PEOPLE_ONLY_ACTIONS and self.via != "hub":
+            return False
         return role_at_least(self.role, ACTION_MIN_ROLE[action])

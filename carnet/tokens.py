@@ -66,6 +66,9 @@ def resolve_token(session: Session, text: str) -> tuple[Token, Membership] | Non
         return None
     if not token.user.is_active:
         return None
+    cut_off = token.user.credentials_valid_after
+    if cut_off is not None and token.created_at <= cut_off:
+        return None
     membership = session.scalar(
         select(Membership).where(Membership.user_id == token.user_id, Membership.org_id == token.org_id)
     )

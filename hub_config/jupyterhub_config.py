@@ -98,6 +98,12 @@ c.JupyterHub.load_roles = [
     },
     {"name": "carnet-author", "scopes": ["self"], "groups": [AUTHORS_GROUP]},
     {
+        # The Carnet service ends the Hub sessions and servers of people disabled, deleted or demoted.
+        "name": "carnet-service-admin",
+        "scopes": ["admin:users", "admin:servers", "groups", "read:users"],
+        "services": ["carnet"],
+    },
+    {
         "name": "carnet-services",
         "scopes": ["access:services!service=carnet", "read:users"],
         "services": ["carnet-viewer", "carnet-scheduler"],

@@ -35,6 +35,8 @@ class Source:
         """The source's rows as a pandas DataFrame."""
         return self.arrow(limit=limit).to_pandas()
 
+    get_data = df  # the name ``carnet.Client`` users know
+
 
 class SourceCollection:
     """``carnet.sources``: list the sources, or pick one with ``carnet.sources["name"]``."""

@@ -14,7 +14,7 @@ import requests
 from sqlalchemy import delete, select
 
 from carnet.db import session_scope
-from carnet.db.models import App, AppVersion, DataSource, Job, JobRun, Organization, RunStatus, User
+from carnet.db.models import ApiKey, App, AppVersion, DataSource, Job, JobRun, Organization, RunStatus, User
 from carnet.publishing import publish
 
 API = "/services/carnet/api/v1"
@@ -60,6 +60,7 @@ class Created:
     apps: set[int] = field(default_factory=set)
     jobs: set[int] = field(default_factory=set)
     sources: set[int] = field(default_factory=set)
+    keys: set[int] = field(default_factory=set)
 
     def org_id(self, slug: str) -> int:
         with session_scope(self.stack.settings.db_url) as session:
@@ -140,3 +141,5 @@ class Created:
                 session.execute(delete(App).where(App.id.in_(self.apps)))
             if self.sources:
                 session.execute(delete(DataSource).where(DataSource.id.in_(self.sources)))
+            if self.keys:
+                session.execute(delete(ApiKey).where(ApiKey.id.in_(self.keys)))

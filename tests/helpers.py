@@ -94,6 +94,7 @@ class CarnetStack:
             },
             "CARNET_DATA_DIR": str(self.data_dir),
             "CARNET_SCHEDULER_POLL": "0.5",
+            "CARNET_LOCKOUT_SECONDS": "3",  # short sign-in locks (tests/test_audit.py waits them out)
             **{f"CARNET_{name}_PORT": str(port) for name, port in self.ports.items()},
         }
         if smtp:

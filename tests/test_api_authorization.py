@@ -66,6 +66,20 @@ MATRIX = [
     ("DELETE", "/jobs/{job_id}", 401, 403, 204, 204, 204, 403),
     ("GET", "/jobs/{job_id}/runs", 401, 403, 200, 200, 200, 403),
     ("POST", "/jobs/{job_id}/runs", 401, 403, 202, 202, 202, 403),
+    ("GET", "/audit", 401, 403, 403, 403, 200, 403),
+    ("GET", "/audit/export", 401, 403, 403, 403, 200, 403),
+    ("GET", "/keys", 401, 403, 403, 403, 200, 403),
+    ("POST", "/keys", 401, 403, 403, 403, 201, 403),
+    ("DELETE", "/keys/{key_id}", 401, 403, 403, 403, 204, 403),
+    ("POST", "/keys/{key_id}/rotate", 401, 403, 403, 403, 200, 403),
+    ("GET", "/users", 401, 403, 403, 403, 200, 403),
+    ("POST", "/users", 401, 403, 403, 403, 201, 403),
+    ("GET", "/users/{user_id}", 401, 403, 403, 403, 200, 403),
+    ("PATCH", "/users/{user_id}", 401, 403, 403, 403, 200, 403),
+    ("DELETE", "/users/{user_id}", 401, 403, 403, 403, 204, 403),
+    ("POST", "/users/{user_id}/password", 401, 403, 403, 403, 200, 403),
+    # People may change their own password (here: a wrong current password, so nothing changes); kernels not.
+    ("POST", "/me/password", 401, 400, 400, 400, 400, 403),
     ("POST", "/internal/viewer-sessions", 401, 403, 403, 403, 403, 403),
 ]
 
@@ -136,6 +150,35 @@ def shared_job(carnet_stack, tokens, tiny_app, created):
     return job["id"]
 
 
+def create_key(stack, token, created) -> dict:
+    response = requests.post(
+        api_url(stack, "keys"),
+        json={"name": unique("authz key"), "role": "viewer"},
+        headers=auth(token),
+        timeout=30,
+    )
+    assert response.status_code == 201, response.text
+    created.keys.add(response.json()["id"])
+    return response.json()
+
+
+def key_works(stack, key: str) -> bool:
+    response = requests.get(api_url(stack, "me"), headers={"Authorization": f"Bearer {key}"}, timeout=30)
+    assert response.status_code in (200, 401), response.text
+    return response.status_code == 200
+
+
+def create_person(stack, admin_token) -> dict:
+    response = requests.post(
+        api_url(stack, "users"),
+        json={"email": f"{unique('authz-person')}@acme.example", "role": "viewer"},
+        headers=auth(admin_token),
+        timeout=30,
+    )
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
 def warehouse_rows(stack) -> int:
     with duckdb.connect(str(stack.settings.warehouse_path(1)), read_only=True) as con:
         return con.execute(f"SELECT count(*) FROM {DEMO_TABLE}").fetchone()[0]  # noqa: S608
@@ -153,11 +196,20 @@ def test_authorization_matrix(
 ):
     stack, token = carnet_stack, tokens[role]
     admin = auth(tokens["admin"])
-    job_id = shared_job
-    if method == "DELETE":
+    job_id, key = shared_job, None
+    if (method, route) == ("DELETE", "/jobs/{job_id}"):
         job_id = create_job(stack, tokens["analyst"], tiny_app)["id"]
         created.jobs.add(job_id)
-    path = route.format(name=DEMO_SOURCE, app_id=stack.app_id, job_id=job_id)
+    if "{key_id}" in route:
+        key = create_key(stack, tokens["admin"], created)
+    person = create_person(stack, tokens["admin"]) if "{user_id}" in route else None
+    path = route.format(
+        name=DEMO_SOURCE,
+        app_id=stack.app_id,
+        job_id=job_id,
+        key_id=key and key["id"],
+        user_id=person and person["id"],
+    )
     body, before = None, None
     if (method, route) == ("POST", "/sources"):
         body = {"name": unique("authz-src"), "kind": "warehouse_table", "options": {"table": DEMO_TABLE}}
@@ -172,9 +224,17 @@ def test_authorization_matrix(
         }
     elif (method, route) == ("POST", "/jobs/{job_id}/runs"):
         before = created.run_count(job_id)
+    elif (method, route) == ("POST", "/keys"):
+        body = {"name": unique("authz key"), "role": "viewer"}
     elif route == "/internal/viewer-sessions":
         body = {"user": EMAILS["viewer"], "app_id": stack.app_id}
         before = viewer_kernel_tokens(stack)
+    elif (method, route) == ("POST", "/users"):
+        body = {"email": f"{unique('authz-person')}@acme.example", "role": "viewer"}
+    elif (method, route) == ("PATCH", "/users/{user_id}"):
+        body = {"display_name": "Renamed by the matrix"}
+    elif route == "/me/password":
+        body = {"current_password": "not the password", "new_password": "a long enough new password"}
 
     response = requests.request(method, api_url(stack, path), json=body, headers=auth(token), timeout=60)
 
@@ -242,7 +302,7 @@ def test_authorization_matrix(
             assert body["name"] not in [j["name"] for j in listed]
     elif (method, route) == ("GET", "/jobs/{job_id}") and ok:
         assert response.json()["id"] == job_id and response.json()["cron"] == NEVER_CRON
-    elif method == "DELETE":
+    elif (method, route) == ("DELETE", "/jobs/{job_id}"):
         after = requests.get(api_url(stack, f"jobs/{job_id}"), headers=admin, timeout=30)
         if ok:
             assert response.text == ""
@@ -260,10 +320,61 @@ def test_authorization_matrix(
             assert created.run_count(job_id) == before + 1
         else:
             assert created.run_count(job_id) == before
+    elif route == "/audit" and ok:
+        events = response.json()["events"]
+        assert events and {e["org_id"] for e in events} == {created.org_id("acme")}
+    elif route == "/audit/export" and ok:
+        assert response.headers["Content-Type"].startswith("text/csv")
+        assert response.text.splitlines()[0].startswith("id,created_at,action,actor")
+    elif (method, route) == ("GET", "/keys") and ok:
+        assert all("key" not in k and "secret_hash" not in k for k in response.json()["keys"])
+    elif (method, route) == ("POST", "/keys"):
+        names = [
+            k["name"] for k in requests.get(api_url(stack, "keys"), headers=admin, timeout=30).json()["keys"]
+        ]
+        if ok:
+            created.keys.add(response.json()["id"])
+            assert response.json()["name"] == body["name"] and response.json()["role"] == "viewer"
+            assert key_works(stack, response.json()["key"])
+            assert body["name"] in names
+        else:
+            assert "cak_" not in response.text
+            assert body["name"] not in names
+    elif (method, route) == ("DELETE", "/keys/{key_id}"):
+        assert key_works(stack, key["key"]) is not ok
+    elif route == "/keys/{key_id}/rotate":
+        assert key_works(stack, key["key"]) is not ok
+        if ok:
+            assert response.json()["id"] == key["id"] and key_works(stack, response.json()["key"])
+        else:
+            assert "cak_" not in response.text
     elif route == "/internal/viewer-sessions":
         assert response.status_code != 201
         assert "token" not in response.text
         assert viewer_kernel_tokens(stack) == before
+    elif (method, route) == ("GET", "/users") and ok:
+        assert EMAILS["viewer"] in [u["email"] for u in response.json()["users"]]
+    elif (method, route) == ("POST", "/users"):
+        listed = requests.get(api_url(stack, "users"), headers=admin, timeout=30).json()["users"]
+        assert (body["email"] in [u["email"] for u in listed]) is ok
+        if ok:
+            assert response.json()["initial_password"]
+            requests.delete(api_url(stack, f"users/{response.json()['id']}"), headers=admin, timeout=30)
+        else:
+            assert "initial_password" not in response.text
+    elif route == "/me/password" and response.status_code == 400:
+        assert response.json()["field"] == "current_password"
+    if person is not None:
+        after = requests.get(api_url(stack, f"users/{person['id']}"), headers=admin, timeout=30)
+        if (method, route) == ("DELETE", "/users/{user_id}"):
+            assert after.status_code == (404 if ok else 200)
+        else:
+            assert after.status_code == 200
+            if (method, route) == ("PATCH", "/users/{user_id}"):
+                assert (after.json()["display_name"] == "Renamed by the matrix") is ok
+            if route == "/users/{user_id}/password":
+                assert ("initial_password" in response.text) is ok
+            requests.delete(api_url(stack, f"users/{person['id']}"), headers=admin, timeout=30)
 
 
 def test_matrix_covers_every_documented_operation():

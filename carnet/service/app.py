@@ -15,11 +15,11 @@ from traitlets.config import Application
 
 from carnet.db import upgrade
 from carnet.service import gallery
-from carnet.service.api import apps, internal, jobs, meta, sources
+from carnet.service.api import apps, audit, internal, jobs, keys, meta, sources, users
 from carnet.service.api.base import NotFoundHandler
 from carnet.settings import CarnetSettings
 
-HANDLER_MODULES = [meta, sources, apps, jobs, internal, gallery]
+HANDLER_MODULES = [meta, sources, apps, jobs, internal, users, audit, keys, gallery]
 
 
 def all_handlers(prefix: str) -> list[tuple]:

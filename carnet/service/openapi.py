@@ -36,6 +36,12 @@ def _obj(required: list[str], **props) -> dict:
 
 STR = {"type": "string"}
 INT = {"type": "integer"}
+AUDIT_FILTERS = [
+    {"name": "action", "in": "query", "schema": STR, "description": "prefix, e.g. login."},
+    {"name": "actor", "in": "query", "schema": STR, "description": "exact email"},
+    {"name": "since", "in": "query", "schema": {**STR, "format": "date-time"}, "description": "inclusive"},
+    {"name": "until", "in": "query", "schema": {**STR, "format": "date-time"}, "description": "exclusive"},
+]
 
 PATHS = {
     "/api/v1/": {"get": _op("API name and version (public)", None)},
@@ -101,6 +107,102 @@ PATHS = {
         "get": _op("The job's latest runs", "jobs:read"),
         "post": _op("Run the job now", "jobs:run", ok="202"),
     },
+    "/api/v1/users": {
+        "get": _op("People of the organization", "users:manage"),
+        "post": _op(
+            "Create a person with a one-time password (returned once; changed at first sign-in)",
+            "users:manage",
+            ok="201",
+            body=_obj(["email", "role"], email=STR, role=STR, display_name=STR),
+        ),
+    },
+    "/api/v1/users/{user_id}": {
+        "get": _op("One person", "users:manage"),
+        "patch": _op(
+            "Change role, display name or is_active (other fields are refused); lowering a role or "
+            "disabling ends the person's sessions and tokens at once",
+            "users:manage",
+            body={
+                "type": "object",
+                "properties": {"role": STR, "display_name": STR, "is_active": {"type": "boolean"}},
+                "additionalProperties": False,
+            },
+        ),
+        "delete": _op("Delete the person (their sessions, tokens and keys die)", "users:manage", ok="204"),
+    },
+    "/api/v1/users/{user_id}/password": {
+        "post": _op("Give the person a new one-time password (their sessions end)", "users:manage"),
+    },
+    "/api/v1/me/password": {
+        "post": _op(
+            "Change one's own password (signed in as oneself, not with a token)",
+            "me:update",
+            ok="204",
+            body=_obj(["current_password", "new_password"], current_password=STR, new_password=STR),
+        ),
+    },
+    "/api/v1/audit": {
+        "get": _op(
+            "The organization's audit log, newest first (admins only)",
+            "audit:read",
+            parameters=AUDIT_FILTERS
+            + [
+                {"name": "limit", "in": "query", "schema": {**INT, "minimum": 1, "maximum": 1000}},
+                {"name": "offset", "in": "query", "schema": {**INT, "minimum": 0}},
+            ],
+        )
+    },
+    "/api/v1/audit/export": {
+        "get": _op(
+            "The audit log as a streamed download: CSV with a header row (text/csv) or JSON lines "
+            "(application/x-ndjson); same filters as /audit, no limit unless given",
+            "audit:read",
+            parameters=AUDIT_FILTERS
+            + [
+                {"name": "format", "in": "query", "schema": {"enum": ["csv", "jsonl"], "default": "csv"}},
+                {"name": "limit", "in": "query", "schema": {**INT, "minimum": 1, "maximum": 1000}},
+                {"name": "offset", "in": "query", "schema": {**INT, "minimum": 0}},
+            ],
+        )
+    },
+    "/api/v1/keys": {
+        "get": _op(
+            "The organization's API keys (admins; never their secrets). Key management is for people: "
+            "an API key calling this gets 403",
+            "keys:manage",
+        ),
+        "post": _op(
+            "Create an API key; its clear text is returned once, as `key`. Send it as "
+            "`Authorization: Bearer <key>` or `X-Api-Key: <key>`; it acts as its creator with role "
+            "min(role, the creator's current role). 409 if the name is taken",
+            "keys:manage",
+            ok="201",
+            body=_obj(
+                ["name", "role"],
+                name=STR,
+                role={"type": "string", "enum": ["viewer", "analyst", "studio", "admin"]},
+                expires_at={"type": "string", "format": "date-time"},
+                expires_in_days=INT,
+            ),
+        ),
+    },
+    "/api/v1/keys/{key_id}": {
+        "delete": _op("Revoke an API key (refused at once from then on)", "keys:manage", ok="204"),
+    },
+    "/api/v1/keys/{key_id}/rotate": {
+        "post": _op(
+            "New secret for an API key (returned once, as `key`); the old one is refused at once. "
+            "Optionally renew it with expires_at or expires_in_days",
+            "keys:manage",
+            body={
+                "type": "object",
+                "properties": {
+                    "expires_at": {"type": "string", "format": "date-time"},
+                    "expires_in_days": INT,
+                },
+            },
+        ),
+    },
     "/api/v1/internal/viewer-sessions": {
         "post": _op(
             "Carnet Viewer only: check that a user may open an app and mint their kernel token",
@@ -123,8 +225,13 @@ def openapi_document(service_prefix: str) -> dict:
             "schemas": {"Error": _obj(["status", "message"], status=INT, message=STR)},
             "securitySchemes": {
                 "hub": {"type": "apiKey", "in": "cookie", "name": "jupyterhub-services"},
-                "token": {"type": "http", "scheme": "bearer", "description": "Hub API token or Carnet token"},
+                "token": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "Hub API token, Carnet token or org API key (cak_...)",
+                },
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-Api-Key"},
             },
         },
-        "security": [{"hub": []}, {"token": []}],
+        "security": [{"hub": []}, {"token": []}, {"apiKey": []}],
     }

@@ -39,6 +39,8 @@ class AppListHandler(BaseHandler):
                 description=str(body.get("description", "")),
                 notebook=body.get("notebook"),
             )
+            self.audit(session, "app.publish", f"app/{app.id}", slug=app.slug, version=app.current_version)
+            session.flush()
             self.write_json({**app_json(app), "url": viewer_url(self, app.id)}, status=201)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import sys
@@ -12,10 +13,13 @@ from jupyterhub.services.auth import HubOAuthenticated
 from sqlalchemy import select
 from tornado import web
 
+from carnet.api_keys import API_KEY_PREFIX, resolve_api_key
+from carnet.audit import client_address
+from carnet.audit import record as audit_record
 from carnet.db import session_scope
 from carnet.db.models import Membership, User
 from carnet.errors import AuthenticationRequired, CarnetError, NotFound, PermissionDenied, ValidationError
-from carnet.permissions import Principal
+from carnet.permissions import API_KEY_VIA, PEOPLE_ONLY_ACTIONS, Principal
 from carnet.tokens import TOKEN_PREFIX, resolve_token
 
 API_PREFIX = "api/v1/"
@@ -26,6 +30,7 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
 
     - a person through the Hub (OAuth cookie in a browser, or a Hub API token);
     - a Carnet token (``ck_...``) held by a kernel or a job run, bound to one user and one org;
+    - an org API key (``cak_...``, as ``Authorization: Bearer`` or ``X-Api-Key``) held by a program;
     - a Hub-managed Carnet service (the Viewer, the scheduler), through its own Hub token.
     """
 
@@ -47,15 +52,25 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
             return value.strip()
         return None
 
+    def _api_key(self) -> str | None:
+        """An API key: ``X-Api-Key: <key>`` (whatever it holds, so garbage is a 401) or ``Bearer cak_...``."""
+        header = self.request.headers.get("X-Api-Key")
+        if header is not None:
+            return header.strip()
+        scheme, _, value = self.request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() in ("bearer", "token") and value.strip().startswith(API_KEY_PREFIX):
+            return value.strip()
+        return None
+
     def get_current_user(self):
-        # Carnet tokens are checked locally; everything else goes to the Hub (cached by HubAuth).
-        if self._bearer():
+        # Carnet tokens and API keys are checked locally; everything else goes to the Hub (cached by HubAuth).
+        if self._bearer() or self._api_key() is not None:
             return None
         return super().get_current_user()
 
     def check_xsrf_cookie(self):
         # Token-authenticated calls carry no cookie, so there is nothing to forge.
-        if self._bearer() or self.request.headers.get("Authorization"):
+        if self._bearer() or self._api_key() is not None or self.request.headers.get("Authorization"):
             return None
         return super().check_xsrf_cookie()
 
@@ -70,9 +85,15 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
         cached = getattr(self, "_principal", None)
         if cached is not None:
             return cached
-        bearer = self._bearer()
+        bearer, api_key = self._bearer(), self._api_key()
         with self.db() as session:
-            if bearer:
+            if api_key is not None:
+                resolved_key = resolve_api_key(session, api_key)
+                if resolved_key is None:
+                    raise AuthenticationRequired("Invalid, expired or revoked API key")
+                principal = _principal_of(resolved_key.membership, via=API_KEY_VIA)
+                principal = dataclasses.replace(principal, role=resolved_key.role, key_name=resolved_key.name)
+            elif bearer:
                 resolved = resolve_token(session, bearer)
                 if resolved is None:
                     raise AuthenticationRequired("Invalid, expired or revoked token")
@@ -85,6 +106,21 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
                 principal = principal_for_email(session, model["name"], requested_org=self._org_hint())
         self._principal = principal
         return principal
+
+    def audit(self, session, action: str, target: str = "", **details):
+        """Record ``action`` by the calling principal in ``session`` (so it commits with the action itself).
+        ``details`` must never hold secrets. Returns the AuditEvent."""
+        principal = self.principal()
+        return audit_record(
+            session,
+            org_id=principal.org_id,
+            actor_id=principal.user_id,
+            actor=f"api key {principal.key_name}" if principal.via == API_KEY_VIA else principal.email,
+            action=action,
+            target=target,
+            details={**details, "via": principal.via},
+            remote_addr=client_address(self.request),
+        )
 
     def _org_hint(self) -> str | None:
         return self.request.headers.get("X-Carnet-Org") or self.get_query_argument("org", None)
@@ -102,9 +138,11 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
         return body
 
     def write_json(self, data, status: int = 200) -> None:
+        """Buffer a JSON answer. It is sent when the handler method returns — after the ``with self.db()``
+        block around it has committed — so a client never sees a success whose commit then fails."""
         self.set_status(status)
         self.set_header("Content-Type", "application/json; charset=UTF-8")
-        self.finish(json.dumps(data, default=str))
+        self.write(json.dumps(data, default=str))
 
     def write_error(self, status_code: int, **kwargs) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
@@ -185,6 +223,8 @@ def authorized(action: str):
         @functools.wraps(method)
         async def wrapper(self, *args, **kwargs):
             principal = self.principal()
+            if action in PEOPLE_ONLY_ACTIONS and principal.via != "hub":
+                raise PermissionDenied(f"{action} is for people signed in through the Hub, not keys")
             if not principal.can(action):
                 raise PermissionDenied(f"Your role ({principal.role}) does not allow {action}")
             return await _call(method, self, *args, **kwargs)
@@ -203,7 +243,7 @@ def service_only(*names: str):
         async def wrapper(self, *args, **kwargs):
             service = self.hub_service_name()
             if service is None:
-                if self._bearer() or self.current_user:
+                if self._bearer() or self._api_key() is not None or self.current_user:
                     raise PermissionDenied("This endpoint is for Carnet's own services")
                 raise AuthenticationRequired("This endpoint is for Carnet's own services")
             if service not in names:

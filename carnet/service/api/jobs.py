@@ -63,6 +63,8 @@ class JobListHandler(BaseHandler):
                 )
                 session.add(job)
                 session.flush()
+                self.audit(session, "job.create", f"job/{job.id}", name=job.name, app_id=app.id, cron=cron)
+                session.flush()
                 self.write_json(job_json(job), status=201)
         except IntegrityError:
             raise Conflict(f"A job named {name!r} already exists") from None
@@ -79,6 +81,7 @@ class JobHandler(BaseHandler):
         with self.db() as session:
             job = find_job(session, self.principal().org_id, job_id)
             outputs = self.settings_obj.runs_dir / str(job.org_id) / str(job.id)
+            self.audit(session, "job.delete", f"job/{job.id}", name=job.name)
             session.delete(job)
         # The job's runs went with it (cascade); so do their files.
         shutil.rmtree(outputs, ignore_errors=True)
@@ -103,6 +106,8 @@ class JobRunsHandler(BaseHandler):
             job = find_job(session, self.principal().org_id, job_id)
             run = JobRun(job_id=job.id, status=RunStatus.queued, trigger="manual", scheduled_for=utcnow())
             session.add(run)
+            session.flush()
+            self.audit(session, "job.run", f"job/{job.id}", run_id=run.id, name=job.name)
             session.flush()
             self.write_json(run_json(run), status=202)
 

@@ -58,6 +58,11 @@ class SourceListHandler(BaseHandler):
                 )
                 session.add(source)
                 session.flush()
+                # No options in the record: they may hold credentials.
+                self.audit(
+                    session, "source.create", f"source/{source.name}", source_id=source.id, kind=kind.name
+                )
+                session.flush()
                 self.write_json(source_json(source), status=201)
         except IntegrityError:
             raise Conflict(f"A source named {name!r} already exists") from None
