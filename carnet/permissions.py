@@ -27,6 +27,7 @@ ACTION_MIN_ROLE: dict[str, Role] = {
     "audit:read": Role.admin,
     "keys:manage": Role.admin,
     "users:manage": Role.admin,
+    "groups:manage": Role.admin,
     "me:update": Role.viewer,
 }
 

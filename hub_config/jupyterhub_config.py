@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from carnet.hub_config.authenticator import AUTHORS_GROUP
+from carnet.hub_config.oidc import oidc_configured
 from carnet.hub_config.routing import default_url, proxy_command
 from carnet.isolation import accounts_enabled, lock_down_data_dir
 from carnet.settings import CarnetSettings, environment_for
@@ -72,7 +73,14 @@ if os.environ.get("CARNET_SSL_CERT"):
     c.JupyterHub.ssl_cert = os.environ["CARNET_SSL_CERT"]
     c.JupyterHub.ssl_key = os.environ["CARNET_SSL_KEY"]
 
-c.JupyterHub.authenticator_class = "carnet.hub_config.authenticator.CarnetAuthenticator"
+if oidc_configured():
+    # Single sign-on through an OpenID Connect provider (hub_config/oidc.py); otherwise Carnet's passwords.
+    c.JupyterHub.authenticator_class = "carnet.hub_config.oidc.CarnetOIDCAuthenticator"
+    c.CarnetOIDCAuthenticator.oauth_callback_url = os.environ.get("CARNET_OIDC_CALLBACK_URL") or (
+        os.environ["CARNET_PUBLIC_URL"].rstrip("/") + "/hub/oauth_callback"
+    )
+else:
+    c.JupyterHub.authenticator_class = "carnet.hub_config.authenticator.CarnetAuthenticator"
 c.JupyterHub.spawner_class = "carnet.hub_config.spawner.CarnetSpawner"
 c.JupyterHub.allow_named_servers = False
 c.JupyterHub.default_url = default_url
@@ -112,7 +120,12 @@ c.JupyterHub.load_roles = [
 
 # -- Carnet's own processes, managed by the Hub -----------------------------------------------------
 service_env = {
-    **{name: value for name, value in os.environ.items() if name.startswith("CARNET_")},
+    # The identity provider's client secret is the Hub's alone.
+    **{
+        name: value
+        for name, value in os.environ.items()
+        if name.startswith("CARNET_") and name != "CARNET_OIDC_CLIENT_SECRET"
+    },
     **environment_for(settings),
     "PATH": f"{venv_bin}:{os.environ.get('PATH', '/usr/bin:/bin')}",
     "PYTHONUNBUFFERED": "1",

@@ -78,6 +78,12 @@ MATRIX = [
     ("PATCH", "/users/{user_id}", 401, 403, 403, 403, 200, 403),
     ("DELETE", "/users/{user_id}", 401, 403, 403, 403, 204, 403),
     ("POST", "/users/{user_id}/password", 401, 403, 403, 403, 200, 403),
+    ("GET", "/groups", 401, 403, 403, 403, 200, 403),
+    ("POST", "/groups", 401, 403, 403, 403, 201, 403),
+    ("GET", "/groups/{group_id}", 401, 403, 403, 403, 200, 403),
+    ("PATCH", "/groups/{group_id}", 401, 403, 403, 403, 200, 403),
+    ("DELETE", "/groups/{group_id}", 401, 403, 403, 403, 204, 403),
+    ("PUT", "/groups/{group_id}/members", 401, 403, 403, 403, 200, 403),
     # People may change their own password (here: a wrong current password, so nothing changes); kernels not.
     ("POST", "/me/password", 401, 400, 400, 400, 400, 403),
     ("POST", "/internal/viewer-sessions", 401, 403, 403, 403, 403, 403),
@@ -179,6 +185,14 @@ def create_person(stack, admin_token) -> dict:
     return response.json()
 
 
+def create_group(stack, admin_token) -> dict:
+    response = requests.post(
+        api_url(stack, "groups"), json={"name": unique("authz group")}, headers=auth(admin_token), timeout=30
+    )
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
 def warehouse_rows(stack) -> int:
     with duckdb.connect(str(stack.settings.warehouse_path(1)), read_only=True) as con:
         return con.execute(f"SELECT count(*) FROM {DEMO_TABLE}").fetchone()[0]  # noqa: S608
@@ -203,12 +217,14 @@ def test_authorization_matrix(
     if "{key_id}" in route:
         key = create_key(stack, tokens["admin"], created)
     person = create_person(stack, tokens["admin"]) if "{user_id}" in route else None
+    group = create_group(stack, tokens["admin"]) if "{group_id}" in route else None
     path = route.format(
         name=DEMO_SOURCE,
         app_id=stack.app_id,
         job_id=job_id,
         key_id=key and key["id"],
         user_id=person and person["id"],
+        group_id=group and group["id"],
     )
     body, before = None, None
     if (method, route) == ("POST", "/sources"):
@@ -233,6 +249,12 @@ def test_authorization_matrix(
         body = {"email": f"{unique('authz-person')}@acme.example", "role": "viewer"}
     elif (method, route) == ("PATCH", "/users/{user_id}"):
         body = {"display_name": "Renamed by the matrix"}
+    elif (method, route) == ("POST", "/groups"):
+        body = {"name": unique("authz group")}
+    elif (method, route) == ("PATCH", "/groups/{group_id}"):
+        body = {"name": unique("renamed by the matrix")}
+    elif route == "/groups/{group_id}/members":
+        body = {"users": [EMAILS["viewer"]]}
     elif route == "/me/password":
         body = {"current_password": "not the password", "new_password": "a long enough new password"}
 
@@ -364,6 +386,27 @@ def test_authorization_matrix(
             assert "initial_password" not in response.text
     elif route == "/me/password" and response.status_code == 400:
         assert response.json()["field"] == "current_password"
+    elif (method, route) == ("GET", "/groups") and ok:
+        assert isinstance(response.json()["groups"], list)
+    elif (method, route) == ("POST", "/groups"):
+        listed = requests.get(api_url(stack, "groups"), headers=admin, timeout=30).json()["groups"]
+        assert (body["name"] in [g["name"] for g in listed]) is ok
+        if ok:
+            assert response.json()["name"] == body["name"] and response.json()["members"] == []
+            requests.delete(api_url(stack, f"groups/{response.json()['id']}"), headers=admin, timeout=30)
+    elif (method, route) == ("GET", "/groups/{group_id}") and ok:
+        assert response.json() == group
+    if group is not None:
+        after = requests.get(api_url(stack, f"groups/{group['id']}"), headers=admin, timeout=30)
+        if (method, route) == ("DELETE", "/groups/{group_id}"):
+            assert after.status_code == (404 if ok else 200)
+        else:
+            assert after.status_code == 200
+            if (method, route) == ("PATCH", "/groups/{group_id}"):
+                assert (after.json()["name"] == body["name"]) is ok
+            if route == "/groups/{group_id}/members":
+                assert after.json()["members"] == ([EMAILS["viewer"]] if ok else [])
+            requests.delete(api_url(stack, f"groups/{group['id']}"), headers=admin, timeout=30)
     if person is not None:
         after = requests.get(api_url(stack, f"users/{person['id']}"), headers=admin, timeout=30)
         if (method, route) == ("DELETE", "/users/{user_id}"):
@@ -627,3 +670,13 @@ def test_openapi_describes_exactly_the_served_routes():
         service_only = operation.get("x-carnet-service-only")
         enforced = getattr(handler_method, "__carnet_service_only__", None)
         assert (list(service_only) if service_only else None) == (list(enforced) if enforced else None), key
+
+
+def test_admin_page_routes_are_walked_and_admin_only():
+    routes = {pattern: handler for pattern, handler, *_ in all_handlers("/services/carnet/")}
+    admin_routes = [p for p in routes if p.startswith("/services/carnet/admin")]
+    assert len(admin_routes) == 3, admin_routes
+    assert undecorated([(p, routes[p]) for p in admin_routes]) == []
+    for pattern in admin_routes:
+        for name in implemented_methods(routes[pattern]):
+            assert getattr(routes[pattern], name).__carnet_action__ == "users:manage", (pattern, name)

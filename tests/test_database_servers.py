@@ -60,3 +60,35 @@ def test_migrations_and_demo_seed_on_a_database_server(server_db_url, tmp_path):
         resolved = resolve_token(session, token)
         assert resolved is not None
         assert resolved[1].role.value == "analyst"
+
+
+def test_viewer_groups_on_a_database_server(server_db_url, tmp_path):
+    from carnet.db.models import ViewerGroup, ViewerGroupMember
+    from carnet.errors import Conflict
+    from carnet.groups import create_group, set_members
+
+    upgrade(server_db_url)
+    seed_demo(CarnetSettings(data_dir=str(tmp_path), db_url=server_db_url))
+    with session_scope(server_db_url) as session:
+        acme = session.scalar(select(Organization.id).where(Organization.slug == "acme"))
+        group = create_group(session, acme, "Sales ünits")
+        set_members(session, group, ["viewer@acme.example", "analyst@acme.example"])
+        group_id = group.id
+    with session_scope(server_db_url) as session, pytest.raises(Conflict):
+        create_group(session, acme, "S\u0430les \u00fcnits")  # Cyrillic a
+    with pytest.raises(sa.exc.IntegrityError), session_scope(server_db_url) as session:
+        # The database itself refuses a second group with the same skeleton.
+        session.add(ViewerGroup(org_id=acme, name="other spelling", name_key="sales ünits"))
+        session.flush()
+    # Deleting a person removes them from groups (FK cascade in the database, not only in the ORM).
+    with session_scope(server_db_url) as session:
+        session.execute(sa.delete(User).where(User.email == "analyst@acme.example"))
+    with session_scope(server_db_url) as session:
+        members = session.scalars(
+            select(ViewerGroupMember.user_id).where(ViewerGroupMember.group_id == group_id)
+        )
+        viewer = session.scalar(select(User.id).where(User.email == "viewer@acme.example"))
+        assert list(members) == [viewer]
+        session.execute(sa.delete(ViewerGroup).where(ViewerGroup.id == group_id))
+    with session_scope(server_db_url) as session:
+        assert session.scalar(select(func.count()).select_from(ViewerGroupMember)) == 0

@@ -266,3 +266,31 @@ class AuditEvent(Base):
     details: Mapped[dict] = mapped_column(default=dict)
     remote_addr: Mapped[str] = mapped_column(String(64), default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class ViewerGroup(Base):
+    """A named set of people of one organization (used to share apps). ``name_key`` is the name's
+    look-alike skeleton (``carnet.groups.name_key``): unique per org, so no two names read the same."""
+
+    __tablename__ = "viewer_groups"
+    __table_args__ = (UniqueConstraint("org_id", "name"), UniqueConstraint("org_id", "name_key"), NO_ID_REUSE)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    org_id: Mapped[int] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    name_key: Mapped[str] = mapped_column(String(400))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    members: Mapped[list[ViewerGroupMember]] = relationship(
+        back_populates="group", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class ViewerGroupMember(Base):
+    """One person in one viewer group; deleting the person (or the group) removes the row (FK cascade)."""
+
+    __tablename__ = "viewer_group_members"
+    __table_args__ = (UniqueConstraint("group_id", "user_id"), NO_ID_REUSE)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    group_id: Mapped[int] = mapped_column(ForeignKey("viewer_groups.id", ondelete="CASCADE"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    group: Mapped[ViewerGroup] = relationship(back_populates="members")
+    user: Mapped[User] = relationship()

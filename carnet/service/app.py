@@ -14,12 +14,12 @@ from traitlets import Integer, Unicode, default
 from traitlets.config import Application
 
 from carnet.db import upgrade
-from carnet.service import gallery
-from carnet.service.api import apps, audit, internal, jobs, keys, meta, sources, users
+from carnet.service import admin_page, gallery
+from carnet.service.api import apps, audit, groups, internal, jobs, keys, meta, sources, users
 from carnet.service.api.base import NotFoundHandler
 from carnet.settings import CarnetSettings
 
-HANDLER_MODULES = [meta, sources, apps, jobs, internal, users, audit, keys, gallery]
+HANDLER_MODULES = [meta, sources, apps, jobs, internal, users, groups, audit, keys, gallery, admin_page]
 
 
 def all_handlers(prefix: str) -> list[tuple]:

@@ -16,7 +16,9 @@ _templates = Environment(
 )
 
 
-class GalleryHandler(BaseHandler):
+class PageHandler(BaseHandler):
+    """A server-rendered page (not the JSON API): errors are answered as small HTML pages."""
+
     def write_error(self, status_code, **kwargs):
         # A page, not an API: answer errors as plain HTML.
         exc = kwargs.get("exc_info", (None, None, None))[1]
@@ -24,6 +26,8 @@ class GalleryHandler(BaseHandler):
         self.set_header("Content-Type", "text/html; charset=UTF-8")
         self.finish(f"<!doctype html><h1>{status_code}</h1><p>{web.escape.xhtml_escape(message)}</p>")
 
+
+class GalleryHandler(PageHandler):
     @web.authenticated
     @authorized("apps:list")
     def get(self):

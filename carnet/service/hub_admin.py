@@ -60,3 +60,12 @@ async def demote_hub_user(name: str) -> None:
     """The person is no longer an author: stop their Studio server, take them out of the authors group."""
     await _hub("DELETE", f"users/{_user(name)}/server")
     await _hub("DELETE", f"groups/{AUTHORS_GROUP}/users", {"users": [name]})
+
+
+async def end_hub_sessions_after_update(email: str, changed: dict, still_author: bool) -> None:
+    """After ``carnet.people.update_person`` committed ``changed``: a disabled person loses every Hub session
+    and server; one who is no longer an author loses their Studio server and the authors group."""
+    if changed.get("is_active") is False:
+        await forget_hub_user(email)
+    elif "role" in changed and not still_author:
+        await demote_hub_user(email)

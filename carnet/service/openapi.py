@@ -133,6 +133,34 @@ PATHS = {
     "/api/v1/users/{user_id}/password": {
         "post": _op("Give the person a new one-time password (their sessions end)", "users:manage"),
     },
+    "/api/v1/groups": {
+        "get": _op("Viewer groups of the organization, with their members' emails", "groups:manage"),
+        "post": _op(
+            "Create a viewer group. 409 if the name (or a look-alike of it, e.g. Cyrillic letters) is taken",
+            "groups:manage",
+            ok="201",
+            body={**_obj(["name"], name={**STR, "maxLength": 100}), "additionalProperties": False},
+        ),
+    },
+    "/api/v1/groups/{group_id}": {
+        "get": _op("One viewer group", "groups:manage"),
+        "patch": _op(
+            "Rename a viewer group (other fields are refused)",
+            "groups:manage",
+            body={"type": "object", "properties": {"name": STR}, "additionalProperties": False},
+        ),
+        "delete": _op("Delete a viewer group", "groups:manage", ok="204"),
+    },
+    "/api/v1/groups/{group_id}/members": {
+        "put": _op(
+            "Set the group's members (emails of people of the organization; others are a 400 naming them)",
+            "groups:manage",
+            body={
+                **_obj(["users"], users={"type": "array", "items": STR}),
+                "additionalProperties": False,
+            },
+        ),
+    },
     "/api/v1/me/password": {
         "post": _op(
             "Change one's own password (signed in as oneself, not with a token)",

@@ -17,7 +17,7 @@ from carnet.people import (
     update_person,
 )
 from carnet.service.api.base import API_PREFIX, BaseHandler, authorized
-from carnet.service.hub_admin import demote_hub_user, forget_hub_user
+from carnet.service.hub_admin import end_hub_sessions_after_update, forget_hub_user
 
 
 def person_json(membership: Membership) -> dict:
@@ -81,10 +81,7 @@ class UserHandler(BaseHandler):
                 self.audit(session, "user.update", f"user/{membership.user.email}", **changed)
             email, author = membership.user.email, is_author(membership)
             result = person_json(membership)
-        if changed.get("is_active") is False:
-            await forget_hub_user(email)
-        elif "role" in changed and not author:
-            await demote_hub_user(email)
+        await end_hub_sessions_after_update(email, changed, still_author=author)
         self.write_json(result)
 
     @authorized("users:manage")

@@ -1,0 +1,155 @@
+"""The admin page at /services/carnet/admin/: people, viewer groups and the audit log of the admin's
+organization, server-rendered. Forms post to this page's own handlers (with the Hub xsrf token) and reuse
+``carnet.people``, ``carnet.groups``, the audit helper and the Hub session endings of the REST API."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from tornado import web
+
+from carnet.audit import event_json
+from carnet.db.models import AuditEvent, Membership, Role, User, utcnow
+from carnet.errors import CarnetError, Conflict, ValidationError
+from carnet.groups import group_json, list_groups
+from carnet.people import create_person, delete_person, is_author, member, update_person
+from carnet.service.api.audit import _escape_like
+from carnet.service.api.base import authorized
+from carnet.service.api.users import person_json
+from carnet.service.gallery import PageHandler, _templates
+from carnet.service.hub_admin import end_hub_sessions_after_update, forget_hub_user
+
+AUDIT_ROWS = 100
+PERSON_ACTIONS = ("role", "disable", "enable", "delete")
+
+
+class AdminBase(PageHandler):
+    def page_url(self, path: str = "") -> str:
+        return self.settings["service_prefix"].rstrip("/") + "/admin/" + path
+
+    def render_page(self, *, message: str = "", error: str = "", new_person: dict | None = None, status=200):
+        principal = self.principal()
+        action = (self.get_query_argument("action", "") or "").strip()[:64]
+        now = utcnow()
+        with self.db() as session:
+            members = session.scalars(
+                select(Membership)
+                .join(User, User.id == Membership.user_id)
+                .where(Membership.org_id == principal.org_id)
+                .order_by(User.email)
+            ).all()
+            people = [
+                {**person_json(m), "locked": bool(m.user.locked_until and m.user.locked_until > now)}
+                for m in members
+            ]
+            groups = [group_json(g) for g in list_groups(session, principal.org_id)]
+            query = select(AuditEvent).where(AuditEvent.org_id == principal.org_id)
+            if action:
+                query = query.where(AuditEvent.action.like(_escape_like(action) + "%", escape="\\"))
+            events = [
+                event_json(e) for e in session.scalars(query.order_by(AuditEvent.id.desc()).limit(AUDIT_ROWS))
+            ]
+        api = self.settings["service_prefix"].rstrip("/") + "/api/v1/"
+        export = (
+            api + "audit/export?format=csv" + (f"&action={web.escape.url_escape(action)}" if action else "")
+        )
+        page = _templates.get_template("admin.html").render(
+            org=principal.org_slug,
+            email=principal.email,
+            me=principal.user_id,
+            people=people,
+            groups=groups,
+            events=events,
+            action=action,
+            export_url=export,
+            roles=[r.value for r in Role],
+            xsrf=self.xsrf_token.decode() if isinstance(self.xsrf_token, bytes) else self.xsrf_token,
+            page_url=self.page_url(),
+            hub_base_url=self.settings["hub_base_url"],
+            message=message,
+            error=error,
+            new_person=new_person,
+        )
+        self.set_status(status)
+        self.set_header("Content-Type", "text/html; charset=UTF-8")
+        self.set_header("Cache-Control", "no-store")  # the page may show a one-time password
+        self.finish(page)
+
+
+class AdminPageHandler(AdminBase):
+    @web.authenticated
+    @authorized("users:manage")
+    def get(self):
+        self.render_page()
+
+
+class AdminPeopleHandler(AdminBase):
+    """Create a person: the page shows their one-time password once."""
+
+    @web.authenticated
+    @authorized("users:manage")
+    def post(self):
+        arg = self.get_body_argument
+        try:
+            with self.db() as session:
+                membership, password = create_person(
+                    session,
+                    self.principal().org_id,
+                    arg("email", ""),
+                    arg("role", ""),
+                    arg("display_name", ""),
+                )
+                self.audit(
+                    session, "user.create", f"user/{membership.user.email}", role=membership.role.value
+                )
+                created = {**person_json(membership), "initial_password": password}
+        except CarnetError as exc:
+            return self.render_page(error=exc.message, status=exc.status)
+        self.render_page(message=f"Created {created['email']}", new_person=created, status=201)
+
+
+class AdminPersonHandler(AdminBase):
+    """One form per action on a person: change role, disable, enable, delete."""
+
+    @web.authenticated
+    @authorized("users:manage")
+    async def post(self, user_id):
+        action = self.get_body_argument("action", "")
+        principal = self.principal()
+        try:
+            if action not in PERSON_ACTIONS:
+                raise ValidationError(f"Unknown action {action!r}")
+            with self.db() as session:
+                membership = member(session, principal.org_id, user_id)
+                email = membership.user.email
+                if action == "delete":
+                    if membership.user_id == principal.user_id:
+                        raise Conflict("You cannot delete your own account")
+                    delete_person(session, membership)
+                    self.audit(session, "user.delete", f"user/{email}")
+                    changed = None
+                else:
+                    changes = (
+                        {"role": self.get_body_argument("role", "")}
+                        if action == "role"
+                        else {"is_active": action == "enable"}
+                    )
+                    changed = update_person(session, membership, changes)
+                    if changed:
+                        self.audit(session, "user.update", f"user/{email}", **changed)
+                    author = is_author(membership)
+        except CarnetError as exc:
+            return self.render_page(error=exc.message, status=exc.status)
+        if changed is None:
+            await forget_hub_user(email)
+            message = f"Deleted {email}"
+        else:
+            await end_hub_sessions_after_update(email, changed, still_author=author)
+            message = f"Updated {email}" if changed else f"Nothing to change for {email}"
+        self.render_page(message=message)
+
+
+default_handlers = [
+    (r"admin/?", AdminPageHandler),
+    (r"admin/people", AdminPeopleHandler),
+    (r"admin/people/(?P<user_id>[^/]+)", AdminPersonHandler),
+]

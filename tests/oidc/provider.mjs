@@ -1,0 +1,48 @@
+// A real OpenID Connect provider for tests (npm oidc-provider 9.x, installed into .venv/node by scripts/setup).
+// Usage: node provider.mjs <port> <accounts.json> <client_id> <client_secret> <redirect_uri>
+// accounts.json maps a login name to its claims ({"sub", "email", "email_verified", "org", "carnet_role"});
+// it is read again at every lookup, so a test can change a role "at the provider" between sign-ins.
+// Sign-in uses the provider's dev interactions (a login form, then a consent form).
+import { readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const [port, accountsFile, clientId, clientSecret, redirectUri] = process.argv.slice(2);
+const nodeDir = process.env.CARNET_NODE_DIR
+  || join(dirname(fileURLToPath(import.meta.url)), '..', '..', '.venv', 'node');
+const require = createRequire(join(nodeDir, 'package.json'));
+const { default: Provider } = await import(require.resolve('oidc-provider'));
+
+const accounts = () => JSON.parse(readFileSync(accountsFile, 'utf8'));
+const issuer = `http://127.0.0.1:${port}`;
+
+const provider = new Provider(issuer, {
+  clients: [{
+    client_id: clientId,
+    client_secret: clientSecret,
+    redirect_uris: [redirectUri],
+    grant_types: ['authorization_code'],
+    response_types: ['code'],
+    token_endpoint_auth_method: 'client_secret_post',
+  }],
+  scopes: ['openid', 'email', 'profile', 'carnet'],
+  claims: {
+    openid: ['sub'],
+    email: ['email', 'email_verified'],
+    profile: ['name'],
+    carnet: ['org', 'carnet_role'],
+  },
+  pkce: { required: () => false },
+  features: { devInteractions: { enabled: true } },
+  cookies: { keys: ['carnet-test-oidc-cookie-key'] },
+  async findAccount(ctx, id) {
+    const claims = accounts()[id];
+    if (!claims) return undefined;
+    return { accountId: id, async claims() { return { sub: id, ...claims }; } };
+  },
+});
+provider.proxy = false;
+provider.listen(Number(port), '127.0.0.1', () => {
+  console.log(`oidc-provider listening on ${issuer}`);
+});
