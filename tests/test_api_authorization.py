@@ -14,12 +14,13 @@ import pyarrow as pa
 import pytest
 import requests
 from jupyterhub.services.auth import HubOAuthCallbackHandler
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from tornado import web
 
 from carnet.db import session_scope
-from carnet.db.models import Token, TokenKind
+from carnet.db.models import DataSource, Membership, Role, Token, TokenKind, User
 from carnet.demo import DEMO_SOURCE, DEMO_TABLE
+from carnet.passwords import hash_password
 from carnet.permissions import ACTION_MIN_ROLE
 from carnet.service.api.base import NotFoundHandler, authorized
 from carnet.service.api.meta import PUBLIC_HANDLERS
@@ -36,6 +37,7 @@ from tests.api_support import (
     tiny_notebook,
     unique,
 )
+from tests.helpers import hub_login, make_hub_token
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 HTTP_METHODS = ("get", "post", "put", "patch", "delete")
@@ -46,47 +48,57 @@ EMAILS = {
     "admin": "admin@acme.example",
 }
 GLOBEX_VIEWER = "viewer@globex.example"
-ROLES = ("anonymous", "viewer", "analyst", "studio", "admin", "viewer-kernel")
+GLOBEX_ADMIN = "authz-matrix-admin@globex.example"  # made by the ``globex_admin`` fixture, removed after
+GLOBEX_ADMIN_PASSWORD = "globex admin password for the matrix"  # noqa: S105 - a test account's password
+KEY_ROLES = {"key-viewer": "viewer", "key-analyst": "analyst", "key-studio": "studio", "key-admin": "admin"}
+ROLES = ("anonymous", "viewer", "analyst", "studio", "admin", "viewer-kernel", "globex-admin", *KEY_ROLES)
 
-# method, route,                        anonymous, viewer, analyst, studio, admin, viewer-kernel
+# Columns: anonymous, the acme people (viewer, analyst, studio, admin), an acme viewer's app kernel, an admin
+# of *another* org (globex: acme's objects are unknown to them, their own lists are empty of acme's), and
+# acme API keys (made by acme's admin) of each ceiling: a key acts with its ceiling's role, except that keys
+# never manage keys and never change a password (people only).
+# method, route,                  anon, viewer, analyst, studio, admin, v-kernel, globex-admin,
+#                                 key-viewer, key-analyst, key-studio, key-admin
 MATRIX = [
-    ("GET", "/", 200, 200, 200, 200, 200, 200),
-    ("GET", "/openapi.json", 200, 200, 200, 200, 200, 200),
-    ("GET", "/me", 401, 200, 200, 200, 200, 200),
-    ("GET", "/sources", 401, 403, 200, 200, 200, 200),
-    ("POST", "/sources", 401, 403, 403, 201, 201, 403),
-    ("GET", "/sources/{name}", 401, 403, 200, 200, 200, 200),
-    ("GET", "/sources/{name}/data", 401, 403, 200, 200, 200, 200),
-    ("GET", "/apps", 401, 200, 200, 200, 200, 403),
-    ("POST", "/apps", 401, 403, 201, 201, 201, 403),
-    ("GET", "/apps/{app_id}", 401, 200, 200, 200, 200, 403),
-    ("GET", "/jobs", 401, 403, 200, 200, 200, 403),
-    ("POST", "/jobs", 401, 403, 201, 201, 201, 403),
-    ("GET", "/jobs/{job_id}", 401, 403, 200, 200, 200, 403),
-    ("DELETE", "/jobs/{job_id}", 401, 403, 204, 204, 204, 403),
-    ("GET", "/jobs/{job_id}/runs", 401, 403, 200, 200, 200, 403),
-    ("POST", "/jobs/{job_id}/runs", 401, 403, 202, 202, 202, 403),
-    ("GET", "/audit", 401, 403, 403, 403, 200, 403),
-    ("GET", "/audit/export", 401, 403, 403, 403, 200, 403),
-    ("GET", "/keys", 401, 403, 403, 403, 200, 403),
-    ("POST", "/keys", 401, 403, 403, 403, 201, 403),
-    ("DELETE", "/keys/{key_id}", 401, 403, 403, 403, 204, 403),
-    ("POST", "/keys/{key_id}/rotate", 401, 403, 403, 403, 200, 403),
-    ("GET", "/users", 401, 403, 403, 403, 200, 403),
-    ("POST", "/users", 401, 403, 403, 403, 201, 403),
-    ("GET", "/users/{user_id}", 401, 403, 403, 403, 200, 403),
-    ("PATCH", "/users/{user_id}", 401, 403, 403, 403, 200, 403),
-    ("DELETE", "/users/{user_id}", 401, 403, 403, 403, 204, 403),
-    ("POST", "/users/{user_id}/password", 401, 403, 403, 403, 200, 403),
-    ("GET", "/groups", 401, 403, 403, 403, 200, 403),
-    ("POST", "/groups", 401, 403, 403, 403, 201, 403),
-    ("GET", "/groups/{group_id}", 401, 403, 403, 403, 200, 403),
-    ("PATCH", "/groups/{group_id}", 401, 403, 403, 403, 200, 403),
-    ("DELETE", "/groups/{group_id}", 401, 403, 403, 403, 204, 403),
-    ("PUT", "/groups/{group_id}/members", 401, 403, 403, 403, 200, 403),
-    # People may change their own password (here: a wrong current password, so nothing changes); kernels not.
-    ("POST", "/me/password", 401, 400, 400, 400, 400, 403),
-    ("POST", "/internal/viewer-sessions", 401, 403, 403, 403, 403, 403),
+    ("GET", "/", 200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200),
+    ("GET", "/openapi.json", 200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200),
+    ("GET", "/me", 401, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200),
+    ("GET", "/sources", 401, 403, 200, 200, 200, 200, 200, 403, 200, 200, 200),
+    ("POST", "/sources", 401, 403, 403, 201, 201, 403, 201, 403, 403, 201, 201),
+    ("GET", "/sources/{name}", 401, 403, 200, 200, 200, 200, 404, 403, 200, 200, 200),
+    ("GET", "/sources/{name}/data", 401, 403, 200, 200, 200, 200, 404, 403, 200, 200, 200),
+    ("GET", "/apps", 401, 200, 200, 200, 200, 403, 200, 200, 200, 200, 200),
+    ("POST", "/apps", 401, 403, 201, 201, 201, 403, 201, 403, 201, 201, 201),
+    ("GET", "/apps/{app_id}", 401, 200, 200, 200, 200, 403, 404, 200, 200, 200, 200),
+    ("GET", "/jobs", 401, 403, 200, 200, 200, 403, 200, 403, 200, 200, 200),
+    # The globex admin may create jobs, but not on acme's app: it is unknown to them.
+    ("POST", "/jobs", 401, 403, 201, 201, 201, 403, 404, 403, 201, 201, 201),
+    ("GET", "/jobs/{job_id}", 401, 403, 200, 200, 200, 403, 404, 403, 200, 200, 200),
+    ("DELETE", "/jobs/{job_id}", 401, 403, 204, 204, 204, 403, 404, 403, 204, 204, 204),
+    ("GET", "/jobs/{job_id}/runs", 401, 403, 200, 200, 200, 403, 404, 403, 200, 200, 200),
+    ("POST", "/jobs/{job_id}/runs", 401, 403, 202, 202, 202, 403, 404, 403, 202, 202, 202),
+    ("GET", "/audit", 401, 403, 403, 403, 200, 403, 200, 403, 403, 403, 200),
+    ("GET", "/audit/export", 401, 403, 403, 403, 200, 403, 200, 403, 403, 403, 200),
+    ("GET", "/keys", 401, 403, 403, 403, 200, 403, 200, 403, 403, 403, 403),
+    ("POST", "/keys", 401, 403, 403, 403, 201, 403, 201, 403, 403, 403, 403),
+    ("DELETE", "/keys/{key_id}", 401, 403, 403, 403, 204, 403, 404, 403, 403, 403, 403),
+    ("POST", "/keys/{key_id}/rotate", 401, 403, 403, 403, 200, 403, 404, 403, 403, 403, 403),
+    ("GET", "/users", 401, 403, 403, 403, 200, 403, 200, 403, 403, 403, 200),
+    ("POST", "/users", 401, 403, 403, 403, 201, 403, 201, 403, 403, 403, 201),
+    ("GET", "/users/{user_id}", 401, 403, 403, 403, 200, 403, 404, 403, 403, 403, 200),
+    ("PATCH", "/users/{user_id}", 401, 403, 403, 403, 200, 403, 404, 403, 403, 403, 200),
+    ("DELETE", "/users/{user_id}", 401, 403, 403, 403, 204, 403, 404, 403, 403, 403, 204),
+    ("POST", "/users/{user_id}/password", 401, 403, 403, 403, 200, 403, 404, 403, 403, 403, 200),
+    ("GET", "/groups", 401, 403, 403, 403, 200, 403, 200, 403, 403, 403, 200),
+    ("POST", "/groups", 401, 403, 403, 403, 201, 403, 201, 403, 403, 403, 201),
+    ("GET", "/groups/{group_id}", 401, 403, 403, 403, 200, 403, 404, 403, 403, 403, 200),
+    ("PATCH", "/groups/{group_id}", 401, 403, 403, 403, 200, 403, 404, 403, 403, 403, 200),
+    ("DELETE", "/groups/{group_id}", 401, 403, 403, 403, 204, 403, 404, 403, 403, 403, 204),
+    ("PUT", "/groups/{group_id}/members", 401, 403, 403, 403, 200, 403, 404, 403, 403, 403, 200),
+    # People may change their own password (here: a wrong current password, so nothing changes); kernels
+    # and keys not.
+    ("POST", "/me/password", 401, 400, 400, 400, 400, 403, 400, 403, 403, 403, 403),
+    ("POST", "/internal/viewer-sessions", 401, 403, 403, 403, 403, 403, 403, 403, 403, 403, 403),
 ]
 
 CASES = [
@@ -105,8 +117,53 @@ def created(carnet_stack):
 
 
 @pytest.fixture(scope="module")
-def tokens(carnet_stack, hub_token, created):
+def globex_admin(carnet_stack, created):
+    """An admin of globex, made in the database with a known password, signed in through the Hub: returns
+    a Hub token of theirs. Removed (with what they own) when the module ends."""
+    globex_id = created.org_id("globex")
+    with session_scope(carnet_stack.settings.db_url) as session:
+        user = User(
+            email=GLOBEX_ADMIN,
+            display_name="Globex admin",
+            password_hash=hash_password(GLOBEX_ADMIN_PASSWORD),
+        )
+        session.add(user)
+        session.flush()
+        session.add(Membership(user_id=user.id, org_id=globex_id, role=Role.admin))
+        user_id = user.id
+    try:
+        signed_in = hub_login(carnet_stack.url, GLOBEX_ADMIN, GLOBEX_ADMIN_PASSWORD)
+        yield make_hub_token(carnet_stack.url, signed_in, GLOBEX_ADMIN)
+    finally:
+        with session_scope(carnet_stack.settings.db_url) as session:
+            session.execute(delete(User).where(User.id == user_id))
+
+
+def create_key(stack, token, created, role: str = "viewer") -> dict:
+    response = requests.post(
+        api_url(stack, "keys"),
+        json={"name": unique("authz key"), "role": role},
+        headers=auth(token),
+        timeout=30,
+    )
+    assert response.status_code == 201, response.text
+    assert response.json()["role"] == role
+    created.keys.add(response.json()["id"])
+    return response.json()
+
+
+@pytest.fixture(scope="module")
+def acme_keys(carnet_stack, hub_token, created):
+    """An acme API key of each ceiling, made by acme's admin through the API."""
+    admin = hub_token(EMAILS["admin"])
+    return {column: create_key(carnet_stack, admin, created, role) for column, role in KEY_ROLES.items()}
+
+
+@pytest.fixture(scope="module")
+def tokens(carnet_stack, hub_token, created, globex_admin, acme_keys):
     result = {"anonymous": None, **{role: hub_token(email) for role, email in EMAILS.items()}}
+    result["globex-admin"] = globex_admin
+    result.update({column: key["key"] for column, key in acme_keys.items()})
     with session_scope(carnet_stack.settings.db_url) as session:
         result["viewer-kernel"] = mint_token(
             session,
@@ -156,16 +213,9 @@ def shared_job(carnet_stack, tokens, tiny_app, created):
     return job["id"]
 
 
-def create_key(stack, token, created) -> dict:
-    response = requests.post(
-        api_url(stack, "keys"),
-        json={"name": unique("authz key"), "role": "viewer"},
-        headers=auth(token),
-        timeout=30,
-    )
-    assert response.status_code == 201, response.text
-    created.keys.add(response.json()["id"])
-    return response.json()
+def credentials(role: str, token: str | None) -> dict:
+    """The headers of a column: API keys as ``Authorization: Bearer``, the rest as ``token``."""
+    return {"Authorization": f"Bearer {token}"} if role in KEY_ROLES else auth(token)
 
 
 def key_works(stack, key: str) -> bool:
@@ -206,10 +256,13 @@ def viewer_kernel_tokens(stack) -> int:
 # -- the matrix --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("method,route,role,expected", CASES)
 def test_authorization_matrix(
-    carnet_stack, tokens, tiny_app, shared_job, created, method, route, role, expected
+    carnet_stack, tokens, acme_keys, tiny_app, shared_job, created, method, route, role, expected
 ):
     stack, token = carnet_stack, tokens[role]
     admin = auth(tokens["admin"])
+    # The admin of the caller's own org, to see what the call did there (acme's, but globex's for its admin).
+    globex = role == "globex-admin"
+    home = auth(tokens["globex-admin"]) if globex else admin
     job_id, key = shared_job, None
     if (method, route) == ("DELETE", "/jobs/{job_id}"):
         job_id = create_job(stack, tokens["analyst"], tiny_app)["id"]
@@ -258,7 +311,8 @@ def test_authorization_matrix(
     elif route == "/me/password":
         body = {"current_password": "not the password", "new_password": "a long enough new password"}
 
-    response = requests.request(method, api_url(stack, path), json=body, headers=auth(token), timeout=60)
+    headers = credentials(role, token)
+    response = requests.request(method, api_url(stack, path), json=body, headers=headers, timeout=60)
 
     allowed = expected if isinstance(expected, tuple) else (expected,)
     assert response.status_code in allowed, (response.status_code, response.text[:500])
@@ -267,6 +321,27 @@ def test_authorization_matrix(
 
     # What the call did (or, refused, did not do).
     ok = response.status_code < 400
+    if globex and "{" in route:
+        # Another org's object answers exactly as an unknown one (same status, same body).
+        unknown_name = unique("no-such-source")
+        unknown_path = route.format(
+            name=unknown_name,
+            app_id=UNKNOWN_ID,
+            job_id=UNKNOWN_ID,
+            key_id=UNKNOWN_ID,
+            user_id=UNKNOWN_ID,
+            group_id=UNKNOWN_ID,
+        )
+        unknown = requests.request(
+            method, api_url(stack, unknown_path), json=body, headers=headers, timeout=60
+        )
+        assert unknown.status_code == response.status_code == 404
+        assert response.json() == {
+            **unknown.json(),
+            "message": unknown.json()["message"].replace(unknown_name, DEMO_SOURCE),
+        }
+    if globex and (method, route) == ("POST", "/jobs"):
+        assert response.json() == {"status": 404, "message": "No such app"}
     if (method, route) == ("GET", "/"):
         assert response.json()["name"] == "carnet" and response.json()["api"] == "v1"
     elif route == "/openapi.json":
@@ -276,19 +351,32 @@ def test_authorization_matrix(
         me = response.json()
         if role == "viewer-kernel":
             assert me == {"email": EMAILS["viewer"], "org": "acme", "role": "viewer", "via": "viewer_kernel"}
+        elif globex:
+            assert me == {"email": GLOBEX_ADMIN, "org": "globex", "role": "admin", "via": "hub"}
+        elif role in KEY_ROLES:
+            # A key acts as its creator (acme's admin), with its ceiling as role.
+            assert me == {"email": EMAILS["admin"], "org": "acme", "role": KEY_ROLES[role], "via": "api_key"}
         else:
             assert me == {"email": EMAILS[role], "org": "acme", "role": role, "via": "hub"}
     elif (method, route) == ("GET", "/sources") and ok:
-        assert DEMO_SOURCE in [s["name"] for s in response.json()["sources"]]
+        assert (DEMO_SOURCE in [s["name"] for s in response.json()["sources"]]) is not globex
     elif (method, route) == ("POST", "/sources"):
-        check = requests.get(api_url(stack, f"sources/{body['name']}"), headers=admin, timeout=30)
+        # (Listed rather than read: globex's warehouse has no such table, so reading it there fails.)
+        listed = requests.get(api_url(stack, "sources"), headers=home, timeout=30).json()["sources"]
+        if globex:  # made in globex, not in acme
+            acme = requests.get(api_url(stack, f"sources/{body['name']}"), headers=admin, timeout=30)
+            assert acme.status_code == 404
         if ok:
             created.sources.add(response.json()["id"])
             assert response.json()["name"] == body["name"]
             assert response.json()["options"] == {"table": DEMO_TABLE}
-            assert check.status_code == 200
-        else:
-            assert check.status_code == 404
+        assert (body["name"] in [s["name"] for s in listed]) is ok
+        if not globex:
+            check = requests.get(api_url(stack, f"sources/{body['name']}"), headers=admin, timeout=30)
+            assert check.status_code == (200 if ok else 404)
+        elif ok:  # no route deletes a source: drop it now, globex's list stays as seeded for later tests
+            with session_scope(stack.settings.db_url) as session:
+                session.execute(delete(DataSource).where(DataSource.id == response.json()["id"]))
     elif route == "/sources/{name}" and ok:
         assert response.json()["name"] == DEMO_SOURCE
         assert [c["name"] for c in response.json()["columns"]][:3] == ["country", "continent", "year"]
@@ -298,9 +386,16 @@ def test_authorization_matrix(
         assert table.num_rows == warehouse_rows(stack)
         assert table.column_names[:3] == ["country", "continent", "year"]
     elif (method, route) == ("GET", "/apps") and ok:
-        assert stack.app_id in [a["id"] for a in response.json()["apps"]]
+        ids = [a["id"] for a in response.json()["apps"]]
+        if globex:
+            assert stack.app_id not in ids and tiny_app not in ids
+        else:
+            assert stack.app_id in ids and tiny_app in ids
     elif (method, route) == ("POST", "/apps"):
-        listed = requests.get(api_url(stack, "apps"), headers=admin, timeout=30).json()["apps"]
+        listed = requests.get(api_url(stack, "apps"), headers=home, timeout=30).json()["apps"]
+        if globex:  # made in globex, not in acme
+            acme = requests.get(api_url(stack, "apps"), headers=admin, timeout=30).json()["apps"]
+            assert body["slug"] not in [a["slug"] for a in acme]
         if ok:
             created.apps.add(response.json()["id"])
             assert response.json()["slug"] == body["slug"] and response.json()["version"] == 1
@@ -311,7 +406,11 @@ def test_authorization_matrix(
         assert response.json()["id"] == stack.app_id
         assert response.json()["url"].endswith(f"/services/carnet-viewer/apps/{stack.app_id}")
     elif (method, route) == ("GET", "/jobs") and ok:
-        assert shared_job in [j["id"] for j in response.json()["jobs"]]
+        ids = [j["id"] for j in response.json()["jobs"]]
+        if globex:
+            assert shared_job not in ids and stack.job_id not in ids
+        else:
+            assert shared_job in ids and stack.job_id in ids
     elif (method, route) == ("POST", "/jobs"):
         listed = requests.get(api_url(stack, "jobs"), headers=admin, timeout=30).json()["jobs"]
         if ok:
@@ -344,16 +443,22 @@ def test_authorization_matrix(
             assert created.run_count(job_id) == before
     elif route == "/audit" and ok:
         events = response.json()["events"]
-        assert events and {e["org_id"] for e in events} == {created.org_id("acme")}
+        assert events and {e["org_id"] for e in events} == {created.org_id("globex" if globex else "acme")}
     elif route == "/audit/export" and ok:
         assert response.headers["Content-Type"].startswith("text/csv")
         assert response.text.splitlines()[0].startswith("id,created_at,action,actor")
     elif (method, route) == ("GET", "/keys") and ok:
         assert all("key" not in k and "secret_hash" not in k for k in response.json()["keys"])
+        ids = {k["id"] for k in response.json()["keys"]}
+        acme_ids = {k["id"] for k in acme_keys.values()}
+        assert (ids & acme_ids) == (set() if globex else acme_ids)
     elif (method, route) == ("POST", "/keys"):
         names = [
-            k["name"] for k in requests.get(api_url(stack, "keys"), headers=admin, timeout=30).json()["keys"]
+            k["name"] for k in requests.get(api_url(stack, "keys"), headers=home, timeout=30).json()["keys"]
         ]
+        if globex:  # made in globex, not in acme
+            acme = requests.get(api_url(stack, "keys"), headers=admin, timeout=30).json()["keys"]
+            assert body["name"] not in [k["name"] for k in acme]
         if ok:
             created.keys.add(response.json()["id"])
             assert response.json()["name"] == body["name"] and response.json()["role"] == "viewer"
@@ -375,25 +480,45 @@ def test_authorization_matrix(
         assert "token" not in response.text
         assert viewer_kernel_tokens(stack) == before
     elif (method, route) == ("GET", "/users") and ok:
-        assert EMAILS["viewer"] in [u["email"] for u in response.json()["users"]]
+        emails = {u["email"] for u in response.json()["users"]}
+        if globex:
+            assert {GLOBEX_ADMIN, GLOBEX_VIEWER} <= emails and not emails & set(EMAILS.values())
+        else:
+            assert (
+                set(EMAILS.values()) <= emails and GLOBEX_VIEWER not in emails and GLOBEX_ADMIN not in emails
+            )
     elif (method, route) == ("POST", "/users"):
-        listed = requests.get(api_url(stack, "users"), headers=admin, timeout=30).json()["users"]
+        listed = requests.get(api_url(stack, "users"), headers=home, timeout=30).json()["users"]
         assert (body["email"] in [u["email"] for u in listed]) is ok
+        if globex:  # made in globex, not in acme
+            acme = requests.get(api_url(stack, "users"), headers=admin, timeout=30).json()["users"]
+            assert body["email"] not in [u["email"] for u in acme]
         if ok:
             assert response.json()["initial_password"]
-            requests.delete(api_url(stack, f"users/{response.json()['id']}"), headers=admin, timeout=30)
+            gone = requests.delete(api_url(stack, f"users/{response.json()['id']}"), headers=home, timeout=30)
+            assert gone.status_code == 204
         else:
             assert "initial_password" not in response.text
     elif route == "/me/password" and response.status_code == 400:
         assert response.json()["field"] == "current_password"
     elif (method, route) == ("GET", "/groups") and ok:
         assert isinstance(response.json()["groups"], list)
+        ids = {g["id"] for g in response.json()["groups"]}
+        acme = requests.get(api_url(stack, "groups"), headers=admin, timeout=30).json()["groups"]
+        acme_ids = {g["id"] for g in acme}
+        assert (ids & acme_ids) == (set() if globex else acme_ids)
     elif (method, route) == ("POST", "/groups"):
-        listed = requests.get(api_url(stack, "groups"), headers=admin, timeout=30).json()["groups"]
+        listed = requests.get(api_url(stack, "groups"), headers=home, timeout=30).json()["groups"]
         assert (body["name"] in [g["name"] for g in listed]) is ok
+        if globex:  # made in globex, not in acme
+            acme = requests.get(api_url(stack, "groups"), headers=admin, timeout=30).json()["groups"]
+            assert body["name"] not in [g["name"] for g in acme]
         if ok:
             assert response.json()["name"] == body["name"] and response.json()["members"] == []
-            requests.delete(api_url(stack, f"groups/{response.json()['id']}"), headers=admin, timeout=30)
+            gone = requests.delete(
+                api_url(stack, f"groups/{response.json()['id']}"), headers=home, timeout=30
+            )
+            assert gone.status_code == 204
     elif (method, route) == ("GET", "/groups/{group_id}") and ok:
         assert response.json() == group
     if group is not None:
