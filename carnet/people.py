@@ -46,6 +46,18 @@ def check_new_password(password) -> str:
     return password
 
 
+def org_members(session, org_id: int) -> list[Membership]:
+    """The organization's memberships, by email (the users API and the admin page list the same)."""
+    return list(
+        session.scalars(
+            select(Membership)
+            .join(User, User.id == Membership.user_id)
+            .where(Membership.org_id == org_id)
+            .order_by(User.email)
+        ).all()
+    )
+
+
 def member(session, org_id: int, user_id) -> Membership:
     """The membership of ``user_id`` in ``org_id``; another org's user is simply not found."""
     user_id = parse_id(user_id, "No such user")

@@ -4,18 +4,17 @@ organization, server-rendered. Forms post to this page's own handlers (with the 
 
 from __future__ import annotations
 
-from sqlalchemy import select
 from tornado import web
 
 from carnet.audit import event_json
-from carnet.db.models import AuditEvent, Membership, Role, User, utcnow
+from carnet.db.models import Role, utcnow
 from carnet.errors import CarnetError, Conflict, ValidationError
 from carnet.groups import group_json, list_groups
-from carnet.people import create_person, delete_person, is_author, member, update_person
-from carnet.service.api.audit import _escape_like
+from carnet.people import create_person, delete_person, is_author, member, org_members, update_person
+from carnet.service.api.audit import audit_statement
 from carnet.service.api.base import authorized
 from carnet.service.api.users import person_json
-from carnet.service.gallery import PageHandler, _templates
+from carnet.service.gallery import PageHandler, page_templates
 from carnet.service.hub_admin import end_hub_sessions_after_update, forget_hub_user
 
 AUDIT_ROWS = 100
@@ -31,28 +30,19 @@ class AdminBase(PageHandler):
         action = (self.get_query_argument("action", "") or "").strip()[:64]
         now = utcnow()
         with self.db() as session:
-            members = session.scalars(
-                select(Membership)
-                .join(User, User.id == Membership.user_id)
-                .where(Membership.org_id == principal.org_id)
-                .order_by(User.email)
-            ).all()
+            members = org_members(session, principal.org_id)
             people = [
                 {**person_json(m), "locked": bool(m.user.locked_until and m.user.locked_until > now)}
                 for m in members
             ]
             groups = [group_json(g) for g in list_groups(session, principal.org_id)]
-            query = select(AuditEvent).where(AuditEvent.org_id == principal.org_id)
-            if action:
-                query = query.where(AuditEvent.action.like(_escape_like(action) + "%", escape="\\"))
-            events = [
-                event_json(e) for e in session.scalars(query.order_by(AuditEvent.id.desc()).limit(AUDIT_ROWS))
-            ]
+            query = audit_statement(principal.org_id, action=action or None).limit(AUDIT_ROWS)
+            events = [event_json(e) for e in session.scalars(query)]
         api = self.settings["service_prefix"].rstrip("/") + "/api/v1/"
         export = (
             api + "audit/export?format=csv" + (f"&action={web.escape.url_escape(action)}" if action else "")
         )
-        page = _templates.get_template("admin.html").render(
+        page = page_templates.get_template("admin.html").render(
             org=principal.org_slug,
             email=principal.email,
             me=principal.user_id,

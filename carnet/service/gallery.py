@@ -11,7 +11,7 @@ from carnet.errors import CarnetError
 from carnet.service.api.apps import app_listing
 from carnet.service.api.base import BaseHandler, authorized
 
-_templates = Environment(
+page_templates = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"), autoescape=select_autoescape()
 )
 
@@ -34,7 +34,7 @@ class GalleryHandler(PageHandler):
         principal = self.principal()
         with self.db() as session:
             apps = app_listing(self, session, principal.org_id)
-        page = _templates.get_template("gallery.html").render(
+        page = page_templates.get_template("gallery.html").render(
             apps=apps,
             org=principal.org_slug,
             email=principal.email,

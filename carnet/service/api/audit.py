@@ -58,6 +58,22 @@ def csv_cell(value) -> str:
     return "'" + text if text.startswith(FORMULA_PREFIXES) else text
 
 
+def audit_statement(org_id: int, *, action=None, actor=None, since=None, until=None, before_id=None):
+    """One organization's events, newest first, filtered (the API, the export and the admin page)."""
+    query = select(AuditEvent).where(AuditEvent.org_id == org_id)
+    if action:
+        query = query.where(AuditEvent.action.like(_escape_like(action) + "%", escape="\\"))
+    if actor:
+        query = query.where(AuditEvent.actor == actor.strip().lower())
+    if since:
+        query = query.where(AuditEvent.created_at >= since)
+    if until:
+        query = query.where(AuditEvent.created_at < until)
+    if before_id is not None:
+        query = query.where(AuditEvent.id < before_id)
+    return query.order_by(AuditEvent.id.desc())
+
+
 class AuditQuery:
     """The filters shared by the listing and the export, read from the query string."""
 
@@ -71,18 +87,14 @@ class AuditQuery:
         self.offset = _parse_int(arg("offset", None), "offset", 0, 0, 2**62)
 
     def statement(self, org_id: int, before_id: int | None = None):
-        query = select(AuditEvent).where(AuditEvent.org_id == org_id)
-        if self.action:
-            query = query.where(AuditEvent.action.like(_escape_like(self.action) + "%", escape="\\"))
-        if self.actor:
-            query = query.where(AuditEvent.actor == self.actor.strip().lower())
-        if self.since:
-            query = query.where(AuditEvent.created_at >= self.since)
-        if self.until:
-            query = query.where(AuditEvent.created_at < self.until)
-        if before_id is not None:
-            query = query.where(AuditEvent.id < before_id)
-        return query.order_by(AuditEvent.id.desc())
+        return audit_statement(
+            org_id,
+            action=self.action,
+            actor=self.actor,
+            since=self.since,
+            until=self.until,
+            before_id=before_id,
+        )
 
     def echo(self) -> dict:
         return {

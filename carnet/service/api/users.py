@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
-
 from carnet.db.models import Membership, User
 from carnet.errors import Conflict, PermissionDenied, ValidationError
 from carnet.passwords import hash_password, verify_password
@@ -13,6 +11,7 @@ from carnet.people import (
     delete_person,
     is_author,
     member,
+    org_members,
     reset_password,
     update_person,
 )
@@ -38,12 +37,7 @@ class UserListHandler(BaseHandler):
     @authorized("users:manage")
     def get(self):
         with self.db() as session:
-            members = session.scalars(
-                select(Membership)
-                .join(User, User.id == Membership.user_id)
-                .where(Membership.org_id == self.principal().org_id)
-                .order_by(User.email)
-            ).all()
+            members = org_members(session, self.principal().org_id)
             self.write_json({"users": [person_json(m) for m in members]})
 
     @authorized("users:manage")
