@@ -71,6 +71,8 @@ class Organization(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     slug: Mapped[str] = mapped_column(String(64), unique=True)
     name: Mapped[str] = mapped_column(String(200))
+    # Organization settings an admin may change (carnet.org_settings validates and documents each key).
+    settings: Mapped[dict] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -89,6 +91,10 @@ class User(Base):
     locked_until: Mapped[datetime | None]
     # Set when an admin gave a one-time password: the person must choose their own at next sign-in.
     must_change_password: Mapped[bool] = mapped_column(default=False, server_default="0")
+    # A pending invitation: the hash of its one-time secret and when it stops working. The person
+    # chooses their password by opening the link; using it clears both.
+    invitation_hash: Mapped[str | None] = mapped_column(String(128))
+    invitation_expires_at: Mapped[datetime | None]
     # Credentials (tokens, sessions) issued before this moment are dead: set by logout-everywhere,
     # disabling, and lowering a role.
     credentials_valid_after: Mapped[datetime | None]
