@@ -139,7 +139,9 @@ class App(Base):
     slug: Mapped[str] = mapped_column(String(100))
     title: Mapped[str] = mapped_column(String(200))
     description: Mapped[str] = mapped_column(Text, default="")
-    # 'org': every member of the organization may open it. Narrower sharing comes with issue 3.
+    # Who may open it (carnet.sharing): 'org' every member of the organization; 'restricted' only the
+    # people and viewer groups in ``shares`` (and the org's authors); 'public' anyone with the app's public
+    # link (studio/admin only, and only if the org allows it).
     visibility: Mapped[str] = mapped_column(String(16), default="org")
     current_version: Mapped[int] = mapped_column(Integer, default=0)
     published_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
@@ -300,3 +302,21 @@ class ViewerGroupMember(Base):
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     group: Mapped[ViewerGroup] = relationship(back_populates="members")
     user: Mapped[User] = relationship()
+
+
+class AppShare(Base):
+    """One person or one viewer group an app is shared with (exactly one of ``user_id`` / ``group_id``)."""
+
+    __tablename__ = "app_shares"
+    __table_args__ = (
+        UniqueConstraint("app_id", "user_id"),
+        UniqueConstraint("app_id", "group_id"),
+        NO_ID_REUSE,
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    app_id: Mapped[int] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    group_id: Mapped[int | None] = mapped_column(
+        ForeignKey("viewer_groups.id", ondelete="CASCADE"), index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

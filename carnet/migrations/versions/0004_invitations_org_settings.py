@@ -1,4 +1,4 @@
-"""invitations and organization settings
+"""invitations, organization settings, app shares
 
 Revision ID: 0004
 Revises: 0003
@@ -27,8 +27,29 @@ def upgrade() -> None:
     with op.batch_alter_table("organizations", schema=None) as batch_op:
         batch_op.alter_column("settings", existing_type=sa.JSON(), nullable=False)
 
+    op.create_table(
+        "app_shares",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("app_id", sa.Integer(), nullable=False),
+        sa.Column("user_id", sa.Integer(), nullable=True),
+        sa.Column("group_id", sa.Integer(), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(["app_id"], ["apps.id"], ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(["user_id"], ["users.id"], ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(["group_id"], ["viewer_groups.id"], ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("app_id", "user_id"),
+        sa.UniqueConstraint("app_id", "group_id"),
+        sqlite_autoincrement=True,
+    )
+    with op.batch_alter_table("app_shares", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_app_shares_app_id"), ["app_id"], unique=False)
+        batch_op.create_index(batch_op.f("ix_app_shares_user_id"), ["user_id"], unique=False)
+        batch_op.create_index(batch_op.f("ix_app_shares_group_id"), ["group_id"], unique=False)
+
 
 def downgrade() -> None:
+    op.drop_table("app_shares")
     with op.batch_alter_table("organizations", schema=None) as batch_op:
         batch_op.drop_column("settings")
     with op.batch_alter_table("users", schema=None) as batch_op:
