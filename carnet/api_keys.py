@@ -22,7 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from carnet.db.models import ROLE_RANK, ApiKey, Membership, Role, utcnow
-from carnet.errors import PermissionDenied
+from carnet.errors import PermissionDenied, ValidationError
 
 API_KEY_PREFIX = "cak_"  # noqa: S105 - a marker, not a secret
 LAST_USED_RESOLUTION = timedelta(minutes=1)
@@ -85,6 +85,23 @@ def mint_api_key(
     session.add(key)
     session.flush()
     return key, _text(prefix, secret)
+
+
+def check_lifetime(expires_at: datetime | None, max_days: int, field: str = "expires_at") -> None:
+    """The organization's cap on key lifetimes (org setting ``api_key_max_days``; 0: no cap). With a cap,
+    a key must expire, at most ``max_days`` from now."""
+    if not max_days:
+        return
+    if expires_at is None:
+        raise ValidationError(
+            f"This organization's API keys must expire within {max_days} days: give expires_in_days "
+            f"(1-{max_days}) or expires_at",
+            field=field,
+        )
+    if expires_at > utcnow() + timedelta(days=max_days):
+        raise ValidationError(
+            f"This organization's API keys may live at most {max_days} days (api_key_max_days)", field=field
+        )
 
 
 def rotate_api_key(session: Session, key: ApiKey) -> str:

@@ -11,7 +11,10 @@ object of non-secret facts. Never put passwords, tokens, source options or other
 
 from __future__ import annotations
 
+import ipaddress
+
 from carnet.db.models import AuditEvent
+from carnet.settings import CarnetSettings
 
 # Column sizes of audit_events (SQLite does not enforce them; PostgreSQL and MariaDB do).
 MAX_ACTOR = 320
@@ -47,15 +50,39 @@ def record(
     return event
 
 
-def client_address(request) -> str:
-    """The address a request came from: the first entry of the X-Forwarded-For header that the Hub's proxy
-    sets, else the peer address. (The first entry is what the client claims; behind the Hub's proxy it is
-    the browser's address, but a client can prepend anything, so treat it as informative, not proof.)"""
+def client_address(request, trusted_hops: int | None = None) -> str:
+    """The address a request came from, as far as it can be trusted.
+
+    Each proxy appends the address of whoever connected to it to X-Forwarded-For, so only the last
+    ``trusted_hops`` entries were written by proxies of ours; what is left of them is whatever the client
+    sent. The address is the entry ``trusted_hops`` from the right (the one the outermost trusted proxy
+    saw), or the leftmost when fewer proxies were passed. The header is read only when the direct peer is
+    a loopback address (the Hub's proxy); otherwise, or with ``trusted_hops`` 0, it is the peer address.
+    ``trusted_hops`` None reads CarnetSettings.trusted_proxy_hops (CARNET_TRUSTED_PROXY_HOPS)."""
     if request is None:
         return ""
-    forwarded = request.headers.get("X-Forwarded-For", "")
-    first = forwarded.split(",", 1)[0].strip()
-    return (first or request.remote_ip or "")[:MAX_REMOTE_ADDR]
+    if trusted_hops is None:
+        trusted_hops = CarnetSettings().trusted_proxy_hops
+    peer = _peer_address(request)
+    entries = [e.strip() for e in request.headers.get("X-Forwarded-For", "").split(",") if e.strip()]
+    if trusted_hops <= 0 or not entries or not _is_loopback(peer):
+        return peer[:MAX_REMOTE_ADDR]
+    return entries[-min(trusted_hops, len(entries))][:MAX_REMOTE_ADDR]
+
+
+def _peer_address(request) -> str:
+    # Tornado servers started with xheaders=True (the Hub's) overwrite remote_ip from X-Forwarded-For or
+    # X-Real-Ip, which a client can set; the connection keeps the socket's own address.
+    context = getattr(getattr(request, "connection", None), "context", None)
+    return getattr(context, "_orig_remote_ip", None) or request.remote_ip or ""
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return ip.is_loopback or bool(getattr(ip, "ipv4_mapped", None) and ip.ipv4_mapped.is_loopback)
 
 
 def event_json(event: AuditEvent) -> dict:

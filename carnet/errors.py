@@ -29,6 +29,10 @@ class PermissionDenied(CarnetError):
     status = 403
 
 
+class PasswordChangeRequired(PermissionDenied):
+    """The person signed in with a one-time password and must choose their own before anything else."""
+
+
 class NotFound(CarnetError):
     """Unknown id, or an id belonging to another organization: both answer the same body."""
 
@@ -37,6 +41,33 @@ class NotFound(CarnetError):
 
 class Conflict(CarnetError):
     status = 409
+
+
+class Gone(CarnetError):
+    """Existed but is no longer usable (an expired invitation link)."""
+
+    status = 410
+
+
+class DecryptionError(CarnetError):
+    """A stored secret cannot be decrypted (unknown key, tampered, or bound to another owner). The message
+    names the reason and the key id only, never the plaintext nor the key."""
+
+    status = 500
+
+
+class DataKeyError(CarnetError):
+    """The data encryption key is missing, malformed or unsafely stored: an operator must fix it."""
+
+    status = 500
+
+
+class UnsafeURL(ValidationError):
+    """A URL Carnet was asked to fetch is refused (scheme, address, redirect): the reason names the host."""
+
+
+class ResponseTooLarge(ValidationError):
+    """A fetched response is bigger than the fetch_max_bytes setting."""
 
 
 class MissingDriver(CarnetError):
@@ -50,3 +81,29 @@ class MissingDriver(CarnetError):
             module=module,
             extra=extra,
         )
+
+
+class ConnectionFailed(CarnetError):
+    """A data source's server could not be reached or refused the credentials (message never holds them)."""
+
+    status = 502
+
+
+class QueryFailed(CarnetError):
+    """The data source's server refused a query (syntax, types, permissions)."""
+
+    status = 400
+
+
+class ReadOnlyViolation(QueryFailed):
+    """A data-source query tried to write; refused by Carnet's parser or by the server's read-only mode."""
+
+    status = 403
+
+
+class QueryTimeout(CarnetError):
+    status = 504
+
+
+class RowLimitExceeded(CarnetError):
+    status = 413

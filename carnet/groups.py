@@ -1,46 +1,62 @@
 """Viewer groups: named sets of people of one organization (apps are shared with them later).
 
-Names are unique per organization up to look-alikes: ``name_key`` (NFKC, case-folded, Cyrillic and Greek
-letters that read like Latin ones mapped to them, whitespace collapsed) is unique per org, so "Sales" and
-"Ѕаlеѕ" (Cyrillic) cannot both exist.
+Names are unique per organization up to look-alikes: ``name_key`` (NFKC, case-folded, each character that
+Unicode's confusables data says reads like a Latin letter mapped to it, whitespace collapsed) is unique per
+org, so "Sales" and "Ѕаlеѕ" (Cyrillic) cannot both exist.
 """
 
 from __future__ import annotations
 
+import functools
 import unicodedata
 
+from confusable_homoglyphs.categories import alias as script_of
+from confusable_homoglyphs.confusables import confusables_data
 from sqlalchemy import select
 
 from carnet.db.models import Membership, User, ViewerGroup, ViewerGroupMember
 from carnet.errors import Conflict, NotFound, ValidationError
-from carnet.validation import parse_id, validate_email
+from carnet.validation import parse_id, refuse_hidden_characters, validate_email
 
 MAX_NAME = 100
 EDITABLE_FIELDS = frozenset({"name"})
+_DIRECTION_MARKS = "\u200e\u200f"  # the data wraps right-to-left glyphs in them
 
-# Lower-case Cyrillic and Greek letters (after NFKC + casefold) that read like a Latin letter.
-_CONFUSABLES = str.maketrans(
-    {
-        # Cyrillic
-        "а": "a", "в": "b", "с": "c", "ԁ": "d", "е": "e", "ё": "e", "һ": "h", "н": "h", "і": "i",
-        "ї": "i", "ј": "j", "к": "k", "ӏ": "l", "м": "m", "п": "n", "о": "o", "р": "p", "ԛ": "q",
-        "г": "r", "ѕ": "s", "т": "t", "ц": "u", "ѵ": "v", "ԝ": "w", "х": "x", "у": "y", "з": "3",
-        # Greek
-        "α": "a", "β": "b", "ϲ": "c", "ε": "e", "η": "n", "ι": "i", "ϳ": "j", "κ": "k", "μ": "u",
-        "ν": "v", "ο": "o", "ρ": "p", "σ": "o", "τ": "t", "υ": "u", "χ": "x", "γ": "y", "ω": "w",
-        "ζ": "z",
-        # Latin look-alikes
-        "ı": "i", "ɑ": "a", "ɡ": "g",
-    }
-)  # fmt: skip
+
+@functools.cache
+def _latin_look_alikes() -> dict[int, str]:
+    """For each non-ASCII character of the confusables data (Unicode TR39, as packaged by
+    confusable-homoglyphs): the ASCII text it reads as, else (for non-Latin scripts) a Latin letter.
+
+    ASCII characters are left alone: mapping "I" or "1" to "l" would also merge names that differ only in
+    case ("Interns"/"interns" must stay one key, and both are plain ASCII, easy to tell apart)."""
+    table = {}
+    for char in confusables_data:
+        if len(char) != 1 or char.isascii():
+            continue
+        # A letter and its other case share one entry, so the key does not depend on case (small Cyrillic
+        # "м" has no Latin look-alike in the data, its capital "М" reads as "M").
+        candidates = {
+            g["c"].strip(_DIRECTION_MARKS)
+            for form in {char, char.upper(), char.lower()}
+            for g in confusables_data.get(form, ())
+        }
+        candidates.discard("")
+        ascii_ = [c for c in candidates if c.isascii() and c.isprintable() and not c.isspace()]
+        latin = [c for c in candidates if len(c) == 1 and script_of(c) == "LATIN"]
+        # Letters before digits and signs; the shortest, then the lowest code point: a stable choice.
+        pick = ascii_ or (latin if script_of(char) != "LATIN" else [])
+        if pick:
+            table[ord(char)] = min(pick, key=lambda c: (not c.isalpha(), len(c), c)).casefold()
+    return table
 
 
 def name_key(name: str) -> str:
     """The skeleton two names share when they read the same."""
     text = unicodedata.normalize("NFKC", name).casefold()
     text = "".join(ch for ch in text if unicodedata.category(ch) not in ("Cf", "Mn"))
-    text = text.translate(_CONFUSABLES)
-    return " ".join(unicodedata.normalize("NFKC", text).split())
+    text = text.translate(_latin_look_alikes())
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
 
 
 def parse_group_name(value) -> tuple[str, str]:
@@ -52,8 +68,7 @@ def parse_group_name(value) -> tuple[str, str]:
         raise ValidationError("name must not be empty", field="name")
     if len(name) > MAX_NAME:
         raise ValidationError(f"name must be at most {MAX_NAME} characters", field="name")
-    if any(unicodedata.category(ch) in ("Cc", "Cf", "Co", "Cs", "Cn") for ch in name):
-        raise ValidationError("name must not hold control or invisible characters", field="name")
+    refuse_hidden_characters(name, "name")
     return name, name_key(name)
 
 

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from carnet.db.models import AUTHOR_ROLES, Membership, Role, Token, User, role_at_least, utcnow
 from carnet.errors import Conflict, NotFound, ValidationError
 from carnet.passwords import generate_password, hash_password
-from carnet.validation import parse_id, validate_email
+from carnet.validation import parse_id, refuse_hidden_characters, validate_email
 
 log = logging.getLogger("carnet.people")
 
@@ -34,7 +34,7 @@ def parse_role(value) -> Role:
 def parse_display_name(value) -> str:
     if not isinstance(value, str) or len(value.strip()) > 200:
         raise ValidationError("display_name must be text of at most 200 characters", field="display_name")
-    return value.strip()
+    return refuse_hidden_characters(value.strip(), "display_name")
 
 
 def check_new_password(password) -> str:
@@ -69,19 +69,22 @@ def member(session, org_id: int, user_id) -> Membership:
     return membership
 
 
-def create_person(session, org_id: int, email, role, display_name="") -> tuple[Membership, str]:
-    """A new account with a one-time password (returned once, to be changed at first sign-in)."""
+def create_person(
+    session, org_id: int, email, role, display_name="", invite: bool = False
+) -> tuple[Membership, str | None]:
+    """A new account with a one-time password (returned once, to be changed at first sign-in), or, with
+    ``invite``, with no password at all: the caller issues an invitation link (carnet.first_sign_in)."""
     email = validate_email(email)
     role = parse_role(role)
     display_name = parse_display_name(display_name or "")
     if session.scalar(select(User).where(User.email == email)) is not None:
         raise Conflict(f"{email} already has an account")
-    password = generate_password()
+    password = None if invite else generate_password()
     user = User(
         email=email,
         display_name=display_name or email.split("@")[0],
-        password_hash=hash_password(password),
-        must_change_password=True,
+        password_hash=hash_password(password) if password else None,
+        must_change_password=not invite,
     )
     session.add(user)
     session.flush()
@@ -151,6 +154,8 @@ def reset_password(session, membership: Membership) -> str:
     user.password_hash = hash_password(password)
     user.must_change_password = True
     user.failed_logins, user.locked_until = 0, None
+    # A pending invitation link would let its holder skip the one-time password: it dies too.
+    user.invitation_hash, user.invitation_expires_at = None, None
     end_credentials(session, user)
     return password
 

@@ -16,6 +16,9 @@ ACTION_MIN_ROLE: dict[str, Role] = {
     "apps:list": Role.viewer,
     "apps:read": Role.viewer,
     "apps:publish": Role.analyst,
+    "apps:share": Role.analyst,
+    "apps:share_public": Role.studio,  # also needs the org setting allow_public_apps (carnet.sharing)
+    "apps:unpublish": Role.analyst,
     "sources:list": Role.analyst,
     "sources:read_data": Role.analyst,
     "sources:create": Role.studio,
@@ -28,6 +31,8 @@ ACTION_MIN_ROLE: dict[str, Role] = {
     "keys:manage": Role.admin,
     "users:manage": Role.admin,
     "groups:manage": Role.admin,
+    "org:read": Role.viewer,
+    "org:manage": Role.admin,
     "me:update": Role.viewer,
 }
 

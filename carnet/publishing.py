@@ -1,6 +1,7 @@
 """Publishing notebooks as apps: validate, snapshot to a read-only file, record a new version.
 
-Used by the REST API and by the demo seeder, so both publish the same way.
+Used by the REST API and by the demo seeder, so both publish the same way. Who may open an app (and
+finding one by id for a caller) is ``carnet.sharing``.
 """
 
 from __future__ import annotations
@@ -14,9 +15,8 @@ import nbformat
 from sqlalchemy import select
 
 from carnet.db.models import App, AppVersion, utcnow
-from carnet.errors import NotFound, ValidationError
+from carnet.errors import ValidationError
 from carnet.settings import CarnetSettings
-from carnet.validation import parse_id
 
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,99}$")
 
@@ -75,24 +75,6 @@ def publish(
     app.published_by = user_id
     app.updated_at = utcnow()
     session.flush()
-    return app
-
-
-def visible_apps(session, org_id: int) -> list[App]:
-    """Apps a member of ``org_id`` may open (narrower sharing arrives with groups, issue 3)."""
-    return list(
-        session.scalars(
-            select(App).where(App.org_id == org_id, App.current_version > 0).order_by(App.title)
-        ).all()
-    )
-
-
-def find_app(session, org_id: int, app_id) -> App:
-    """The app, or NotFound — the same error whether it is unknown or another org's."""
-    app_id = parse_id(app_id, "No such app")
-    app = session.scalar(select(App).where(App.id == app_id, App.org_id == org_id, App.current_version > 0))
-    if app is None:
-        raise NotFound("No such app")
     return app
 
 

@@ -8,7 +8,7 @@ traitlets config (``c.CarnetSettings.x = ...`` in any Jupyter/Hub config file), 
 import os
 from pathlib import Path
 
-from traitlets import Integer, Unicode, default, validate
+from traitlets import Float, Integer, List, Unicode, default, validate
 from traitlets.config import Configurable
 
 
@@ -109,6 +109,132 @@ class CarnetSettings(Configurable):
         help="Seconds a token handed to a Studio or Viewer kernel stays valid.",
     ).tag(config=True)
 
+    hub_auth_cache_seconds = Integer(
+        help="""Seconds the Carnet service, the Viewer and Studio servers trust the Hub's answer about who a
+        browser cookie or Hub token belongs to before asking the Hub again. 0 (the default) asks the Hub on
+        every request: signing out of the Hub, or being disabled, ends the session on every Carnet server at
+        once, for one small request to the Hub's API per request. A positive value spares the Hub that
+        request but keeps a signed-out or revoked session working for up to that many seconds (JupyterHub's
+        own default is 300). Environment: CARNET_HUB_AUTH_CACHE_SECONDS.""",
+    ).tag(config=True)
+
+    @default("hub_auth_cache_seconds")
+    def _default_hub_auth_cache_seconds(self):
+        return _not_negative(
+            "CARNET_HUB_AUTH_CACHE_SECONDS", int(os.environ.get("CARNET_HUB_AUTH_CACHE_SECONDS", "0"))
+        )
+
+    trusted_proxy_hops = Integer(
+        help="""How many proxies in front of Carnet append to X-Forwarded-For and are trusted to tell the
+        truth: the audit log and the sign-in lockout log record the address that many entries from the
+        right of that header (a client can put anything at its left). 1 (the default) is the Hub's own
+        configurable-http-proxy: the address recorded is the one that connected to it. Raise it by one
+        for each further proxy that appends the header (a load balancer or TLS terminator in front of the
+        Hub); 0 ignores the header and records the direct peer. The header is only read when the direct
+        peer is a loopback address (the Hub's proxy runs on the same machine).
+        Environment: CARNET_TRUSTED_PROXY_HOPS.""",
+    ).tag(config=True)
+
+    @default("trusted_proxy_hops")
+    def _default_trusted_proxy_hops(self):
+        return _not_negative(
+            "CARNET_TRUSTED_PROXY_HOPS", int(os.environ.get("CARNET_TRUSTED_PROXY_HOPS", "1"))
+        )
+
+    @validate("trusted_proxy_hops", "hub_auth_cache_seconds")
+    def _validate_not_negative(self, proposal):
+        return _not_negative(proposal["trait"].name, proposal["value"])
+
+    invitation_days = Integer(
+        help="""Days an invitation link stays usable. An admin who creates a person with an invitation (or
+        re-invites them) gets a link to the Hub page /hub/carnet/invite/<token> where the person chooses
+        their password; the link works once, a new one kills the old one, and after this many days it
+        answers 410 Gone and the admin must issue a new one. Environment: CARNET_INVITATION_DAYS.
+        Default: 7.""",
+    ).tag(config=True)
+
+    @default("invitation_days")
+    def _default_invitation_days(self):
+        return int(os.environ.get("CARNET_INVITATION_DAYS", "7"))
+
+    @validate("invitation_days")
+    def _positive_invitation_days(self, proposal):
+        if proposal["value"] < 1:
+            raise ValueError("invitation_days must be at least 1")
+        return proposal["value"]
+
+    # -- secrets at rest (carnet/crypto.py) and outgoing fetches (carnet/net_guard.py) ---------------
+    data_key = Unicode(
+        help="""The key that encrypts data-source credentials at rest (AES-256-GCM): base64 of 32 random
+        bytes, e.g. from `python -c "import os,base64;print(base64.b64encode(os.urandom(32)).decode())"`.
+        Empty (the default): the key is read from data_key_file, which is created with 0600 permissions on
+        first use. Only the Carnet service needs it; it is never handed to kernels. Losing the key loses
+        every stored credential. Environment: CARNET_DATA_KEY.""",
+    ).tag(config=True)
+
+    @default("data_key")
+    def _default_data_key(self):
+        return os.environ.get("CARNET_DATA_KEY", "")
+
+    data_key_old = List(
+        Unicode(),
+        help="""Retired data keys (base64 of 32 bytes each), still used to decrypt values written before a
+        key rotation; new values are always encrypted with the current key. Files next to data_key_file
+        named data_key.old.<anything> are read too. Environment: CARNET_DATA_KEY_OLD, comma-separated.""",
+    ).tag(config=True)
+
+    @default("data_key_old")
+    def _default_data_key_old(self):
+        return [k.strip() for k in os.environ.get("CARNET_DATA_KEY_OLD", "").split(",") if k.strip()]
+
+    data_key_file = Unicode(
+        help="""File holding the data key when data_key is empty: created on first use (0600, in a 0700
+        folder); Carnet refuses to use it when group or others can read it. Retired keys go next to it as
+        data_key.old.<suffix>. Environment: CARNET_DATA_KEY_FILE. Default: <data_dir>/secrets/data_key.""",
+    ).tag(config=True)
+
+    @default("data_key_file")
+    def _default_data_key_file(self):
+        return os.environ.get("CARNET_DATA_KEY_FILE") or str(Path(self.data_dir) / "secrets" / "data_key")
+
+    fetch_allow_hosts = List(
+        Unicode(),
+        help="""Hosts that Carnet may fetch from although they are not public (REST sources and anything else
+        that fetches a URL refuse loopback, private, link-local and other non-public addresses, and
+        redirects to them). Each entry is a host name or IP address, optionally with :port (host:8080,
+        [::1]:8080), or a CIDR network (10.20.0.0/16). A name entry trusts whatever that name resolves to;
+        an address or network entry trusts those addresses only. Environment: CARNET_FETCH_ALLOW_HOSTS,
+        comma-separated. Default: none.""",
+    ).tag(config=True)
+
+    @default("fetch_allow_hosts")
+    def _default_fetch_allow_hosts(self):
+        return [h.strip() for h in os.environ.get("CARNET_FETCH_ALLOW_HOSTS", "").split(",") if h.strip()]
+
+    fetch_max_bytes = Integer(
+        help="""Largest response body (after decompression) Carnet accepts when it fetches a URL; a bigger
+        one is refused with a clear error. Environment: CARNET_FETCH_MAX_BYTES. Default: 100 MB.""",
+    ).tag(config=True)
+
+    @default("fetch_max_bytes")
+    def _default_fetch_max_bytes(self):
+        return int(os.environ.get("CARNET_FETCH_MAX_BYTES", str(100 * 1024 * 1024)))
+
+    fetch_timeout = Float(
+        help="""Seconds Carnet waits to connect to a fetched URL, and for each read from it.
+        Environment: CARNET_FETCH_TIMEOUT. Default: 30.""",
+    ).tag(config=True)
+
+    @default("fetch_timeout")
+    def _default_fetch_timeout(self):
+        return float(os.environ.get("CARNET_FETCH_TIMEOUT", "30"))
+
+    @validate("fetch_max_bytes", "fetch_timeout")
+    def _positive_fetch_limits(self, proposal):
+        if proposal["value"] <= 0:
+            raise ValueError(f"{proposal['trait'].name} must be positive")
+        return proposal["value"]
+
     # -- derived paths: one place decides where each kind of data lives ------------------------------
     def org_dir(self, org_id: int) -> Path:
         return Path(self.data_dir) / "orgs" / str(org_id)
@@ -126,6 +252,13 @@ class CarnetSettings(Configurable):
         return Path(self.data_dir) / "runs"
 
 
+def _not_negative(name: str, value: int) -> int:
+    # Validators do not see dynamic defaults (the environment): both paths call this.
+    if value < 0:
+        raise ValueError(f"{name} cannot be negative")
+    return value
+
+
 def environment_for(settings: CarnetSettings) -> dict:
     """The CARNET_* variables that hand ``settings`` to a child process."""
     return {
@@ -138,4 +271,5 @@ def environment_for(settings: CarnetSettings) -> dict:
         "CARNET_MAIL_FROM": settings.mail_from,
         "CARNET_OUTBOX_DIR": settings.outbox_dir,
         "CARNET_CHROMIUM": settings.chromium_path,
+        "CARNET_INVITATION_DAYS": str(settings.invitation_days),
     }

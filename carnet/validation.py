@@ -1,6 +1,7 @@
 """Small validators shared by the API and the CLI."""
 
 import re
+import unicodedata
 
 from carnet.errors import NotFound, ValidationError
 
@@ -32,3 +33,15 @@ def parse_id(value, not_found_message: str) -> int:
     if not 0 < number <= MAX_ID:
         raise NotFound(not_found_message)
     return number
+
+
+# Control characters, and format characters (bidi overrides such as U+202E, zero-width ones), private-use,
+# surrogates and unassigned code points: they make a name display differently from what it holds.
+_HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Co", "Cs", "Cn"})
+
+
+def refuse_hidden_characters(text: str, field: str) -> str:
+    """``text`` unchanged, or a 400 naming ``field`` if it holds control or invisible characters."""
+    if any(unicodedata.category(ch) in _HIDDEN_CATEGORIES for ch in text):
+        raise ValidationError(f"{field} must not hold control or invisible characters", field=field)
+    return text

@@ -6,6 +6,8 @@
 """
 
 from carnet.extension.handlers import load_studio_handlers
+from carnet.hub_auth import limit_server_hub_auth_cache
+from carnet.settings import CarnetSettings
 
 
 def _jupyter_server_extension_points():
@@ -14,3 +16,5 @@ def _jupyter_server_extension_points():
 
 def _load_jupyter_server_extension(server_app):
     load_studio_handlers(server_app)
+    # Signing out of the Hub ends the JupyterLab session at once (no cached "this cookie is X").
+    limit_server_hub_auth_cache(server_app, CarnetSettings().hub_auth_cache_seconds)

@@ -37,6 +37,7 @@ from voila.static_file_handler import MultiStaticFileHandler, TemplateStaticFile
 from voila.tornado.handler import TornadoVoilaHandler
 from voila.utils import get_data_dir, get_voila_labextensions_path, pjoin
 
+from carnet.hub_auth import limit_server_hub_auth_cache
 from carnet.isolation import KERNEL_ACCOUNT_ENV, accounts_enabled, ensure_account
 from carnet.settings import CarnetSettings
 
@@ -154,6 +155,11 @@ async def request_viewer_session(username: str, app_id: str) -> dict:
     except HTTPClientError as exc:
         if exc.code == 404:
             raise web.HTTPError(404, "No such app") from None
+        if exc.code == 403 and exc.response is not None:
+            # A person with a one-time password: the service says where to choose their own.
+            message = json.loads(exc.response.body).get("message", "Not allowed")
+            # As the reason: Voila's error page shows the reason, not the message.
+            raise web.HTTPError(403, "%s", message, reason=message.replace("\n", " ")) from None
         raise web.HTTPError(502, "The Carnet service refused the request") from None
     except OSError:
         raise web.HTTPError(503, "The Carnet service is not reachable; try again shortly") from None
@@ -217,6 +223,8 @@ def _jupyter_server_extension_points():
 def _load_jupyter_server_extension(server_app):
     """Mounts the Viewer's routes: Voila's assets, the app renderer and the owned-kernel shutdown."""
     web_app = server_app.web_app
+    # Signing out of the Hub ends the Viewer session at once (no cached "this cookie is X").
+    limit_server_hub_auth_cache(server_app, CarnetSettings().hub_auth_cache_seconds)
     configuration = VoilaConfiguration(parent=server_app)
     template_paths = collect_template_paths(["voila", "nbconvert"], configuration.template)
     static_paths = collect_static_paths(["voila", "nbconvert"], configuration.template)

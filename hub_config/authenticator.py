@@ -134,15 +134,31 @@ class CarnetAuthenticator(Authenticator):
             user.failed_logins = 0
             user.locked_until = None
             audit("login.success")
-            return {"name": user.email, "groups": hub_groups_for(user.memberships)}
+            return {
+                "name": user.email,
+                "groups": hub_groups_for(user.memberships),
+                "must_change_password": user.must_change_password,
+            }
+
+    def get_handlers(self, app):
+        # Imported here: those handlers use hub_groups_for from this module.
+        from carnet.hub_config.first_sign_in import first_sign_in_handlers
+
+        return first_sign_in_handlers()
 
     async def authenticate(self, handler, data):
         email = self.normalize_username(data.get("username", ""))
         password = data.get("password", "")
         if not email or not password:
             return None
-        remote_addr = client_address(getattr(handler, "request", None))
+        hops = CarnetSettings(parent=self).trusted_proxy_hops
+        remote_addr = client_address(getattr(handler, "request", None), hops)
         model = await asyncio.to_thread(self._check, email, password, remote_addr)
         if model is None:
             self.log.warning("Failed sign-in for %r from %s", email, remote_addr)
+            return None
+        # Not part of the Hub's user model: tells CarnetLoginHandler to send the person to the change form.
+        must_change = model.pop("must_change_password")
+        if handler is not None:
+            handler.carnet_must_change_password = must_change
         return model

@@ -84,6 +84,8 @@ else:
 c.JupyterHub.spawner_class = "carnet.hub_config.spawner.CarnetSpawner"
 c.JupyterHub.allow_named_servers = False
 c.JupyterHub.default_url = default_url
+# Carnet's own Hub pages (first sign-in: change password, invitation links) extend JupyterHub's page.html.
+c.JupyterHub.template_paths = [str(Path(__file__).resolve().parent / "templates")]
 
 # -- Studio servers ---------------------------------------------------------------------------------
 c.Spawner.default_url = "/lab"

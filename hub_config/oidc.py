@@ -11,6 +11,23 @@ attempt recorded in the audit log (login.success / login.failure). An unknown or
 unverified email or a disabled account is refused with 403. The Hub groups are those of
 ``hub_groups_for``, as with passwords, so authors get servers and viewers do not.
 
+Claims are authoritative for memberships: memberships in organizations the claims no longer name are
+removed at that sign-in (``prune_memberships``; audited ``membership.remove``, and the person's Carnet
+tokens die) unless ``keep_unclaimed_memberships`` is set. Only the membership goes, with the person's
+places in that organization's viewer groups and the app shares naming them: objects they own there (jobs,
+sources, apps they published) stay for the organization's admins to reassign or delete; the jobs' runs
+cannot read data meanwhile, as a job token needs its owner's membership.
+
+A person who is no longer an author at sign-in (demoted at the provider, or moved to an organization where
+they are a viewer) has their running Studio server stopped by the Hub during that sign-in
+(``authenticate``), and the Hub's authors group no longer lets them start one.
+
+PKCE (``enable_pkce``, S256) is on: the code is worthless without the verifier kept in the Hub's signed
+state cookie. Logging out of the Hub also ends the session at the provider (RP-initiated logout:
+``logout_redirect_url`` points at the discovery document's ``end_session_endpoint`` with ``client_id`` and
+``post_logout_redirect_uri``) unless CARNET_OIDC_LOGOUT=local; otherwise the next sign-in would pass
+silently through the provider's still-open session.
+
 The OAuth ``state`` is bound to the browser session by OAuthenticator (its ``oauthenticator-state``
 cookie must match the ``state`` of the callback; tests/test_oidc.py checks it).
 """
@@ -23,20 +40,32 @@ import os
 import urllib.request
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from urllib.parse import urlencode
 
 from oauthenticator.generic import GenericOAuthenticator
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from tornado import web
-from traitlets import Bool, Unicode, default
+from traitlets import Bool, CaselessStrEnum, Unicode, default
 
 from carnet.audit import client_address, record
 from carnet.db import session_scope
-from carnet.db.models import ROLE_RANK, Membership, Organization, Role, User
-from carnet.hub_config.authenticator import hub_groups_for
+from carnet.db.models import (
+    ROLE_RANK,
+    App,
+    AppShare,
+    Membership,
+    Organization,
+    Role,
+    User,
+    ViewerGroup,
+    ViewerGroupMember,
+)
+from carnet.hub_config.authenticator import AUTHORS_GROUP, hub_groups_for
 from carnet.people import end_credentials
 from carnet.settings import CarnetSettings
 
 GROUPS_KEY = "carnet_groups"
+UNCLAIMED = "not in identity provider claims"
 # The address of the sign-in being handled, for the audit records (set in authenticate()).
 _remote_addr: ContextVar[str] = ContextVar("carnet_oidc_remote_addr", default="")
 
@@ -106,6 +135,80 @@ class CarnetOIDCAuthenticator(GenericOAuthenticator):
     @default("require_verified_email")
     def _default_require_verified_email(self):
         return os.environ.get("CARNET_OIDC_REQUIRE_VERIFIED_EMAIL", "1") not in ("0", "false", "no")
+
+    keep_unclaimed_memberships = Bool(
+        help="""Keep the person's memberships in organizations that their claims no longer name. By default
+        (false) the claims are authoritative: at each sign-in, every membership outside the claimed
+        organization is removed (audited as membership.remove with reason "not in identity provider
+        claims", in the organization that loses the person) and the person's Carnet tokens die. Only the
+        membership goes (with the person's places in that organization's viewer groups and the app shares
+        naming them); jobs, sources and apps they own there stay for that organization's admins to reassign
+        or delete. Set it when memberships in other organizations are managed by hand in Carnet rather than
+        at the provider. Environment: CARNET_OIDC_KEEP_UNCLAIMED_MEMBERSHIPS (1 to keep). Default: false.""",
+    ).tag(config=True)
+
+    @default("keep_unclaimed_memberships")
+    def _default_keep_unclaimed_memberships(self):
+        return os.environ.get("CARNET_OIDC_KEEP_UNCLAIMED_MEMBERSHIPS", "0") in ("1", "true", "yes")
+
+    enable_pkce = Bool(
+        help="""Use Proof Key for Code Exchange (RFC 7636, S256) in the authorization code flow: the Hub keeps
+        a random verifier in its signed state cookie and sends only its hash to the provider, so an
+        authorization code intercepted on its way back (browser history, logs, a malicious app) cannot be
+        redeemed without that browser's cookie, even with the client secret. Providers that do not know PKCE
+        ignore the extra parameters (RFC 6749 3.1), so it stays on unless a provider misbehaves; providers
+        may (and should) require it for this client. Environment: CARNET_OIDC_PKCE (0 to turn off).
+        Default: true.""",
+    ).tag(config=True)
+
+    @default("enable_pkce")
+    def _default_enable_pkce(self):
+        return os.environ.get("CARNET_OIDC_PKCE", "1") not in ("0", "false", "no")
+
+    logout = CaselessStrEnum(
+        ["provider", "local"],
+        help="""What logging out of the Hub ends. provider (default): the Hub session, then the browser is
+        sent to the provider's end_session_endpoint (OpenID Connect RP-initiated logout, from the discovery
+        document) with client_id and post_logout_redirect_uri, so the provider's session ends too and the
+        next sign-in asks for credentials again (on a shared computer, a local-only logout would let the next
+        person in silently as the previous one). If the provider publishes no end_session_endpoint the
+        logout is local, with a warning in the Hub log. local: only the Hub session ends (the provider's
+        single sign-on session stays, e.g. for other applications). An explicit logout_redirect_url (or
+        OAUTH_LOGOUT_REDIRECT_URL) overrides both. Environment: CARNET_OIDC_LOGOUT.""",
+    ).tag(config=True)
+
+    @default("logout")
+    def _default_logout(self):
+        return os.environ.get("CARNET_OIDC_LOGOUT", "provider").strip().lower() or "provider"
+
+    post_logout_redirect_url = Unicode(
+        help="""Where the provider sends the browser after an RP-initiated logout (post_logout_redirect_uri):
+        it must be registered for this client at the provider, like the callback URL. Environment:
+        CARNET_OIDC_POST_LOGOUT_URL. Default: the Hub's login page next to the callback URL
+        (<public URL>/hub/login).""",
+    ).tag(config=True)
+
+    @default("post_logout_redirect_url")
+    def _default_post_logout_redirect_url(self):
+        explicit = os.environ.get("CARNET_OIDC_POST_LOGOUT_URL")
+        if explicit:
+            return explicit
+        callback = self.oauth_callback_url
+        return callback[: -len("oauth_callback")] + "login" if callback.endswith("/oauth_callback") else ""
+
+    @default("logout_redirect_url")
+    def _default_logout_redirect_url(self):
+        explicit = os.environ.get("OAUTH_LOGOUT_REDIRECT_URL")
+        if explicit or self.logout == "local":
+            return explicit or ""
+        endpoint = self.discovery().get("end_session_endpoint")
+        if not endpoint:
+            self.log.warning("No end_session_endpoint at the provider: logout ends the Hub session only")
+            return ""
+        params = {"client_id": self.client_id}
+        if self.post_logout_redirect_url:
+            params["post_logout_redirect_uri"] = self.post_logout_redirect_url
+        return f"{endpoint}{'&' if '?' in endpoint else '?'}{urlencode(params)}"
 
     @default("client_id")
     def _client_id_default(self):
@@ -204,13 +307,58 @@ class CarnetOIDCAuthenticator(GenericOAuthenticator):
         session.refresh(user)
         return user
 
-    def audit(self, session, action: str, email: str, user: User | None, org_id: int | None, **details):
+    def prune_memberships(self, session, user: User, org: Organization) -> list[str]:
+        """Remove ``user``'s memberships outside ``org`` (claims are authoritative); returns the slugs.
+
+        Each removal is audited in the organization that loses the person, and their Carnet tokens die.
+        Their places in that organization's viewer groups and the app shares naming them go too (a later
+        membership there must not silently bring old shares back); objects they own there stay."""
+        removed = [m for m in user.memberships if m.org_id != org.id]
+        for membership in removed:
+            other = membership.org_id
+            group_ids = select(ViewerGroup.id).where(ViewerGroup.org_id == other)
+            app_ids = select(App.id).where(App.org_id == other)
+            session.execute(
+                delete(ViewerGroupMember).where(
+                    ViewerGroupMember.user_id == user.id, ViewerGroupMember.group_id.in_(group_ids)
+                )
+            )
+            session.execute(delete(AppShare).where(AppShare.user_id == user.id, AppShare.app_id.in_(app_ids)))
+            self.audit(
+                session,
+                "membership.remove",
+                user.email,
+                user,
+                other,
+                target=f"user/{user.id}",
+                reason=UNCLAIMED,
+                role=Role(membership.role).value,
+            )
+            self.log.info("Removed %s from %s: %s", user.email, membership.org.slug, UNCLAIMED)
+            session.delete(membership)
+        if removed:
+            end_credentials(session, user)
+            session.flush()
+            session.refresh(user)
+        return [m.org.slug for m in removed]
+
+    def audit(
+        self,
+        session,
+        action: str,
+        email: str,
+        user: User | None,
+        org_id: int | None,
+        target: str = "",
+        **details,
+    ):
         record(
             session,
             org_id=org_id,
             actor_id=user.id if user else None,
             actor=email,
             action=action,
+            target=target,
             details={"method": "oidc", **details},
             remote_addr=_remote_addr.get(),
         )
@@ -235,6 +383,8 @@ class CarnetOIDCAuthenticator(GenericOAuthenticator):
                 try:
                     with session.begin_nested():
                         user = self.provision(session, email, org, role, claims)
+                        if not self.keep_unclaimed_memberships:
+                            self.prune_memberships(session, user, org)
                 except LoginRefused as refused:
                     reason = str(refused)
             if reason:
@@ -257,8 +407,27 @@ class CarnetOIDCAuthenticator(GenericOAuthenticator):
             return Outcome(email=email, groups=hub_groups_for(user.memberships))
 
     async def authenticate(self, handler, data=None, **kwargs):
-        _remote_addr.set(client_address(getattr(handler, "request", None)))
-        return await super().authenticate(handler, data, **kwargs)
+        hops = CarnetSettings(parent=self).trusted_proxy_hops
+        _remote_addr.set(client_address(getattr(handler, "request", None), hops))
+        model = await super().authenticate(handler, data, **kwargs)
+        if model and AUTHORS_GROUP not in (model.get("groups") or ()):
+            await self.stop_studio_servers(handler, model["name"])
+        return model
+
+    async def stop_studio_servers(self, handler, name: str) -> None:
+        """Stop the running servers of a person who is no longer an author (``handler`` is the Hub's
+        callback handler). Their Carnet tokens already died with the demotion; this ends the JupyterLab
+        itself, as the Carnet service does after a demotion through the API."""
+        user = handler.find_user(name)
+        for server_name, spawner in list(user.spawners.items()) if user else ():
+            if not spawner.active:
+                continue
+            if spawner.pending:
+                # A start or stop in flight cannot be interrupted; the start's own token is already dead.
+                self.log.warning("Server of %s is %s: not stopped at sign-in", name, spawner.pending)
+                continue
+            self.log.info("Stopping the server of %s: no longer an author", name)
+            await handler.stop_single_user(user, server_name)
 
     async def update_auth_model(self, auth_model):
         claims = self.claims_of(auth_model)

@@ -14,6 +14,8 @@ from tornado import web
 
 from carnet.db import session_scope
 from carnet.db.models import AUTHOR_ROLES, TokenKind, User
+from carnet.errors import PasswordChangeRequired
+from carnet.first_sign_in import require_own_password
 from carnet.isolation import Account, account_for
 from carnet.settings import CarnetSettings
 from carnet.tokens import mint_token, revoke_tokens
@@ -28,6 +30,10 @@ def mint_studio_token(settings: CarnetSettings, email: str) -> tuple[str, int]:
         ]
         if not memberships:
             raise web.HTTPError(403, "Viewers open apps in the Viewer; they have no Studio server")
+        try:
+            require_own_password(user, settings)
+        except PasswordChangeRequired as exc:
+            raise web.HTTPError(403, exc.message) from None
         revoke_tokens(session, user_id=user.id, kind=TokenKind.studio_kernel)
         token = mint_token(
             session,

@@ -70,6 +70,10 @@ MATRIX = [
     ("GET", "/apps", 401, 200, 200, 200, 200, 403, 200, 200, 200, 200, 200),
     ("POST", "/apps", 401, 403, 201, 201, 201, 403, 201, 403, 201, 201, 201),
     ("GET", "/apps/{app_id}", 401, 200, 200, 200, 200, 403, 404, 200, 200, 200, 200),
+    # Unpublishing and sharing are for authors (analyst and up), each case on a fresh app of its own.
+    ("DELETE", "/apps/{app_id}", 401, 403, 204, 204, 204, 403, 404, 403, 204, 204, 204),
+    ("GET", "/apps/{app_id}/sharing", 401, 403, 200, 200, 200, 403, 404, 403, 200, 200, 200),
+    ("PUT", "/apps/{app_id}/sharing", 401, 403, 200, 200, 200, 403, 404, 403, 200, 200, 200),
     ("GET", "/jobs", 401, 403, 200, 200, 200, 403, 200, 403, 200, 200, 200),
     # The globex admin may create jobs, but not on acme's app: it is unknown to them.
     ("POST", "/jobs", 401, 403, 201, 201, 201, 403, 404, 403, 201, 201, 201),
@@ -89,12 +93,18 @@ MATRIX = [
     ("PATCH", "/users/{user_id}", 401, 403, 403, 403, 200, 403, 404, 403, 403, 403, 200),
     ("DELETE", "/users/{user_id}", 401, 403, 403, 403, 204, 403, 404, 403, 403, 403, 204),
     ("POST", "/users/{user_id}/password", 401, 403, 403, 403, 200, 403, 404, 403, 403, 403, 200),
+    # A new invitation link for the person (200: the person exists already; the link is the answer).
+    ("POST", "/users/{user_id}/invitation", 401, 403, 403, 403, 200, 403, 404, 403, 403, 403, 200),
     ("GET", "/groups", 401, 403, 403, 403, 200, 403, 200, 403, 403, 403, 200),
     ("POST", "/groups", 401, 403, 403, 403, 201, 403, 201, 403, 403, 403, 201),
     ("GET", "/groups/{group_id}", 401, 403, 403, 403, 200, 403, 404, 403, 403, 403, 200),
     ("PATCH", "/groups/{group_id}", 401, 403, 403, 403, 200, 403, 404, 403, 403, 403, 200),
     ("DELETE", "/groups/{group_id}", 401, 403, 403, 403, 204, 403, 404, 403, 403, 403, 204),
     ("PUT", "/groups/{group_id}/members", 401, 403, 403, 403, 200, 403, 404, 403, 403, 403, 200),
+    # Every member reads their own org (not an app kernel); admins (and admin keys) change its settings,
+    # here to the value they hold already (UTC in both orgs), so the matrix leaves them as seeded.
+    ("GET", "/org", 401, 200, 200, 200, 200, 403, 200, 200, 200, 200, 200),
+    ("PATCH", "/org", 401, 403, 403, 403, 200, 403, 200, 403, 403, 403, 200),
     # People may change their own password (here: a wrong current password, so nothing changes); kernels
     # and keys not.
     ("POST", "/me/password", 401, 400, 400, 400, 400, 403, 400, 403, 403, 403, 403),
@@ -190,6 +200,18 @@ def tiny_app(carnet_stack, tokens, created):
     return response.json()["id"]
 
 
+def create_app(stack, token, created) -> int:
+    response = requests.post(
+        api_url(stack, "apps"),
+        json={"slug": unique("authz-own"), "title": "Authz own app", "notebook": tiny_notebook()},
+        headers=auth(token),
+        timeout=30,
+    )
+    assert response.status_code == 201, response.text
+    created.apps.add(response.json()["id"])
+    return response.json()["id"]
+
+
 def create_job(stack, token, app_id: int, name: str | None = None) -> dict:
     response = requests.post(
         api_url(stack, "jobs"),
@@ -263,7 +285,9 @@ def test_authorization_matrix(
     # The admin of the caller's own org, to see what the call did there (acme's, but globex's for its admin).
     globex = role == "globex-admin"
     home = auth(tokens["globex-admin"]) if globex else admin
-    job_id, key = shared_job, None
+    job_id, key, app_id = shared_job, None, stack.app_id
+    if (method, route) in (("DELETE", "/apps/{app_id}"), ("PUT", "/apps/{app_id}/sharing")):
+        app_id = create_app(stack, tokens["studio"], created)
     if (method, route) == ("DELETE", "/jobs/{job_id}"):
         job_id = create_job(stack, tokens["analyst"], tiny_app)["id"]
         created.jobs.add(job_id)
@@ -273,7 +297,7 @@ def test_authorization_matrix(
     group = create_group(stack, tokens["admin"]) if "{group_id}" in route else None
     path = route.format(
         name=DEMO_SOURCE,
-        app_id=stack.app_id,
+        app_id=app_id,
         job_id=job_id,
         key_id=key and key["id"],
         user_id=person and person["id"],
@@ -308,6 +332,10 @@ def test_authorization_matrix(
         body = {"name": unique("renamed by the matrix")}
     elif route == "/groups/{group_id}/members":
         body = {"users": [EMAILS["viewer"]]}
+    elif (method, route) == ("PATCH", "/org"):
+        body = {"timezone": "UTC"}
+    elif (method, route) == ("PUT", "/apps/{app_id}/sharing"):
+        body = {"visibility": "restricted", "users": [EMAILS["viewer"]], "groups": []}
     elif route == "/me/password":
         body = {"current_password": "not the password", "new_password": "a long enough new password"}
 
@@ -402,6 +430,18 @@ def test_authorization_matrix(
             assert body["slug"] in [a["slug"] for a in listed]
         else:
             assert body["slug"] not in [a["slug"] for a in listed]
+    elif (method, route) == ("DELETE", "/apps/{app_id}"):
+        after = requests.get(api_url(stack, f"apps/{app_id}"), headers=admin, timeout=30)
+        assert after.status_code == (404 if ok else 200)
+        snapshots = stack.settings.published_dir / str(created.org_id("acme")) / str(app_id)
+        assert snapshots.exists() is not ok
+    elif route == "/apps/{app_id}/sharing":
+        after = requests.get(api_url(stack, f"apps/{app_id}/sharing"), headers=admin, timeout=30).json()
+        if ok:
+            assert response.json() == after
+        changed = method == "PUT" and ok
+        assert after["visibility"] == ("restricted" if changed else "org")
+        assert [u["email"] for u in after["users"]] == ([EMAILS["viewer"]] if changed else [])
     elif route == "/apps/{app_id}" and ok:
         assert response.json()["id"] == stack.app_id
         assert response.json()["url"].endswith(f"/services/carnet-viewer/apps/{stack.app_id}")
@@ -519,6 +559,13 @@ def test_authorization_matrix(
                 api_url(stack, f"groups/{response.json()['id']}"), headers=home, timeout=30
             )
             assert gone.status_code == 204
+    elif route == "/org":
+        acme = requests.get(api_url(stack, "org"), headers=admin, timeout=30).json()
+        assert acme["slug"] == "acme" and acme["settings"]["timezone"] == "UTC"
+        if ok:  # the caller's own org, never the other one
+            assert response.json()["slug"] == ("globex" if globex else "acme")
+            assert response.json()["settings"]["timezone"] == "UTC"
+            assert "allow_public_apps" in response.json()["settings"]
     elif (method, route) == ("GET", "/groups/{group_id}") and ok:
         assert response.json() == group
     if group is not None:
@@ -542,6 +589,9 @@ def test_authorization_matrix(
                 assert (after.json()["display_name"] == "Renamed by the matrix") is ok
             if route == "/users/{user_id}/password":
                 assert ("initial_password" in response.text) is ok
+            if route == "/users/{user_id}/invitation":
+                assert ("/hub/carnet/invite/" in response.text) is ok
+                assert (after.json()["invitation_expires_at"] is not None) is ok
             requests.delete(api_url(stack, f"users/{person['id']}"), headers=admin, timeout=30)
 
 
@@ -800,8 +850,18 @@ def test_openapi_describes_exactly_the_served_routes():
 def test_admin_page_routes_are_walked_and_admin_only():
     routes = {pattern: handler for pattern, handler, *_ in all_handlers("/services/carnet/")}
     admin_routes = [p for p in routes if p.startswith("/services/carnet/admin")]
-    assert len(admin_routes) == 3, admin_routes
+    # Every form of the page is an admin's action (written by hand, as the matrix).
+    expected = {
+        "admin/?": "users:manage",
+        "admin/people": "users:manage",
+        "admin/people/(?P<user_id>[^/]+)": "users:manage",
+        "admin/groups": "groups:manage",
+        "admin/groups/(?P<group_id>[^/]+)": "groups:manage",
+        "admin/settings": "org:manage",
+    }
+    assert sorted(p.removeprefix("/services/carnet/") for p in admin_routes) == sorted(expected)
     assert undecorated([(p, routes[p]) for p in admin_routes]) == []
     for pattern in admin_routes:
         for name in implemented_methods(routes[pattern]):
-            assert getattr(routes[pattern], name).__carnet_action__ == "users:manage", (pattern, name)
+            action = getattr(routes[pattern], name).__carnet_action__
+            assert action == expected[pattern.removeprefix("/services/carnet/")], (pattern, name)

@@ -18,7 +18,11 @@ from carnet.tokens import mint_token, resolve_token
 @pytest.fixture(params=["postgresql", "mariadb"])
 def server_db_url(request):
     """A fresh database on the server, dropped afterwards."""
-    base = request.getfixturevalue("pg_url" if request.param == "postgresql" else "mysql_url")
+    yield from _fresh_database(request, request.param)
+
+
+def _fresh_database(request, kind: str):
+    base = request.getfixturevalue("pg_url" if kind == "postgresql" else "mysql_url")
     name = f"carnet_test_{uuid.uuid4().hex[:10]}"
     admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
     with admin.connect() as con:
@@ -29,11 +33,43 @@ def server_db_url(request):
 
     get_engine(url).dispose()
     with admin.connect() as con:
-        if request.param == "postgresql":
+        if kind == "postgresql":
             con.execute(sa.text(f"DROP DATABASE {name} WITH (FORCE)"))
         else:
             con.execute(sa.text(f"DROP DATABASE {name}"))
     admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
+def any_db_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'carnet.sqlite'}"
+    return request.getfixturevalue("server_db_url_" + request.param)
+
+
+@pytest.fixture
+def server_db_url_postgresql(request):
+    yield from _fresh_database(request, "postgresql")
+
+
+@pytest.fixture
+def server_db_url_mariadb(request):
+    yield from _fresh_database(request, "mariadb")
+
+
+def test_migrations_create_exactly_the_models(any_db_url):
+    """The alembic migrations and the SQLAlchemy models describe the same schema on every database: a
+    model change without its migration (or the reverse) fails here."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from carnet.db import get_engine
+    from carnet.db.models import Base
+
+    upgrade(any_db_url)
+    with get_engine(any_db_url).connect() as connection:
+        differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+    assert differences == []
 
 
 def test_migrations_and_demo_seed_on_a_database_server(server_db_url, tmp_path):

@@ -1,6 +1,7 @@
-"""Viewer groups through the REST API, on the real stack: names (empty, long, duplicates, look-alikes),
-members must be people of the organization, another org's group is unknown, deleting a person removes them
-from groups, and every change is audited."""
+"""Viewer groups through the REST API, on the real stack: names (empty, long, duplicates, look-alikes from
+Unicode's confusables data, bidi overrides — refused in people's display names too), members must be people
+of the organization, another org's group is unknown, deleting a person removes them from groups, and every
+change is audited."""
 
 from __future__ import annotations
 
@@ -51,6 +52,18 @@ def test_name_key_folds_look_alikes():
     assert name_key("ΡΟΡ") == name_key("pop")  # Greek capitals Rho, Omicron
     assert name_key("Sales") != name_key("Sale")
     assert name_key("Ventas España") != name_key("Ventas Espana")
+
+
+def test_name_key_uses_the_unicode_confusables_data():
+    # None of these was in the former hand-written table: Armenian "օ", Cherokee "Ꭺ", Latin small capital
+    # "ᴅ"... The data maps them; plain ASCII is left as typed (so case-folding alone decides "I" vs "l").
+    assert name_key("B\u0585b") == name_key("Bob")  # Armenian small oh
+    assert name_key("\u13aaudit") == name_key("Audit")  # Cherokee letter go
+    assert name_key("𝐒𝐚𝐥𝐞𝐬") == name_key("𝔖𝔞𝔩𝔢𝔰") == name_key("Sales")  # math bold, math fraktur
+    assert name_key("\u0395URO") == name_key("EURO") == name_key("\u0435uro")  # Greek Epsilon, Cyrillic ie
+    assert name_key("Москва") == name_key("МОСКВА")  # case still does not matter outside Latin
+    assert name_key("営業部") != name_key("経理部")
+    assert name_key("Team l") != name_key("Team 1")
 
 
 def test_create_rename_members_delete_are_audited(carnet_stack, admin):
@@ -139,6 +152,74 @@ def test_duplicates_and_look_alikes_conflict(carnet_stack, admin):
     assert f"Sales {suffix}" in names and cyrillic not in names and f"Other {suffix}" in names
     for response in (original, other):
         requests.delete(api_url(carnet_stack, f"groups/{response.json()['id']}"), headers=admin, timeout=30)
+
+
+@pytest.mark.parametrize(
+    "look_alike",
+    [
+        "R\u0435v\u0435nu\u0435",  # Cyrillic ie
+        "R\u0395VENU\u0395",  # Greek capital Epsilon
+        "Ｒｅｖｅｎｕｅ",  # fullwidth
+        "𝐑𝐞𝐯𝐞𝐧𝐮𝐞",  # mathematical bold
+        "𝓡𝓮𝓿𝓮𝓷𝓾𝓮",  # mathematical bold script
+        "\u0280evenue",  # Latin letter small capital R
+    ],
+    ids=["cyrillic", "greek", "fullwidth", "math bold", "math script", "small capital"],
+)
+def test_look_alikes_from_the_confusables_data_conflict(carnet_stack, admin, look_alike):
+    suffix = tag()
+    original = create(carnet_stack, admin, f"Revenue {suffix}")
+    assert original.status_code == 201, original.text
+    try:
+        body = assert_json_error(create(carnet_stack, admin, f"{look_alike} {suffix}"), 409)
+        assert body["field"] == "name" and f"Revenue {suffix}" in body["message"]
+        assert f"{look_alike} {suffix}" not in group_names(carnet_stack, admin)
+    finally:
+        requests.delete(api_url(carnet_stack, f"groups/{original.json()['id']}"), headers=admin, timeout=30)
+
+
+def test_different_non_latin_names_do_not_collide(carnet_stack, admin):
+    suffix, ids = tag(), []
+    try:
+        for name in ("営業部", "経理部", "Отдел продаж", "Τμήμα πωλήσεων"):
+            response = create(carnet_stack, admin, f"{name} {suffix}")
+            assert response.status_code == 201, (name, response.text)
+            ids.append(response.json()["id"])
+        names = group_names(carnet_stack, admin)
+        assert {f"営業部 {suffix}", f"経理部 {suffix}"} <= set(names)
+        # ...while the same Cyrillic name in capitals is the same name.
+        assert_json_error(create(carnet_stack, admin, f"ОТДЕЛ ПРОДАЖ {suffix}"), 409)
+    finally:
+        for group_id in ids:
+            requests.delete(api_url(carnet_stack, f"groups/{group_id}"), headers=admin, timeout=30)
+
+
+@pytest.mark.parametrize(
+    "char", ["\u202e", "\u202d", "\u2066", "\u200f", "\x1b"], ids=["RLO", "LRO", "LRI", "RLM", "ESC"]
+)
+def test_bidi_overrides_and_controls_are_refused_in_names(carnet_stack, admin, char):
+    spoof = f"invoice{char}fdp.exe {tag()}"
+    before = group_names(carnet_stack, admin)
+    assert assert_json_error(create(carnet_stack, admin, spoof), 400)["field"] == "name"
+    assert group_names(carnet_stack, admin) == before
+
+    email = f"bidi-{tag()}@acme.example"
+    person = requests.post(
+        api_url(carnet_stack, "users"),
+        json={"email": email, "role": "viewer", "display_name": spoof},
+        headers=admin,
+        timeout=30,
+    )
+    assert assert_json_error(person, 400)["field"] == "display_name"
+    users = requests.get(api_url(carnet_stack, "users"), headers=admin, timeout=30).json()["users"]
+    assert email not in [u["email"] for u in users]
+    renamed = requests.patch(
+        api_url(carnet_stack, f"users/{users[0]['id']}"),
+        json={"display_name": spoof},
+        headers=admin,
+        timeout=30,
+    )
+    assert assert_json_error(renamed, 400)["field"] == "display_name"
 
 
 def test_members_must_be_people_of_the_org(carnet_stack, admin):

@@ -1,5 +1,6 @@
-"""Single sign-on (issue 3): a real OpenID Connect provider (npm oidc-provider, tests/oidc/provider.mjs) in
-front of a second Carnet stack configured with CARNET_OIDC_*; browser-style sign-ins with requests."""
+"""Single sign-on (issue 3): a real OpenID Connect provider (npm oidc-provider, tests/oidc/provider.mjs, PKCE
+required) in front of a second Carnet stack configured with CARNET_OIDC_*; browser-style sign-ins with
+requests."""
 
 from __future__ import annotations
 
@@ -10,14 +11,24 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from urllib.parse import urljoin
+from urllib.parse import parse_qs, unquote, urlencode, urljoin, urlparse
 
 import pytest
 import requests
 from sqlalchemy import select
 
 from carnet.db import session_scope
-from carnet.db.models import AuditEvent, Membership, User
+from carnet.db.models import (
+    AppShare,
+    AuditEvent,
+    Membership,
+    Organization,
+    User,
+    ViewerGroup,
+    ViewerGroupMember,
+)
+from carnet.groups import name_key
+from carnet.hub_config.oidc import UNCLAIMED, CarnetOIDCAuthenticator
 from tests.helpers import CarnetStack, free_port, start_server, user_path, wait_until
 
 pytestmark = pytest.mark.slow
@@ -35,6 +46,9 @@ ACCOUNTS = {
     "rita": {"email": "rita@else.example", "email_verified": True, "org": "acme", "carnet_role": "viewer"},
     "dee": {"email": "analyst@acme.example", "email_verified": True, "org": "acme", "carnet_role": "admin"},
     "una": {"email": "una@else.example", "email_verified": False, "org": "acme", "carnet_role": "admin"},
+    "otto": {"email": "otto@else.example", "email_verified": True, "org": "acme", "carnet_role": "analyst"},
+    "vic": {"email": "vic@else.example", "email_verified": True, "org": "acme", "carnet_role": "analyst"},
+    "leo": {"email": "leo@else.example", "email_verified": True, "org": "globex", "carnet_role": "viewer"},
 }
 
 
@@ -68,6 +82,9 @@ class OIDCProvider:
 
     def save(self):
         self.accounts_file.write_text(json.dumps(self.accounts))
+
+    def discovery(self) -> dict:
+        return requests.get(f"{self.url}/.well-known/openid-configuration", timeout=10).json()
 
     def stop(self):
         self.process.terminate()
@@ -263,3 +280,166 @@ def test_client_secret_stays_in_the_hub(sso):
     for environ in services:
         assert not any(item.startswith(b"CARNET_OIDC_CLIENT_SECRET=") for item in environ)
         assert any(item.startswith(b"CARNET_OIDC_ISSUER=") for item in environ)
+
+
+def follow(session: requests.Session, url: str, stop_at: str = "") -> requests.Response | str:
+    """GET ``url`` following redirects by hand; returns the first page, or the first URL starting with
+    ``stop_at`` (not fetched)."""
+    response = session.get(url, timeout=30, allow_redirects=False)
+    while response.is_redirect:
+        url = urljoin(response.url, response.headers["Location"])
+        if stop_at and url.startswith(stop_at):
+            return url
+        response = session.get(url, timeout=30, allow_redirects=False)
+    return response
+
+
+def memberships(stack, email: str) -> list[tuple[str, str]]:
+    with session_scope(stack.settings.db_url) as db:
+        user = db.scalar(select(User).where(User.email == email))
+        return sorted((m.org.slug, m.role.value) for m in user.memberships)
+
+
+def test_claims_are_authoritative_for_memberships(sso):
+    stack, provider = sso
+    email = ACCOUNTS["otto"]["email"]
+    session, _ = oidc_login(stack, "otto")
+    assert me(stack, session)["org"] == "acme"
+    # Otto gets a place in an Acme viewer group and a direct share of Acme's app.
+    with session_scope(stack.settings.db_url) as db:
+        otto = db.scalar(select(User).where(User.email == email))
+        acme = db.scalar(select(Organization).where(Organization.slug == "acme"))
+        group = ViewerGroup(org_id=acme.id, name="Otto's team", name_key=name_key("Otto's team"))
+        db.add(group)
+        db.flush()
+        db.add_all(
+            [
+                ViewerGroupMember(group_id=group.id, user_id=otto.id),
+                AppShare(app_id=stack.app_id, user_id=otto.id),
+            ]
+        )
+        otto_id, acme_id = otto.id, acme.id
+    # The provider now puts Otto in Globex: the Acme membership goes at the next sign-in.
+    provider.accounts["otto"].update(org="globex", carnet_role="viewer")
+    provider.save()
+    session, _ = oidc_login(stack, "otto")
+    assert me(stack, session)["org"] == "globex"
+    assert memberships(stack, email) == [("globex", "viewer")]
+    removals = audit_events(stack, email, "membership.remove")
+    assert [(org_id, d["reason"], d["role"]) for _, org_id, d in removals] == [
+        (acme_id, UNCLAIMED, "analyst")
+    ]
+    with session_scope(stack.settings.db_url) as db:
+        assert db.get(User, otto_id).credentials_valid_after is not None
+        assert not db.scalars(select(ViewerGroupMember).where(ViewerGroupMember.user_id == otto_id)).all()
+        assert not db.scalars(select(AppShare).where(AppShare.user_id == otto_id)).all()
+
+
+def test_keep_unclaimed_memberships_keeps_them(sso, monkeypatch):
+    # The trait only changes the database work of a sign-in: run that step in-process against the stack's
+    # database (the default, pruning, is exercised through the Hub above).
+    stack, _ = sso
+    monkeypatch.setenv("CARNET_DATA_DIR", str(stack.data_dir))
+    monkeypatch.setenv("CARNET_DB_URL", stack.settings.db_url)
+    email, claims = "kim@else.example", {"email_verified": True, "org": "acme", "carnet_role": "analyst"}
+    keeping = CarnetOIDCAuthenticator(keep_unclaimed_memberships=True)
+    assert not keeping.sign_in(email, claims).refused
+    assert not keeping.sign_in(email, {**claims, "org": "globex", "carnet_role": "viewer"}).refused
+    assert memberships(stack, email) == [("acme", "analyst"), ("globex", "viewer")]
+    assert not audit_events(stack, email, "membership.remove")
+    pruning = CarnetOIDCAuthenticator()
+    assert pruning.keep_unclaimed_memberships is False
+    assert not pruning.sign_in(email, {**claims, "org": "globex", "carnet_role": "viewer"}).refused
+    assert memberships(stack, email) == [("globex", "viewer")]
+
+
+def studio_processes(stack, email: str) -> list[str]:
+    """Pids of the person's Studio server processes of this stack (by their Hub environment)."""
+    user, api = f"JUPYTERHUB_USER={email}".encode(), f":{stack.ports['HUB_API']}/".encode()
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if user in environ and any(e.startswith(b"JUPYTERHUB_API_URL=") and api in e for e in environ):
+            pids.append(proc.name)
+    return pids
+
+
+def test_demotion_at_the_provider_stops_the_studio_server(sso):
+    stack, provider = sso
+    email = ACCOUNTS["vic"]["email"]
+    session, _ = oidc_login(stack, "vic")
+    assert start_server(stack.url, session, email).status_code in (201, 202)
+    assert studio_processes(stack, email)
+    hub_user = f"{stack.url}/hub/api/users/{email}"
+    assert session.get(hub_user, timeout=10).json()["server"]  # the running server's URL
+    provider.accounts["vic"]["carnet_role"] = "viewer"
+    provider.save()
+    session, response = oidc_login(stack, "vic")
+    assert response.url.endswith("/services/carnet/viewer/"), response.url
+    # Stopped during the sign-in itself (no API call involved).
+    model = session.get(hub_user, timeout=10).json()
+    assert "server" in model and model["server"] is None, model
+    wait_until(lambda: not studio_processes(stack, email), 15, what="the end of the Studio server process")
+    assert start_server(stack.url, session, email).status_code == 403
+    assert me(stack, session)["role"] == "viewer"
+
+
+def test_pkce_code_is_worthless_without_the_verifier(sso):
+    stack, provider = sso
+    endpoints, callback_url = provider.discovery(), f"{stack.url}/hub/oauth_callback"
+    # The provider really requires PKCE: an authorization request without a challenge is refused.
+    probe = {
+        "client_id": CLIENT_ID,
+        "redirect_uri": callback_url,
+        "response_type": "code",
+        "scope": "openid",
+        "state": "probe",
+    }
+    refused = requests.get(
+        f"{endpoints['authorization_endpoint']}?{urlencode(probe)}", timeout=10, allow_redirects=False
+    )
+    location = unquote(refused.headers.get("Location", ""))
+    assert location.startswith(callback_url) and "error=invalid_request" in location, location
+    assert "PKCE" in location
+    # The Hub's own request carries one; a code taken from the callback URL cannot be redeemed without the
+    # verifier (held in the Hub's signed state cookie), even with the client secret.
+    session, callback = to_callback(stack, "ana")
+    code = parse_qs(urlparse(callback).query)["code"][0]
+    redeem = {
+        "grant_type": "authorization_code",
+        "code": code,
+        "redirect_uri": callback_url,
+        "client_id": CLIENT_ID,
+        "client_secret": CLIENT_SECRET,
+    }
+    for extra in ({}, {"code_verifier": "x" * 43}):
+        answer = requests.post(endpoints["token_endpoint"], data={**redeem, **extra}, timeout=10)
+        assert answer.status_code == 400 and answer.json()["error"] == "invalid_grant", answer.text
+    response = session.get(callback, timeout=30)
+    assert user_path("ana@partner.example") in response.url
+    assert me(stack, session)["email"] == "ana@partner.example"
+
+
+def test_logout_ends_the_session_at_the_provider(sso):
+    stack, provider = sso
+    callback = f"{stack.url}/hub/oauth_callback"
+    session, response = oidc_login(stack, "leo")
+    assert response.url.endswith("/services/carnet/viewer/")
+    # While the provider's session lives, a new Hub sign-in goes through it without any form.
+    silent = follow(session, f"{stack.url}/hub/oauth_login", stop_at=callback)
+    assert isinstance(silent, str), silent.text[:300]
+    assert session.get(silent, timeout=30).url.endswith("/services/carnet/viewer/")
+    # Logging out of the Hub ends the Hub session and lands on the provider's end-session page...
+    page = follow(session, f"{stack.url}/hub/logout")
+    assert page.url.startswith(provider.discovery()["end_session_endpoint"]), page.url
+    assert session.get(f"{stack.url}/hub/api/user", timeout=10).status_code in (401, 403)
+    action, fields = _form(page.text)
+    done = session.post(urljoin(page.url, action), data={**fields, "logout": "yes"}, timeout=30)
+    assert done.status_code == 200 and done.url.startswith(f"{stack.url}/hub/login"), done.url
+    # ...so the next sign-in asks for credentials at the provider again.
+    again = follow(session, f"{stack.url}/hub/oauth_login", stop_at=callback)
+    assert not isinstance(again, str), "signed in silently after logout"
+    assert again.url.startswith(provider.url) and _form(again.text)[1].get("prompt") == "login"

@@ -32,9 +32,18 @@ def new_person(stack, admin, role="studio") -> dict:
     return body
 
 
-def sign_in(stack, person) -> tuple[requests.Session, dict]:
+def sign_in(stack, person, choose_password=True) -> tuple[requests.Session, dict]:
+    """Signed in with the one-time password; then, by default, choosing their own (kept in
+    person["password"]), without which nothing but /me answers (tests/test_first_sign_in.py)."""
     session = hub_login(stack.url, person["email"], person["initial_password"])
-    return session, auth(make_hub_token(stack.url, session, person["email"]))
+    headers = auth(make_hub_token(stack.url, session, person["email"]))
+    person["password"] = person["initial_password"]
+    if choose_password:
+        person["password"] = "their own passphrase " + uuid.uuid4().hex[:6]
+        chosen = {"current_password": person["initial_password"], "new_password": person["password"]}
+        response = requests.post(api_url(stack, "me/password"), json=chosen, headers=headers, timeout=30)
+        assert response.status_code == 204, response.text
+    return session, headers
 
 
 def test_admin_creates_a_person_who_signs_in_with_the_one_time_password(carnet_stack, admin):
@@ -109,7 +118,7 @@ def test_disabling_ends_sessions_and_tokens_at_once(carnet_stack, admin):
         != 200
     )
     with pytest.raises(AssertionError):
-        hub_login(carnet_stack.url, person["email"], person["initial_password"])
+        hub_login(carnet_stack.url, person["email"], person["password"])
 
 
 def test_lowering_a_role_takes_effect_at_once(carnet_stack, admin):
@@ -120,7 +129,7 @@ def test_lowering_a_role_takes_effect_at_once(carnet_stack, admin):
     assert requests.patch(url, json={"role": "viewer"}, headers=admin, timeout=30).json()["role"] == "viewer"
     assert_json_error(requests.get(api_url(carnet_stack, "sources"), headers=headers, timeout=30), 403)
     # Their Studio server was stopped and they may not start one again.
-    session = hub_login(carnet_stack.url, person["email"], person["initial_password"])
+    session = hub_login(carnet_stack.url, person["email"], person["password"])
     user = session.get(f"{carnet_stack.url}/hub/api/user", timeout=30).json()
     assert not user.get("servers") and "carnet-authors" not in user.get("groups", [])
     assert start_server(carnet_stack.url, session, person["email"]).status_code == 403
@@ -128,7 +137,7 @@ def test_lowering_a_role_takes_effect_at_once(carnet_stack, admin):
 
 def test_people_change_their_own_password(carnet_stack, admin):
     person = new_person(carnet_stack, admin, role="viewer")
-    _, headers = sign_in(carnet_stack, person)
+    _, headers = sign_in(carnet_stack, person, choose_password=False)
     url = api_url(carnet_stack, "me/password")
     new = "a much better passphrase " + uuid.uuid4().hex[:6]
     error = assert_json_error(
@@ -182,7 +191,7 @@ def test_deleting_a_person_ends_everything(carnet_stack, admin):
     assert_json_error(requests.get(url, headers=admin, timeout=30), 404)
     assert requests.get(api_url(carnet_stack, "me"), headers=headers, timeout=30).status_code in (401, 403)
     with pytest.raises(AssertionError):
-        hub_login(carnet_stack.url, person["email"], person["initial_password"])
+        hub_login(carnet_stack.url, person["email"], person["password"])
     wait_until(
         lambda: session.get(f"{carnet_stack.url}/hub/api/user", timeout=30).status_code in (401, 403), 10
     )

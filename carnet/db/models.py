@@ -140,8 +140,9 @@ class App(Base):
     title: Mapped[str] = mapped_column(String(200))
     description: Mapped[str] = mapped_column(Text, default="")
     # Who may open it (carnet.sharing): 'org' every member of the organization; 'restricted' only the
-    # people and viewer groups in ``shares`` (and the org's authors); 'public' anyone with the app's public
-    # link (studio/admin only, and only if the org allows it).
+    # people and viewer groups in ``app_shares`` plus the org's admins and the app's publisher; 'public'
+    # every member and, once the Viewer serves public links, anyone with the app's public link
+    # (studio/admin only, and only if the org allows it).
     visibility: Mapped[str] = mapped_column(String(16), default="org")
     current_version: Mapped[int] = mapped_column(Integer, default=0)
     published_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))

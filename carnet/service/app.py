@@ -14,12 +14,23 @@ from traitlets import Integer, Unicode, default
 from traitlets.config import Application
 
 from carnet.db import upgrade
-from carnet.service import admin_page, gallery
-from carnet.service.api import apps, audit, groups, internal, jobs, keys, meta, sources, users
+from carnet.hub_auth import make_hub_auth
+from carnet.service import admin_groups, admin_page, admin_settings, gallery
+from carnet.service.api import apps, audit, groups, internal, jobs, keys, meta, org, sources, users
 from carnet.service.api.base import NotFoundHandler
 from carnet.settings import CarnetSettings
 
-HANDLER_MODULES = [meta, sources, apps, jobs, internal, users, groups, audit, keys, gallery, admin_page]
+# The admin page is three modules: people (admin_page), viewer groups, organization settings.
+HANDLER_MODULES = [meta, sources, apps, jobs, internal, users, groups, audit, keys, org, gallery]
+HANDLER_MODULES += [admin_page, admin_groups, admin_settings]
+
+
+class OAuthCallbackHandler(HubOAuthCallbackHandler):
+    """The OAuth callback, with the service's own HubOAuth (the one BaseHandler uses)."""
+
+    @property
+    def hub_auth(self):
+        return self.settings["hub_auth"]
 
 
 def all_handlers(prefix: str) -> list[tuple]:
@@ -28,7 +39,7 @@ def all_handlers(prefix: str) -> list[tuple]:
         for m in HANDLER_MODULES
         for pattern, handler in m.default_handlers
     ]
-    routes.append((url_path_join(prefix, "oauth_callback"), HubOAuthCallbackHandler))
+    routes.append((url_path_join(prefix, "oauth_callback"), OAuthCallbackHandler))
     routes.append((url_path_join(prefix, "api/.*"), NotFoundHandler))
     return routes
 
@@ -58,6 +69,8 @@ class CarnetService(Application):
         return web.Application(
             all_handlers(self.service_prefix),
             carnet_settings=settings,
+            # Read by every handler (BaseHandler.hub_auth): how long a Hub answer about a session is trusted.
+            hub_auth=make_hub_auth(settings.hub_auth_cache_seconds, parent=self),
             service_prefix=self.service_prefix,
             hub_base_url=os.environ.get("JUPYTERHUB_BASE_URL", "/"),
             cookie_secret=self._cookie_secret(settings),

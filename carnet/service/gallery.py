@@ -33,7 +33,7 @@ class GalleryHandler(PageHandler):
     def get(self):
         principal = self.principal()
         with self.db() as session:
-            apps = app_listing(self, session, principal.org_id)
+            apps = app_listing(self, session, principal)
         page = page_templates.get_template("gallery.html").render(
             apps=apps,
             org=principal.org_slug,

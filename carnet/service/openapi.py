@@ -81,7 +81,40 @@ PATHS = {
             ),
         ),
     },
-    "/api/v1/apps/{app_id}": {"get": _op("One app", "apps:read")},
+    "/api/v1/apps/{app_id}": {
+        "get": _op(
+            "One app (404 if unknown, another org's, or restricted and not shared with you)", "apps:read"
+        ),
+        "delete": _op(
+            "Unpublish: delete the app, its versions, shares and snapshot files. 409 listing the jobs that "
+            "run it, unless force=true (then those jobs and their runs are deleted too)",
+            "apps:unpublish",
+            ok="204",
+            parameters=[{"name": "force", "in": "query", "schema": {"type": "boolean", "default": False}}],
+        ),
+    },
+    "/api/v1/apps/{app_id}/sharing": {
+        "get": _op(
+            "Who the app is shared with: visibility, users [id, email], groups [id, name]", "apps:share"
+        ),
+        "put": _op(
+            "Replace visibility and share lists. restricted: only the listed people and members of the "
+            "listed viewer groups (plus admins and the publisher) may open it. public: studio/admin only, "
+            "and only if the organization setting allow_public_apps is true (else 403); the public link "
+            "itself comes with a later Viewer release. People or groups not of the organization are a 400 "
+            "naming them",
+            "apps:share",
+            body={
+                **_obj(
+                    ["visibility"],
+                    visibility={"type": "string", "enum": ["org", "restricted", "public"]},
+                    users={"type": "array", "maxItems": 1000, "items": {"oneOf": [INT, STR]}},
+                    groups={"type": "array", "maxItems": 1000, "items": INT},
+                ),
+                "additionalProperties": False,
+            },
+        ),
+    },
     "/api/v1/jobs": {
         "get": _op("Jobs of the caller's organization", "jobs:list"),
         "post": _op(
@@ -110,10 +143,12 @@ PATHS = {
     "/api/v1/users": {
         "get": _op("People of the organization", "users:manage"),
         "post": _op(
-            "Create a person with a one-time password (returned once; changed at first sign-in)",
+            "Create a person with a one-time password (returned once; changed at first sign-in), or with "
+            '"invite": true an invitation link instead (invitation_url, invitation_expires_at, '
+            "invitation_sent: whether it was mailed)",
             "users:manage",
             ok="201",
-            body=_obj(["email", "role"], email=STR, role=STR, display_name=STR),
+            body=_obj(["email", "role"], email=STR, role=STR, display_name=STR, invite={"type": "boolean"}),
         ),
     },
     "/api/v1/users/{user_id}": {
@@ -132,6 +167,13 @@ PATHS = {
     },
     "/api/v1/users/{user_id}/password": {
         "post": _op("Give the person a new one-time password (their sessions end)", "users:manage"),
+    },
+    "/api/v1/users/{user_id}/invitation": {
+        "post": _op(
+            "Issue a new invitation link (the previous one dies at once); 200 with invitation_url, "
+            "invitation_expires_at and invitation_sent. 409 if the person is disabled",
+            "users:manage",
+        ),
     },
     "/api/v1/groups": {
         "get": _op("Viewer groups of the organization, with their members' emails", "groups:manage"),
@@ -157,6 +199,27 @@ PATHS = {
             "groups:manage",
             body={
                 **_obj(["users"], users={"type": "array", "items": STR}),
+                "additionalProperties": False,
+            },
+        ),
+    },
+    "/api/v1/org": {
+        "get": _op("The caller's organization: id, slug, name and settings (any member)", "org:read"),
+        "patch": _op(
+            "Change organization settings (admins): name (1-200 characters), timezone (IANA, default of "
+            "new jobs), allow_public_apps (bool), api_key_max_days (0-3650, 0 = no limit), invitation_days "
+            "(1-90). Unknown keys, id/slug/org_id and invalid values are a 400 naming the field; nothing "
+            "is applied then. Audited as org.settings.change with each key's from/to",
+            "org:manage",
+            body={
+                "type": "object",
+                "properties": {
+                    "name": {**STR, "minLength": 1, "maxLength": 200},
+                    "timezone": STR,
+                    "allow_public_apps": {"type": "boolean"},
+                    "api_key_max_days": {**INT, "minimum": 0, "maximum": 3650},
+                    "invitation_days": {**INT, "minimum": 1, "maximum": 90},
+                },
                 "additionalProperties": False,
             },
         ),

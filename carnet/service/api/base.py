@@ -19,6 +19,7 @@ from carnet.audit import record as audit_record
 from carnet.db import session_scope
 from carnet.db.models import Membership, User
 from carnet.errors import AuthenticationRequired, CarnetError, NotFound, PermissionDenied, ValidationError
+from carnet.first_sign_in import require_own_password
 from carnet.permissions import API_KEY_VIA, PEOPLE_ONLY_ACTIONS, Principal
 from carnet.tokens import TOKEN_PREFIX, resolve_token
 
@@ -33,6 +34,16 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
     - an org API key (``cak_...``, as ``Authorization: Bearer`` or ``X-Api-Key``) held by a program;
     - a Hub-managed Carnet service (the Viewer, the scheduler), through its own Hub token.
     """
+
+    # Methods a person still holding a one-time password may call (GET /me, POST /me/password); every
+    # other request of theirs is refused by principal_for_email (carnet.first_sign_in).
+    open_before_own_password: frozenset[str] = frozenset()
+
+    @property
+    def hub_auth(self):
+        # The service's HubOAuth (made in carnet.service.app), whose cache length is
+        # CarnetSettings.hub_auth_cache_seconds, rather than HubOAuth's process-wide default instance.
+        return self.settings.get("hub_auth") or HubOAuthenticated.hub_auth.fget(self)
 
     @property
     def settings_obj(self):
@@ -103,7 +114,13 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
                 model = self.current_user
                 if not model or model.get("kind") != "user":
                     raise AuthenticationRequired("Sign in through the Hub or present a Carnet token")
-                principal = principal_for_email(session, model["name"], requested_org=self._org_hint())
+                principal = principal_for_email(
+                    session,
+                    model["name"],
+                    requested_org=self._org_hint(),
+                    settings=self.settings_obj,
+                    before_own_password=self.request.method in self.open_before_own_password,
+                )
         self._principal = principal
         return principal
 
@@ -119,7 +136,7 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
             action=action,
             target=target,
             details={**details, "via": principal.via},
-            remote_addr=client_address(self.request),
+            remote_addr=client_address(self.request, self.settings_obj.trusted_proxy_hops),
         )
 
     def _org_hint(self) -> str | None:
@@ -192,10 +209,22 @@ def _principal_of(membership: Membership, via: str) -> Principal:
     )
 
 
-def principal_for_email(session, email: str, requested_org: str | None = None, via: str = "hub") -> Principal:
+def principal_for_email(
+    session,
+    email: str,
+    requested_org: str | None = None,
+    via: str = "hub",
+    *,
+    settings=None,
+    before_own_password: bool = False,
+) -> Principal:
+    """The person ``email`` in one organization. Refused (403) while they hold a one-time password, unless
+    ``before_own_password`` (the few calls that let them see who they are and choose their own)."""
     user = session.scalar(select(User).where(User.email == email.lower()))
     if user is None or not user.is_active or not user.memberships:
         raise PermissionDenied("You are not a member of any organization")
+    if not before_own_password:
+        require_own_password(user, settings)
     memberships = user.memberships
     if requested_org:
         memberships = [m for m in memberships if m.org.slug == requested_org]

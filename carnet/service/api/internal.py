@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from carnet.db.models import TokenKind
-from carnet.errors import NotFound, PermissionDenied, ValidationError
-from carnet.publishing import current_notebook_path, find_app
+from carnet.errors import NotFound, PasswordChangeRequired, PermissionDenied, ValidationError
+from carnet.publishing import current_notebook_path
 from carnet.service.api.base import API_PREFIX, BaseHandler, principal_for_email, service_only
+from carnet.sharing import find_openable_app
 from carnet.tokens import mint_token
 
 VIEWER_SERVICE = "carnet-viewer"
@@ -26,10 +27,13 @@ class ViewerSessionHandler(BaseHandler):
             raise ValidationError("user is required", field="user")
         with self.db() as session:
             try:
-                principal = principal_for_email(session, email)
+                principal = principal_for_email(session, email, settings=self.settings_obj)
+            except PasswordChangeRequired:
+                raise  # 403 with the change-password address: the Viewer shows it
             except PermissionDenied:
                 raise NotFound("No such app") from None
-            app = find_app(session, principal.org_id, body.get("app_id"))
+            # Not shared with them reads exactly like an unknown app (the Viewer answers 404).
+            app = find_openable_app(session, principal, body.get("app_id"))
             token = mint_token(
                 session,
                 kind=TokenKind.viewer_kernel,

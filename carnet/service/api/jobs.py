@@ -9,10 +9,11 @@ from sqlalchemy.exc import IntegrityError
 
 from carnet.db.models import Job, JobRun, RunStatus, utcnow
 from carnet.errors import Conflict, NotFound, ValidationError
-from carnet.publishing import find_app
+from carnet.org_settings import org_setting
 from carnet.scheduler.cron import next_fire_time, validate_cron, validate_timezone
 from carnet.service.api.base import API_PREFIX, BaseHandler, authorized
 from carnet.service.api.serialize import job_json, run_json
+from carnet.sharing import find_openable_app
 from carnet.validation import parse_id, validate_emails
 
 
@@ -40,15 +41,18 @@ class JobListHandler(BaseHandler):
         if not isinstance(name, str) or not name.strip() or len(name) > 200:
             raise ValidationError("A job needs a name (1-200 characters)", field="name")
         cron = validate_cron(body.get("cron"))
-        timezone = body.get("timezone", "UTC")
-        validate_timezone(timezone)
+        timezone = body.get("timezone")  # None: the organization's time zone (org setting), read below
+        if timezone is not None:
+            validate_timezone(timezone)
         parameters = body.get("parameters") or {}
         if not isinstance(parameters, dict):
             raise ValidationError("parameters must be an object", field="parameters")
         recipients = validate_emails(body.get("recipients"), field="recipients")
         try:
             with self.db() as session:
-                app = find_app(session, principal.org_id, body.get("app_id"))
+                timezone = timezone or org_setting(session, principal.org_id, "timezone")
+                # One schedules only an app one may open (a restricted app not shared is unknown).
+                app = find_openable_app(session, principal, body.get("app_id"))
                 job = Job(
                     org_id=principal.org_id,
                     name=name.strip(),

@@ -10,9 +10,10 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from carnet.api_keys import key_status, mint_api_key, revoke_api_key, rotate_api_key
+from carnet.api_keys import check_lifetime, key_status, mint_api_key, revoke_api_key, rotate_api_key
 from carnet.db.models import ApiKey, Role, utcnow
 from carnet.errors import Conflict, NotFound, ValidationError
+from carnet.org_settings import org_setting
 from carnet.service.api.base import API_PREFIX, BaseHandler, authorized
 
 MAX_NAME = 200
@@ -51,6 +52,10 @@ def find_key(session, org_id: int, key_id) -> ApiKey:
     if key is None:
         raise NotFound("No such API key")
     return key
+
+
+def expiry_field(body: dict) -> str:
+    return "expires_in_days" if body.get("expires_in_days") is not None else "expires_at"
 
 
 def parse_expiry(body: dict, *, required: bool = False) -> datetime | None:
@@ -105,6 +110,8 @@ class KeyListHandler(BaseHandler):
         expires_at = parse_expiry(body)
         try:
             with self.db() as session:
+                max_days = org_setting(session, principal.org_id, "api_key_max_days")
+                check_lifetime(expires_at, max_days, expiry_field(body))
                 if session.scalar(
                     select(ApiKey.id).where(ApiKey.org_id == principal.org_id, ApiKey.name == name)
                 ):
@@ -149,6 +156,9 @@ class KeyRotateHandler(BaseHandler):
             key = find_key(session, principal.org_id, key_id)
             if key.revoked_at is not None:
                 raise Conflict("A revoked API key cannot be rotated: create a new one")
+            # A new secret must honour the current cap, so an old key that never expires needs an expiry.
+            max_days = org_setting(session, principal.org_id, "api_key_max_days")
+            check_lifetime(expires_at or key.expires_at, max_days, expiry_field(body))
             text = rotate_api_key(session, key)
             if expires_at is not None:
                 key.expires_at = expires_at

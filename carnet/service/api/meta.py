@@ -14,6 +14,8 @@ class RootHandler(BaseHandler):
 
 
 class MeHandler(BaseHandler):
+    open_before_own_password = frozenset({"GET"})  # a person with a one-time password may see who they are
+
     @authorized("me:read")
     def get(self):
         principal = self.principal()

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from carnet.db.models import Membership, User
 from carnet.errors import Conflict, PermissionDenied, ValidationError
-from carnet.passwords import hash_password, verify_password
+from carnet.first_sign_in import change_own_password, issue_invitation, send_invitation_email
 from carnet.people import (
-    check_new_password,
     create_person,
     delete_person,
     is_author,
@@ -28,9 +29,38 @@ def person_json(membership: Membership) -> dict:
         "role": membership.role.value,
         "is_active": user.is_active,
         "must_change_password": user.must_change_password,
+        "invitation_expires_at": user.invitation_expires_at.isoformat() if user.invitation_hash else None,
         "locked_until": user.locked_until.isoformat() if user.locked_until else None,
         "created_at": user.created_at.isoformat(),
     }
+
+
+def start_invitation(handler: BaseHandler, session, membership: Membership) -> dict:
+    """Issue a new link for the person (the old one dies) and audit it, in the caller's transaction.
+    Mail it with ``mail_invitation`` once committed."""
+    user = membership.user
+    invitation = issue_invitation(user, handler.settings_obj)
+    expires_at = invitation["invitation_expires_at"]
+    handler.audit(session, "user.invite", f"user/{user.email}", expires_at=expires_at)
+    return {**invitation, "email": user.email, "org_name": membership.org.name}
+
+
+async def mail_invitation(handler: BaseHandler, invitation: dict) -> dict:
+    """The invitation's public fields, with ``invitation_sent``: whether the link was mailed."""
+    sent = await asyncio.to_thread(
+        send_invitation_email, handler.settings_obj, invitation["email"], invitation["org_name"], invitation
+    )
+    return {
+        "invitation_url": invitation["invitation_url"],
+        "invitation_expires_at": invitation["invitation_expires_at"],
+        "invitation_sent": sent,
+    }
+
+
+def parse_invite(value) -> bool:
+    if not isinstance(value, bool):
+        raise ValidationError("invite must be true or false", field="invite")
+    return value
 
 
 class UserListHandler(BaseHandler):
@@ -41,11 +71,13 @@ class UserListHandler(BaseHandler):
             self.write_json({"users": [person_json(m) for m in members]})
 
     @authorized("users:manage")
-    def post(self):
+    async def post(self):
         body = self.get_json_body()
-        unknown = sorted(set(body) - {"email", "role", "display_name"})
+        unknown = sorted(set(body) - {"email", "role", "display_name", "invite"})
         if unknown:
             raise ValidationError(f"Unknown fields: {', '.join(unknown)}", field=unknown[0])
+        invite = parse_invite(body.get("invite", False))
+        invitation = None
         with self.db() as session:
             membership, password = create_person(
                 session,
@@ -53,10 +85,19 @@ class UserListHandler(BaseHandler):
                 body.get("email"),
                 body.get("role"),
                 body.get("display_name"),
+                invite=invite,
             )
             self.audit(session, "user.create", f"user/{membership.user.email}", role=membership.role.value)
+            if invite:
+                invitation = start_invitation(self, session, membership)
+            result = person_json(membership)
+        if invitation:
+            # Mailed only once committed: the link must work when it arrives.
+            result.update(await mail_invitation(self, invitation))
+        else:
             # The one-time password is shown here once; the person must change it at first sign-in.
-            self.write_json({**person_json(membership), "initial_password": password}, status=201)
+            result["initial_password"] = password
+        self.write_json(result, status=201)
 
 
 class UserHandler(BaseHandler):
@@ -107,24 +148,35 @@ class UserPasswordResetHandler(BaseHandler):
         self.write_json({**result, "initial_password": password})
 
 
+class UserInvitationHandler(BaseHandler):
+    """An admin issues a new invitation link (the previous one dies at once)."""
+
+    @authorized("users:manage")
+    async def post(self, user_id):
+        unknown = sorted(self.get_json_body())
+        if unknown:
+            raise ValidationError(f"Unknown fields: {', '.join(unknown)}", field=unknown[0])
+        with self.db() as session:
+            membership = member(session, self.principal().org_id, user_id)
+            if not membership.user.is_active:
+                raise Conflict(f"{membership.user.email} is disabled: enable them first")
+            invitation = start_invitation(self, session, membership)
+            result = person_json(membership)
+        self.write_json({**result, **await mail_invitation(self, invitation)})
+
+
 class MyPasswordHandler(BaseHandler):
+    open_before_own_password = frozenset({"POST"})  # how a one-time password gets replaced over the API
+
     @authorized("me:update")
     def post(self):
         principal = self.principal()
         if principal.via != "hub":
             raise PermissionDenied("Change your password signed in as yourself, not with a token or key")
         body = self.get_json_body()
-        new_password = check_new_password(body.get("new_password"))
         with self.db() as session:
             user = session.get(User, principal.user_id)
-            if not verify_password(str(body.get("current_password", "")), user.password_hash):
-                raise ValidationError("The current password is wrong", field="current_password")
-            if verify_password(new_password, user.password_hash):
-                raise ValidationError(
-                    "Choose a password different from the current one", field="new_password"
-                )
-            user.password_hash = hash_password(new_password)
-            user.must_change_password = False
+            change_own_password(user, body.get("current_password", ""), body.get("new_password"))
             self.audit(session, "user.password_change", f"user/{user.email}")
         self.set_status(204)
         self.finish()
@@ -134,5 +186,6 @@ default_handlers = [
     (API_PREFIX + r"users", UserListHandler),
     (API_PREFIX + r"users/(?P<user_id>[^/]+)", UserHandler),
     (API_PREFIX + r"users/(?P<user_id>[^/]+)/password", UserPasswordResetHandler),
+    (API_PREFIX + r"users/(?P<user_id>[^/]+)/invitation", UserInvitationHandler),
     (API_PREFIX + r"me/password", MyPasswordHandler),
 ]

@@ -1,0 +1,343 @@
+"""carnet.connectors.sql against the real PostgreSQL and MariaDB: read-only user, push-down, variables,
+both read-only layers (parser, then the server's read-only transaction), limits, and credential hygiene."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+import sqlalchemy as sa
+
+from carnet.connectors import Limits, SqlRead, TableRead, read_arrow, settings_from_url, validate_connection
+from carnet.connectors.sql_settings import resolve_url
+from carnet.errors import (
+    ConnectionFailed,
+    MissingDriver,
+    QueryFailed,
+    QueryTimeout,
+    ReadOnlyViolation,
+    RowLimitExceeded,
+    ValidationError,
+)
+
+CANARY = "Canary-pw-7f3e9!"  # the read-only user's password: must never show up in an error
+
+
+class Server:
+    """One throw-away database on a real server, its admin settings and a SELECT-only user."""
+
+    def __init__(self, kind: str, base_url: str):
+        self.kind, self.base_url = kind, base_url
+        self.database = f"carnet_sc_{uuid.uuid4().hex[:10]}"
+        self.reader = f"carnet_ro_{uuid.uuid4().hex[:8]}"
+        self.admin_engine = sa.create_engine(base_url, isolation_level="AUTOCOMMIT")
+        url = sa.engine.make_url(base_url).set(database=self.database)
+        self.engine = sa.create_engine(url)
+        self.admin = settings_from_url(url.render_as_string(hide_password=False))
+        self.ro = {**self.admin, "username": self.reader, "password": CANARY}
+
+    def count_orders(self) -> int:
+        with self.engine.connect() as con:
+            return con.execute(sa.text("SELECT count(*) FROM orders")).scalar_one()
+
+
+def _setup(server: Server) -> None:
+    with server.admin_engine.connect() as con:
+        con.execute(sa.text(f"CREATE DATABASE {server.database}"))
+        if server.kind == "pg":
+            con.execute(sa.text(f"CREATE ROLE {server.reader} LOGIN PASSWORD '{CANARY}'"))
+        else:
+            con.execute(sa.text(f"CREATE USER '{server.reader}'@'%' IDENTIFIED BY '{CANARY}'"))
+            con.execute(sa.text(f"GRANT SELECT ON {server.database}.* TO '{server.reader}'@'%'"))
+    with server.engine.begin() as con:
+        con.execute(
+            sa.text("CREATE TABLE orders (id INTEGER PRIMARY KEY, region VARCHAR(20), amount INTEGER)")
+        )
+        con.execute(
+            sa.text("INSERT INTO orders VALUES (1,'north',10),(2,'north',20),(3,'south',5),(4,'east',15)")
+        )
+        con.execute(sa.text("CREATE TABLE big (id INTEGER, k INTEGER, v INTEGER)"))
+        if server.kind == "pg":
+            con.execute(sa.text("INSERT INTO big SELECT n, n % 7, n % 100 FROM generate_series(1, 200000) n"))
+            con.execute(sa.text("CREATE SEQUENCE counter"))
+            # A write hidden in a function: no parser can see it, only the server's read-only mode.
+            con.execute(
+                sa.text(
+                    "CREATE FUNCTION wipe() RETURNS bigint LANGUAGE sql AS "
+                    "'WITH d AS (DELETE FROM orders RETURNING 1) SELECT count(*) FROM d'"
+                )
+            )
+            con.execute(sa.text(f"GRANT USAGE ON SCHEMA public TO {server.reader}"))
+            con.execute(sa.text(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {server.reader}"))
+        else:
+            con.execute(sa.text("INSERT INTO big SELECT seq, seq % 7, seq % 100 FROM seq_1_to_200000"))
+            wipe = (
+                "CREATE FUNCTION wipe() RETURNS INT MODIFIES SQL DATA BEGIN DELETE FROM orders; RETURN 1; END"
+            )
+            con.execute(sa.text(wipe))
+
+
+def _teardown(server: Server) -> None:
+    server.engine.dispose()
+    with server.admin_engine.connect() as con:
+        if server.kind == "pg":
+            con.execute(sa.text(f"DROP DATABASE {server.database} WITH (FORCE)"))
+            con.execute(sa.text(f"DROP ROLE {server.reader}"))
+        else:
+            con.execute(sa.text(f"DROP DATABASE {server.database}"))
+            con.execute(sa.text(f"DROP USER '{server.reader}'@'%'"))
+    server.admin_engine.dispose()
+
+
+@pytest.fixture(scope="module", params=["pg", "mariadb"])
+def server(request):
+    base = request.getfixturevalue("pg_url" if request.param == "pg" else "mysql_url")
+    server = Server(request.param, base)
+    _setup(server)
+    yield server
+    _teardown(server)
+
+
+@pytest.fixture
+def sent_sql():
+    """Every statement any engine sends, as the server receives it."""
+    statements: list[str] = []
+
+    def capture(conn, cursor, statement, parameters, context, executemany):
+        statements.append(statement)
+
+    sa.event.listen(sa.engine.Engine, "before_cursor_execute", capture)
+    yield statements
+    sa.event.remove(sa.engine.Engine, "before_cursor_execute", capture)
+
+
+# --- reading ---------------------------------------------------------------------------------------------
+
+
+def test_read_only_user_reads_a_table_with_a_pushed_down_spec(server, sent_sql):
+    spec = {
+        "columns": ["id", "amount"],
+        "where": [["region", "in", ["north", "east"]]],
+        "order_by": [["id", "desc"]],
+    }
+    table = read_arrow(server.ro, TableRead("orders", spec=spec))
+    assert table.column_names == ["id", "amount"]
+    assert table.to_pylist() == [{"id": 4, "amount": 15}, {"id": 2, "amount": 20}, {"id": 1, "amount": 10}]
+    select = next(s for s in sent_sql if "FROM orders" in s and "WHERE" in s)
+    assert "north" not in select  # the filter values travelled as parameters
+    assert any("READ ONLY" in s for s in sent_sql)
+
+
+def test_aggregates_run_on_the_server(server, sent_sql):
+    spec = {"group_by": ["k"], "aggregates": {"v": "sum", "*": "count"}, "order_by": ["k"]}
+    # 200k rows in the table, at most 100 may come back: only a server-side GROUP BY fits.
+    table = read_arrow(server.ro, TableRead("big", spec=spec), limits=Limits(max_rows=100))
+    assert table.num_rows == 7
+    assert sum(table.column("count").to_pylist()) == 200_000
+    assert int(sum(table.column("v").to_pylist())) == sum(n % 100 for n in range(1, 200_001))
+    select = next(s for s in sent_sql if "FROM big" in s)
+    assert "GROUP BY" in select and "sum(" in select.lower()
+    # The same table without the aggregate is over the limit, and stops there.
+    with pytest.raises(RowLimitExceeded) as error:
+        read_arrow(server.ro, TableRead("big"), limits=Limits(max_rows=100))
+    assert error.value.status == 413 and "100" in error.value.message
+
+
+def test_query_source_variables_are_bound_parameters(server, sent_sql):
+    sql = "SELECT id, amount FROM orders WHERE region = {{region}} AND amount >= {{floor}} ORDER BY id"
+    table = read_arrow(server.ro, sql, {"region": "north", "floor": 15})
+    assert table.to_pylist() == [{"id": 2, "amount": 20}]
+    assert not any("north" in s for s in sent_sql)
+    hostile = read_arrow(server.ro, sql, {"region": "north' OR '1'='1", "floor": 0})
+    assert hostile.num_rows == 0
+    with pytest.raises(ValidationError) as error:
+        read_arrow(server.ro, sql, {"region": "north"})
+    assert error.value.fields["field"] == "floor" and "Missing variable" in error.value.message
+    with pytest.raises(ValidationError, match="inside quotes"):
+        read_arrow(server.ro, "SELECT id FROM orders WHERE region = '{{region}}'", {"region": "north"})
+
+
+def test_query_source_filtered_by_a_spec_and_a_database_variable(server):
+    settings = {**server.ro, "database": "{{customer_db}}"}
+    read = SqlRead(
+        "SELECT region, amount FROM orders",
+        spec={"group_by": ["region"], "aggregates": {"amount": "max"}, "order_by": ["region"]},
+    )
+    table = read_arrow(settings, read, {"customer_db": server.database})
+    assert table.to_pylist() == [
+        {"region": "east", "amount": 15},
+        {"region": "north", "amount": 20},
+        {"region": "south", "amount": 5},
+    ]
+    with pytest.raises(ValidationError) as error:
+        read_arrow(settings, read, {"customer_db": f"{server.database}?x=1"})
+    assert error.value.fields["field"] == "customer_db"
+
+
+# --- read-only: two layers --------------------------------------------------------------------------------
+
+WRITES = {
+    "pg": [
+        "WITH d AS (DELETE FROM orders RETURNING *) SELECT * FROM d",
+        "SELECT 1; DELETE FROM orders",
+        "SELECT * INTO stolen FROM orders",
+        "SELECT * FROM orders FOR UPDATE",
+        "COPY orders TO '/tmp/orders.csv'",
+        "CALL something()",
+        "UPDATE orders SET amount = 0",
+        "SELECT set_config('transaction_read_only', 'off', true)",
+    ],
+    "mariadb": [
+        "SELECT 1; DELETE FROM orders",
+        "WITH d AS (SELECT 1) DELETE FROM orders",
+        "SELECT * FROM orders FOR UPDATE",
+        "SELECT * FROM orders LOCK IN SHARE MODE",
+        "INSERT INTO orders SELECT id + 10, region, amount FROM orders",
+        "SELECT load_file('/etc/passwd')",
+    ],
+}
+
+
+def test_the_parser_refuses_writes_before_sending_anything(server, sent_sql):
+    for sql in WRITES[server.kind]:
+        with pytest.raises((ReadOnlyViolation, ValidationError)) as error:
+            read_arrow(server.admin, sql)
+        assert error.value.status in (400, 403), sql
+        assert not any("orders" in s for s in sent_sql), sql
+    assert server.count_orders() == 4
+
+
+def test_the_servers_read_only_mode_stops_what_the_parser_misses(server):
+    # wipe() deletes rows but reads as a plain SELECT: it passes the parser; the admin account could
+    # write, so only the read-only transaction stops it.
+    with pytest.raises(ReadOnlyViolation) as error:
+        read_arrow(server.admin, "SELECT wipe()")
+    assert error.value.status == 403 and "read-only" in error.value.message
+    bypassed = {
+        "pg": ["SELECT * FROM orders FOR UPDATE", "SELECT nextval('counter')"],
+        "mariadb": ["DELETE FROM orders", "UPDATE orders SET amount = 0"],
+    }
+    for sql in bypassed[server.kind]:
+        with pytest.raises(ReadOnlyViolation):
+            read_arrow(server.admin, sql, _skip_parser_check=True)
+    assert server.count_orders() == 4
+
+
+def test_statement_timeout(server):
+    sleep = "SELECT pg_sleep(3)" if server.kind == "pg" else "SELECT sleep(3)"
+    with pytest.raises(QueryTimeout) as error:
+        read_arrow(server.ro, sleep, limits=Limits(timeout_seconds=0.5))
+    assert error.value.status == 504
+
+
+def test_server_errors_are_typed_not_crashes(server):
+    with pytest.raises(QueryFailed) as error:
+        read_arrow(server.ro, "SELECT no_such_column FROM orders")
+    assert error.value.status == 400
+    with pytest.raises(QueryFailed, match="does not exist"):
+        read_arrow(server.ro, TableRead("no_such_table"))
+    mistyped = TableRead("orders", spec={"where": [["amount", "=", "not a number"]]})
+    if server.kind == "pg":
+        with pytest.raises(QueryFailed):
+            read_arrow(server.ro, mistyped)
+    else:  # MariaDB compares the string as the number 0: no error, no row
+        assert read_arrow(server.ro, mistyped).num_rows == 0
+
+
+# --- credentials ------------------------------------------------------------------------------------------
+
+
+def test_wrong_password_is_a_connection_error_without_the_password(server):
+    wrong = "Wrong-pw-42!"
+    # The PostgreSQL here trusts every local connection, so a wrong password only fails on MariaDB;
+    # PostgreSQL shows the same path with a user that does not exist.
+    user = server.reader if server.kind == "mariadb" else "carnet_nobody"
+    with pytest.raises(ConnectionFailed) as error:
+        read_arrow({**server.ro, "username": user, "password": wrong}, "SELECT 1")
+    assert error.value.status == 502
+    text = str(error.value.to_json()) + repr(error.value) + str(error.value.__cause__)
+    assert wrong not in text and CANARY not in text
+    assert error.value.__suppress_context__  # the driver's exception (with its arguments) is not chained
+    # A driver that echoes a parameter (here: the user name equal to the password) is redacted too.
+    with pytest.raises(ConnectionFailed) as error:
+        read_arrow({**server.ro, "username": "echo_me_x", "password": "echo_me_x"}, "SELECT 1")
+    assert "echo_me_x" not in error.value.message and "***" in error.value.message
+
+
+# --- connection settings -------------------------------------------------------------------------------
+
+
+def _pg(**extra):
+    return {"dialect": "postgresql", "host": "db.example.com", "database": "sales", "username": "u", **extra}
+
+
+def _my(**extra):
+    return {"dialect": "mariadb", "host": "db.example.com", "database": "sales", "username": "u", **extra}
+
+
+@pytest.mark.parametrize(
+    ("raw", "words"),
+    [
+        (_my(options={"local_infile": "1"}), "local files"),
+        (_my(options={"init_command": "SET GLOBAL x=1"}), "runs statements"),
+        (_my(options={"read_default_file": "/etc/my.cnf"}), "option file"),
+        (_my(options={"read_default_group": "client"}), "option file"),
+        (_my(options={"client_flag": "128"}), "multiple statements"),
+        (_my(options={"ssl_key": "/etc/ssl/private/server.key"}), "local file"),
+        (_my(options={"unknown_opt": "1"}), "not allowed"),
+        (_pg(options={"options": "-c default_transaction_read_only=off"}), "-c"),
+        (_pg(options={"passfile": "/root/.pgpass"}), "password file"),
+        (_pg(options={"service": "prod"}), "service file"),
+        (_pg(options={"servicefile": "/etc/pg_service.conf"}), "service file"),
+        (_pg(options={"sslrootcert": "/etc/ssl/certs/ca.pem"}), "local file"),
+        (_pg(host="/var/run/postgresql"), "Invalid host"),
+        (_pg(host="db.example.com:5432@evil"), "Invalid host"),
+        (_pg(database="sales/../x"), "Invalid database"),
+        (_pg(dialect="sqlite"), "files on this machine"),
+        (_pg(dialect="duckdb"), "files on this machine"),
+        (_pg(dialect="nosuchdb"), "Unsupported dialect"),
+        (_pg(driver="asyncpg"), "Unsupported driver"),
+        (_pg(options={"sslmode": "{{mode}}"}), "Invalid value"),
+    ],
+)
+def test_dangerous_or_invalid_settings_are_refused(raw, words):
+    with pytest.raises(ValidationError) as error:
+        validate_connection(raw)
+    assert words in error.value.message
+
+
+def test_file_options_only_inside_the_allowed_folder(tmp_path):
+    (tmp_path / "ca.pem").write_text("x")
+    settings = validate_connection(_pg(options={"sslrootcert": "ca.pem"}), allowed_file_dir=tmp_path)
+    assert settings.options == {"sslrootcert": "ca.pem"}
+    with pytest.raises(ValidationError, match="inside"):
+        validate_connection(_pg(options={"sslrootcert": "../ca.pem"}), allowed_file_dir=tmp_path)
+
+
+def test_missing_driver_names_the_extra():
+    with pytest.raises(MissingDriver) as error:
+        resolve_url(validate_connection({"dialect": "mssql", "host": "sql.example.com", "database": "x"}))
+    assert "pip install carnet[mssql]" in error.value.message
+
+
+def test_variables_in_fields_are_checked_and_the_host_hook_sees_the_result():
+    seen = []
+    template = validate_connection(
+        _pg(host="{{tenant}}.db.example.com", database="{{tenant}}_sales", port=5433)
+    )
+    url = resolve_url(template, {"tenant": "acme"}, check_host=lambda host, port: seen.append((host, port)))
+    assert (url.host, url.database) == ("acme.db.example.com", "acme_sales")
+    assert seen == [("acme.db.example.com", 5433)]
+    for bad in ["acme@evil.com", "a/b", "x:1", "a b", "x?sslmode=disable", "a#b", ""]:
+        with pytest.raises(ValidationError) as error:
+            resolve_url(template, {"tenant": bad})
+        assert error.value.fields["field"] in ("tenant", "host"), bad
+    with pytest.raises(ValidationError) as error:
+        resolve_url(template, {})
+    assert error.value.fields["field"] == "tenant" and "Missing variable" in error.value.message
+
+    def refuse(host, port):
+        raise ValidationError(f"Host {host} is not allowed", field="host")
+
+    with pytest.raises(ValidationError, match="not allowed"):
+        resolve_url(template, {"tenant": "acme"}, check_host=refuse)
