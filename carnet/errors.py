@@ -21,6 +21,14 @@ class ValidationError(CarnetError):
     status = 400
 
 
+class OrganizationChoiceRequired(ValidationError):
+    """The person belongs to several organizations and the request did not say which (``?org=<slug>``);
+    ``orgs`` lists their organizations' slugs so that a page can offer the choice."""
+
+    def __init__(self, orgs: list[str]):
+        super().__init__("You belong to several organizations: choose one with ?org=<slug>", orgs=orgs)
+
+
 class AuthenticationRequired(CarnetError):
     status = 401
 

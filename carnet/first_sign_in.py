@@ -70,11 +70,13 @@ def invitation_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def issue_invitation(user: User, settings: CarnetSettings, now: datetime | None = None) -> dict:
+def issue_invitation(
+    user: User, settings: CarnetSettings, days: int | None = None, now: datetime | None = None
+) -> dict:
     """A new link for ``user`` (any previous one dies). Returns ``invitation_url`` and
     ``invitation_expires_at``; the token itself exists only in that URL."""
     token = secrets.token_urlsafe(32)
-    expires_at = (now or utcnow()) + timedelta(days=settings.invitation_days)
+    expires_at = (now or utcnow()) + timedelta(days=days or settings.invitation_days)
     user.invitation_hash = invitation_hash(token)
     user.invitation_expires_at = expires_at
     return {

@@ -92,7 +92,7 @@ SETTINGS: dict[str, Setting] = {
             "invitation_days",
             "int",
             7,
-            "How many days an invitation link stays valid.",
+            "Days an invitation link stays valid (until set: the platform's CARNET_INVITATION_DAYS).",
             low=1,
             high=90,
         ),

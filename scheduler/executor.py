@@ -16,13 +16,15 @@ from pathlib import Path
 from sqlalchemy import select
 
 from carnet.db import session_scope
-from carnet.db.models import Job, JobRun, RunStatus, TokenKind, utcnow
+from carnet.db.models import Job, JobRun, Membership, RunStatus, TokenKind, utcnow
 from carnet.errors import CarnetError
 from carnet.isolation import account_for
+from carnet.permissions import Principal
 from carnet.publishing import current_notebook_path
 from carnet.scheduler.mail import send_mail
 from carnet.scheduler.pdf import notebook_to_pdf
 from carnet.settings import CarnetSettings
+from carnet.sharing import may_open
 from carnet.tokens import mint_token
 
 log = logging.getLogger("carnet.scheduler")
@@ -78,6 +80,26 @@ class RunContext:
         return self.output_dir / f"{safe}.pdf"
 
 
+def check_owner_may_run(session, job: Job) -> None:
+    """A run acts as the job's owner: it fails if, since the job was made, the owner left the organization,
+    was disabled, or may no longer open the app (its sharing was narrowed)."""
+    membership = session.scalar(
+        select(Membership).where(Membership.user_id == job.owner_id, Membership.org_id == job.org_id)
+    )
+    if membership is None or not membership.user.is_active:
+        raise JobRunError("The job's owner is no longer an active member of the organization", "before_start")
+    owner = Principal(
+        user_id=membership.user_id,
+        email=membership.user.email,
+        org_id=job.org_id,
+        org_slug="",
+        role=membership.role,
+        via=TokenKind.job.value,
+    )
+    if not may_open(session, owner, job.app):
+        raise JobRunError("The job's owner may no longer open this app (its sharing changed)", "before_start")
+
+
 class ReportExecutor:
     def __init__(self, settings: CarnetSettings, run_id: int, cell_timeout: int = 600):
         self.settings = settings
@@ -101,6 +123,7 @@ class ReportExecutor:
             if run is None:
                 raise JobRunError("The job was deleted before its run started", step="before_start")
             job = session.scalar(select(Job).where(Job.id == run.job_id))
+            check_owner_may_run(session, job)
             output_dir = self.settings.runs_dir / str(job.org_id) / str(job.id) / str(run.id)
             output_dir.mkdir(parents=True, exist_ok=True)
             run.output_dir = str(output_dir)

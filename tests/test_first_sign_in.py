@@ -289,3 +289,25 @@ def test_invitation_tokens_are_stored_hashed_and_expire(carnet_stack, admin):
         with pytest.raises(PasswordChangeRequired) as refused:
             require_own_password(db.get(User, person["id"]), settings)
         assert refused.value.fields["change_password_url"] == "https://bi.example/hub/carnet/change-password"
+
+
+def test_the_org_invitation_lifetime_applies_once_an_admin_sets_it(carnet_stack, admin):
+    stack = carnet_stack
+    platform_default = new_person(stack, admin, invite=True)
+    lifetime = _lifetime(platform_default)
+    assert timedelta(days=7) - timedelta(minutes=5) < lifetime <= timedelta(days=7)
+    patched = requests.patch(api_url(stack, "org"), json={"invitation_days": 2}, headers=admin, timeout=30)
+    assert patched.status_code == 200, patched.text
+    try:
+        short = _lifetime(new_person(stack, admin, invite=True))
+        assert timedelta(days=2) - timedelta(minutes=5) < short <= timedelta(days=2)
+    finally:
+        requests.patch(
+            api_url(stack, "org"), json={"invitation_days": 7}, headers=admin, timeout=30
+        ).raise_for_status()
+
+
+def _lifetime(person: dict) -> timedelta:
+    from datetime import datetime
+
+    return datetime.fromisoformat(person["invitation_expires_at"]) - utcnow()

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 import pyarrow as pa
 import pytest
 from pypdf import PdfReader, PdfWriter
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from carnet.db import session_scope, upgrade
 from carnet.db.models import (
@@ -442,6 +442,39 @@ def test_interrupted_runs_are_marked_failed(settings, world):
     assert (runs[done].status, runs[done].error) == (RunStatus.succeeded, None)
     # The queued run is still there for the restarted scheduler.
     assert claim_next_run(settings.db_url) == queued
+
+
+@pytest.mark.parametrize(
+    "change, error",
+    [
+        pytest.param("restricted", "may no longer open this app", id="app-restricted-away"),
+        pytest.param("disabled", "no longer an active member", id="owner-disabled"),
+        pytest.param("left", "no longer an active member", id="owner-left-org"),
+    ],
+)
+def test_a_run_fails_when_its_owner_lost_the_right_to_the_app(settings, world, change, error):
+    from carnet.scheduler.executor import ReportExecutor
+
+    job = add_job(settings, world)
+    run_id = queue_run(settings, job, RunStatus.running)
+    with session_scope(settings.db_url) as session:
+        if change == "restricted":
+            session.get(
+                App, world["app"]
+            ).visibility = "restricted"  # shared with nobody; ana did not publish
+        elif change == "disabled":
+            session.get(User, world["ana"]).is_active = False
+        else:
+            session.execute(
+                delete(Membership).where(
+                    Membership.user_id == world["ana"], Membership.org_id == world["acme"]
+                )
+            )
+    assert ReportExecutor(settings, run_id).run() == RunStatus.failed
+    run = runs_of(settings, job)[-1]
+    assert run.status == RunStatus.failed and error in run.error
+    with session_scope(settings.db_url) as session:  # no credential was minted for the run
+        assert session.scalar(select(Token).where(Token.note == f"job run {run_id}")) is None
 
 
 # -- mail --------------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from pathlib import Path
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from tornado import web
 
-from carnet.errors import CarnetError
+from carnet.errors import CarnetError, OrganizationChoiceRequired
 from carnet.service.api.apps import app_listing
 from carnet.service.api.base import BaseHandler, authorized
 
@@ -28,6 +28,21 @@ class PageHandler(BaseHandler):
 
 
 class GalleryHandler(PageHandler):
+    def prepare(self):
+        # Someone in several organizations first picks one (the choice travels as ?org=<slug>).
+        if not self.current_user:
+            return  # @web.authenticated on get() sends them to sign in
+        try:
+            self.principal()
+        except OrganizationChoiceRequired as choice:
+            page = page_templates.get_template("choose_org.html").render(
+                orgs=choice.fields["orgs"], hub_base_url=self.settings["hub_base_url"]
+            )
+            self.set_header("Content-Type", "text/html; charset=UTF-8")
+            self.finish(page)
+        except CarnetError:
+            return  # get() answers it as usual
+
     @web.authenticated
     @authorized("apps:list")
     def get(self):

@@ -18,7 +18,14 @@ from carnet.audit import client_address
 from carnet.audit import record as audit_record
 from carnet.db import session_scope
 from carnet.db.models import Membership, User
-from carnet.errors import AuthenticationRequired, CarnetError, NotFound, PermissionDenied, ValidationError
+from carnet.errors import (
+    AuthenticationRequired,
+    CarnetError,
+    NotFound,
+    OrganizationChoiceRequired,
+    PermissionDenied,
+    ValidationError,
+)
 from carnet.first_sign_in import require_own_password
 from carnet.permissions import API_KEY_VIA, PEOPLE_ONLY_ACTIONS, Principal
 from carnet.tokens import TOKEN_PREFIX, resolve_token
@@ -231,7 +238,7 @@ def principal_for_email(
         if not memberships:
             raise NotFound(f"Unknown organization {requested_org!r}")
     if len(memberships) > 1:
-        raise ValidationError("You belong to several organizations: choose one with ?org=<slug>")
+        raise OrganizationChoiceRequired(sorted(m.org.slug for m in memberships))
     return _principal_of(memberships[0], via=via)
 
 

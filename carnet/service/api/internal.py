@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from carnet.db.models import TokenKind
+from carnet.db.models import App, Organization, TokenKind
 from carnet.errors import NotFound, PasswordChangeRequired, PermissionDenied, ValidationError
 from carnet.publishing import current_notebook_path
 from carnet.service.api.base import API_PREFIX, BaseHandler, principal_for_email, service_only
 from carnet.sharing import find_openable_app
 from carnet.tokens import mint_token
+from carnet.validation import parse_id
 
 VIEWER_SERVICE = "carnet-viewer"
 
@@ -26,11 +27,21 @@ class ViewerSessionHandler(BaseHandler):
         if not isinstance(email, str) or not email:
             raise ValidationError("user is required", field="user")
         with self.db() as session:
+            # The app says which organization is meant (a person may belong to several); someone who is
+            # not a member of it learns nothing more than from an unknown id.
+            app = session.get(App, parse_id(body.get("app_id"), "No such app"))
+            if app is None:
+                raise NotFound("No such app")
             try:
-                principal = principal_for_email(session, email, settings=self.settings_obj)
+                principal = principal_for_email(
+                    session,
+                    email,
+                    requested_org=session.get(Organization, app.org_id).slug,
+                    settings=self.settings_obj,
+                )
             except PasswordChangeRequired:
                 raise  # 403 with the change-password address: the Viewer shows it
-            except PermissionDenied:
+            except (PermissionDenied, NotFound):
                 raise NotFound("No such app") from None
             # Not shared with them reads exactly like an unknown app (the Viewer answers 404).
             app = find_openable_app(session, principal, body.get("app_id"))

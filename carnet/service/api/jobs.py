@@ -41,8 +41,8 @@ class JobListHandler(BaseHandler):
         if not isinstance(name, str) or not name.strip() or len(name) > 200:
             raise ValidationError("A job needs a name (1-200 characters)", field="name")
         cron = validate_cron(body.get("cron"))
-        timezone = body.get("timezone")  # None: the organization's time zone (org setting), read below
-        if timezone is not None:
+        timezone = body.get("timezone")
+        if "timezone" in body:  # left out: the organization's time zone (org setting), read below
             validate_timezone(timezone)
         parameters = body.get("parameters") or {}
         if not isinstance(parameters, dict):
@@ -50,7 +50,8 @@ class JobListHandler(BaseHandler):
         recipients = validate_emails(body.get("recipients"), field="recipients")
         try:
             with self.db() as session:
-                timezone = timezone or org_setting(session, principal.org_id, "timezone")
+                if "timezone" not in body:
+                    timezone = org_setting(session, principal.org_id, "timezone")
                 # One schedules only an app one may open (a restricted app not shared is unknown).
                 app = find_openable_app(session, principal, body.get("app_id"))
                 job = Job(

@@ -39,7 +39,9 @@ def start_invitation(handler: BaseHandler, session, membership: Membership) -> d
     """Issue a new link for the person (the old one dies) and audit it, in the caller's transaction.
     Mail it with ``mail_invitation`` once committed."""
     user = membership.user
-    invitation = issue_invitation(user, handler.settings_obj)
+    # The organization's own setting when its admin chose one, else the platform's default.
+    days = (membership.org.settings or {}).get("invitation_days") or handler.settings_obj.invitation_days
+    invitation = issue_invitation(user, handler.settings_obj, days=days)
     expires_at = invitation["invitation_expires_at"]
     handler.audit(session, "user.invite", f"user/{user.email}", expires_at=expires_at)
     return {**invitation, "email": user.email, "org_name": membership.org.name}
