@@ -25,7 +25,7 @@ from jupyter_core.utils import ensure_async
 from jupyter_server.base.handlers import FileFindHandler
 from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
 from jupyter_server.utils import url_path_join
-from jupyterhub.singleuser.extension import JupyterHubAuthorizer
+from jupyterhub.singleuser.extension import JupyterHubAuthorizer, JupyterHubIdentityProvider
 from jupyterlab_server.themes_handler import ThemesHandler
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
@@ -209,6 +209,17 @@ class TemplateAssetHandler(TemplateStaticFileHandler):
         return super().parse_url_path(path)
 
 
+class ViewerIdentityProvider(JupyterHubIdentityProvider):
+    """The Hub's identity provider without the server's own token. jupyter_server writes
+    ``identity_provider.token`` into every HTML page a signed-in person gets (``data-jupyter-api-token``):
+    in a Studio server that is its owner's server token, but in the Viewer it is the Viewer service's Hub
+    token, with which anyone could ask the Carnet service for any person's kernel token."""
+
+    @property
+    def token(self):
+        return ""
+
+
 class NotFoundHandler(web.RequestHandler):
     """Jupyter Server routes the Viewer does not offer (mounted before the server's own handlers)."""
 
@@ -223,6 +234,10 @@ def _jupyter_server_extension_points():
 def _load_jupyter_server_extension(server_app):
     """Mounts the Viewer's routes: Voila's assets, the app renderer and the owned-kernel shutdown."""
     web_app = server_app.web_app
+    # The Hub's extension forces its own provider class over any config: narrow the instance in place, so
+    # the handlers and the authorizer that already hold it see the change.
+    if type(server_app.identity_provider) is JupyterHubIdentityProvider:
+        server_app.identity_provider.__class__ = ViewerIdentityProvider
     # Signing out of the Hub ends the Viewer session at once (no cached "this cookie is X").
     limit_server_hub_auth_cache(server_app, CarnetSettings().hub_auth_cache_seconds)
     configuration = VoilaConfiguration(parent=server_app)
@@ -253,6 +268,10 @@ def _load_jupyter_server_extension(server_app):
             ),
             # Prometheus metrics: any signed-in Hub user could read the Viewer's kernel counts and traffic.
             (url_path_join(base, r"metrics/?"), NotFoundHandler),
+            # Jupyter Server's own front page: nothing of Carnet's lives there.
+            (url_path_join(base, r"/?"), NotFoundHandler),
+            # Jupyter Server's handler of these fails under a prefix (the proxy then answers 503).
+            (url_path_join(base, r"(robots\.txt|favicon\.ico)"), NotFoundHandler),
             (url_path_join(base, "voila/templates/(.*)"), TemplateAssetHandler),
             (
                 url_path_join(base, r"voila/api/themes/(.*)"),

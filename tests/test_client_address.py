@@ -25,13 +25,14 @@ FORGED = "203.0.113.9"
 
 
 def request(peer: str, forwarded: str | None = None, real_ip: str | None = None):
-    headers = httputil.HTTPHeaders()
+    headers = httputil.HTTPHeaders({"Host": "carnet.example"})
     if forwarded is not None:
         headers["X-Forwarded-For"] = forwarded
     if real_ip is not None:
         headers["X-Real-Ip"] = real_ip
     connection = SimpleNamespace(context=SimpleNamespace(remote_ip=peer, _orig_remote_ip=peer))
-    return httputil.HTTPServerRequest(method="GET", uri="/", headers=headers, connection=connection)
+    start = httputil.RequestStartLine("GET", "/", "HTTP/1.1")
+    return httputil.HTTPServerRequest(start_line=start, headers=headers, connection=connection)
 
 
 @pytest.mark.parametrize(
@@ -148,6 +149,8 @@ def test_forged_forwarded_for_is_not_what_the_audit_records(carnet_stack, hub_to
         creations = audited(carnet_stack, admin, "user.create", "admin@acme.example", f"user/{email}")
         assert creations == ["127.0.0.1"]
         session = requests.Session()
+        # On every request: the Hub's anonymous xsrf token is bound to the address tornado believes.
+        session.headers.update(forged)
         session.get(f"{carnet_stack.url}/hub/login", timeout=10)
         signed_in = session.post(
             f"{carnet_stack.url}/hub/login",
@@ -156,11 +159,10 @@ def test_forged_forwarded_for_is_not_what_the_audit_records(carnet_stack, hub_to
                 "password": created.json()["initial_password"],
                 "_xsrf": session.cookies.get("_xsrf", path="/hub/"),
             },
-            headers=forged,
             timeout=30,
             allow_redirects=False,
         )
-        assert signed_in.status_code == 302, signed_in.text[-3000:]
+        assert signed_in.status_code == 302
         assert audited(carnet_stack, admin, "login.success", email) == ["127.0.0.1"]
     finally:
         user_url = api_url(carnet_stack, f"users/{created.json()['id']}")
