@@ -177,8 +177,11 @@ class InvitationHandler(BaseHandler):
 
 
 def first_sign_in_handlers() -> list[tuple[str, type]]:
+    from carnet.hub_config.logout import CarnetLogoutHandler
+
     return [
         ("/login", CarnetLoginHandler),
+        ("/logout", CarnetLogoutHandler),
         (CHANGE_PASSWORD_ROUTE, ChangePasswordHandler),
         (INVITE_ROUTE, InvitationHandler),
     ]

@@ -61,6 +61,7 @@ from carnet.db.models import (
     ViewerGroupMember,
 )
 from carnet.hub_config.authenticator import AUTHORS_GROUP, hub_groups_for
+from carnet.hub_config.logout import CarnetOIDCLogoutHandler
 from carnet.people import end_credentials
 from carnet.settings import CarnetSettings
 
@@ -92,6 +93,8 @@ class Outcome:
 class CarnetOIDCAuthenticator(GenericOAuthenticator):
     """Generic OIDC sign-in; org and role come from the provider's claims. Each step is a method that a
     deployment can override: ``claims_of``, ``find_org``, ``role_of``, ``provision``, ``audit``."""
+
+    logout_handler = CarnetOIDCLogoutHandler
 
     issuer = Unicode(
         help="""The identity provider's issuer URL (e.g. https://login.example.com/realms/acme). Its

@@ -103,6 +103,13 @@ def test_hub_logout_ends_the_service_and_viewer_sessions_at_once(carnet_stack):
         assert viewer.headers["Location"].startswith(
             "/hub/api/oauth2/authorize?client_id=service-carnet-viewer&"
         )
+        # The Hub cookie itself, copied before the logout (another tab, another browser, a stolen copy), is
+        # dead too: the logout gave the person a new cookie id. Following the Viewer's redirect with it
+        # ends on the login form, and the Hub's own API does not know it.
+        hub_api = replay.get(f"{carnet_stack.url}/hub/api/user", timeout=30)
+        assert hub_api.status_code == 403, hub_api.text[:300]
+        hub_home = replay.get(f"{carnet_stack.url}/hub/home", timeout=30)
+        assert hub_home.url.split("?")[0].endswith("/hub/login")
         # The browser itself (its Hub cookie cleared by the logout) ends on the Hub's login form.
         followed = session.get(viewer_url(carnet_stack, f"apps/{carnet_stack.app_id}"), timeout=60)
         assert (
