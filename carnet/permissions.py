@@ -22,6 +22,7 @@ ACTION_MIN_ROLE: dict[str, Role] = {
     "sources:list": Role.analyst,
     "sources:read_data": Role.analyst,
     "sources:create": Role.studio,
+    "sources:manage": Role.studio,
     "jobs:list": Role.analyst,
     "jobs:read": Role.analyst,
     "jobs:create": Role.analyst,

@@ -227,6 +227,17 @@ def start_server(
     return response
 
 
+def stop_server(base_url: str, session: requests.Session, email: str, timeout: float = 60) -> None:
+    """Stop the user's server (if any) and wait until the Hub says it is gone."""
+    user = quote(email)
+    session.delete(f"{base_url}/hub/api/users/{user}/server", headers=hub_xsrf_headers(session), timeout=60)
+
+    def gone():
+        return not session.get(f"{base_url}/hub/api/users/{user}", timeout=10).json().get("servers")
+
+    wait_until(gone, timeout, what=f"the server of {email} to stop")
+
+
 async def _execute(ws_url: str, token: str, code: str, timeout: float) -> dict:
     from tornado.httpclient import HTTPRequest
     from tornado.websocket import websocket_connect

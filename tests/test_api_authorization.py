@@ -67,6 +67,9 @@ MATRIX = [
     ("POST", "/sources", 401, 403, 403, 201, 201, 403, 201, 403, 403, 201, 201),
     ("GET", "/sources/{name}", 401, 403, 200, 200, 200, 200, 404, 403, 200, 200, 200),
     ("GET", "/sources/{name}/data", 401, 403, 200, 200, 200, 200, 404, 403, 200, 200, 200),
+    ("PATCH", "/sources/{name}", 401, 403, 403, 200, 200, 403, 404, 403, 403, 200, 200),
+    ("DELETE", "/sources/{name}", 401, 403, 403, 204, 204, 403, 404, 403, 403, 204, 204),
+    ("POST", "/sources/{name}/test", 401, 403, 403, 200, 200, 403, 404, 403, 403, 200, 200),
     ("GET", "/apps", 401, 200, 200, 200, 200, 403, 200, 200, 200, 200, 200),
     ("POST", "/apps", 401, 403, 201, 201, 201, 403, 201, 403, 201, 201, 201),
     ("GET", "/apps/{app_id}", 401, 200, 200, 200, 200, 403, 404, 200, 200, 200, 200),
@@ -200,6 +203,20 @@ def tiny_app(carnet_stack, tokens, created):
     return response.json()["id"]
 
 
+def create_source(stack, token, created) -> str:
+    """A fresh acme source (a case that changes or deletes one must not touch the demo's)."""
+    name = unique("authz-own-src")
+    response = requests.post(
+        api_url(stack, "sources"),
+        json={"name": name, "kind": "warehouse_table", "options": {"table": DEMO_TABLE}},
+        headers=auth(token),
+        timeout=30,
+    )
+    assert response.status_code == 201, response.text
+    created.sources.add(response.json()["id"])
+    return name
+
+
 def create_app(stack, token, created) -> int:
     response = requests.post(
         api_url(stack, "apps"),
@@ -285,7 +302,9 @@ def test_authorization_matrix(
     # The admin of the caller's own org, to see what the call did there (acme's, but globex's for its admin).
     globex = role == "globex-admin"
     home = auth(tokens["globex-admin"]) if globex else admin
-    job_id, key, app_id = shared_job, None, stack.app_id
+    job_id, key, app_id, source = shared_job, None, stack.app_id, DEMO_SOURCE
+    if (method, route) in (("PATCH", "/sources/{name}"), ("DELETE", "/sources/{name}")):
+        source = create_source(stack, tokens["studio"], created)
     if (method, route) in (("DELETE", "/apps/{app_id}"), ("PUT", "/apps/{app_id}/sharing")):
         app_id = create_app(stack, tokens["studio"], created)
     if (method, route) == ("DELETE", "/jobs/{job_id}"):
@@ -296,7 +315,7 @@ def test_authorization_matrix(
     person = create_person(stack, tokens["admin"]) if "{user_id}" in route else None
     group = create_group(stack, tokens["admin"]) if "{group_id}" in route else None
     path = route.format(
-        name=DEMO_SOURCE,
+        name=source,
         app_id=app_id,
         job_id=job_id,
         key_id=key and key["id"],
@@ -306,6 +325,8 @@ def test_authorization_matrix(
     body, before = None, None
     if (method, route) == ("POST", "/sources"):
         body = {"name": unique("authz-src"), "kind": "warehouse_table", "options": {"table": DEMO_TABLE}}
+    elif (method, route) == ("PATCH", "/sources/{name}"):
+        body = {"description": "Described by the matrix"}
     elif (method, route) == ("POST", "/apps"):
         body = {"slug": unique("authz-app"), "title": "Authz app", "notebook": tiny_notebook()}
     elif (method, route) == ("POST", "/jobs"):
@@ -366,7 +387,7 @@ def test_authorization_matrix(
         assert unknown.status_code == response.status_code == 404
         assert response.json() == {
             **unknown.json(),
-            "message": unknown.json()["message"].replace(unknown_name, DEMO_SOURCE),
+            "message": unknown.json()["message"].replace(unknown_name, source),
         }
     if globex and (method, route) == ("POST", "/jobs"):
         assert response.json() == {"status": 404, "message": "No such app"}
@@ -405,8 +426,20 @@ def test_authorization_matrix(
         elif ok:  # no route deletes a source: drop it now, globex's list stays as seeded for later tests
             with session_scope(stack.settings.db_url) as session:
                 session.execute(delete(DataSource).where(DataSource.id == response.json()["id"]))
-    elif route == "/sources/{name}" and ok:
+    elif (method, route) == ("GET", "/sources/{name}") and ok:
         assert response.json()["name"] == DEMO_SOURCE
+        assert [c["name"] for c in response.json()["columns"]][:3] == ["country", "continent", "year"]
+        # Connection settings only for those who may change sources (analysts: name, kind, columns).
+        may_manage = role in ("studio", "admin", "key-studio", "key-admin")
+        assert ("options" in response.json()) is may_manage
+    elif (method, route) == ("PATCH", "/sources/{name}"):
+        after = requests.get(api_url(stack, f"sources/{source}"), headers=admin, timeout=30).json()
+        assert (after["description"] == "Described by the matrix") is ok
+    elif (method, route) == ("DELETE", "/sources/{name}"):
+        after = requests.get(api_url(stack, f"sources/{source}"), headers=admin, timeout=30)
+        assert after.status_code == (404 if ok else 200)
+    elif route == "/sources/{name}/test" and ok:
+        assert response.json()["ok"] is True
         assert [c["name"] for c in response.json()["columns"]][:3] == ["country", "continent", "year"]
     elif route == "/sources/{name}/data" and ok:
         assert response.headers["Content-Type"] == ARROW_STREAM

@@ -23,7 +23,7 @@ import pytest
 import requests
 
 from tests.api_support import api_url, auth, unique
-from tests.helpers import free_port, start_server, user_path
+from tests.helpers import free_port, start_server, stop_server, user_path
 
 ACME = {
     "viewer": "viewer@acme.example",
@@ -301,7 +301,9 @@ def studio_server(carnet_stack, login):
     session = login(STUDIO_OWNER)
     started = start_server(carnet_stack.url, session, STUDIO_OWNER)
     assert started.status_code in (201, 202, 400), started.text  # 400: already running
-    return user_path(STUDIO_OWNER)
+    yield user_path(STUDIO_OWNER)
+    # Other modules start this person's server themselves and expect it stopped.
+    stop_server(carnet_stack.url, session, STUDIO_OWNER)
 
 
 @pytest.mark.parametrize("row", [pytest.param(row, id=f"{row[1]} {row[0]}") for row in STUDIO_ROUTES])

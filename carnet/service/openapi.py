@@ -58,7 +58,18 @@ PATHS = {
             ),
         ),
     },
-    "/api/v1/sources/{name}": {"get": _op("One source, with its columns", "sources:list")},
+    "/api/v1/sources/{name}": {
+        "get": _op("One source, with its columns (its options only for studio and admin)", "sources:list"),
+        "patch": _op(
+            "Change a source's name, description or options (its kind stays)",
+            "sources:manage",
+            body=_obj([], name=STR, description=STR, options={"type": "object"}),
+        ),
+        "delete": _op("Delete a source", "sources:manage", ok="204"),
+    },
+    "/api/v1/sources/{name}/test": {
+        "post": _op("Check that the source answers: returns its columns, reads no rows", "sources:manage")
+    },
     "/api/v1/sources/{name}/data": {
         "get": _op(
             "The source's rows as an Arrow IPC stream (application/vnd.apache.arrow.stream)",

@@ -3,15 +3,17 @@
 from carnet.db.models import App, DataSource, Job, JobRun
 
 
-def source_json(source: DataSource) -> dict:
-    return {
+def source_json(source: DataSource, with_settings: bool) -> dict:
+    data = {
         "id": source.id,
         "name": source.name,
         "kind": source.kind,
         "description": source.description,
-        "options": source.options,
         "created_at": source.created_at.isoformat(),
     }
+    if with_settings:
+        data["options"] = source.options
+    return data
 
 
 def app_json(app: App) -> dict:

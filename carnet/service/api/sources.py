@@ -10,11 +10,37 @@ from sqlalchemy.exc import IntegrityError
 
 from carnet.db.models import DataSource
 from carnet.errors import Conflict, NotFound, ValidationError
+from carnet.permissions import Principal
 from carnet.service.api.base import API_PREFIX, BaseHandler, authorized
 from carnet.service.api.serialize import source_json
 from carnet.sources import source_kinds
+from carnet.validation import refuse_hidden_characters
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
+
+
+EDITABLE_SOURCE_FIELDS = frozenset({"name", "description", "options"})
+MAX_DESCRIPTION = 10_000
+
+
+def shows_settings(principal: Principal) -> bool:
+    """Connection settings (``options``) are for those who may change sources; analysts see name, kind,
+    description and columns only."""
+    return principal.can("sources:manage")
+
+
+def check_source_name(name) -> str:
+    if not isinstance(name, str) or not name.strip() or len(name.strip()) > 200 or "/" in name:
+        raise ValidationError("A source needs a name of 1-200 characters, without '/'", field="name")
+    return refuse_hidden_characters(name.strip(), "name")
+
+
+def check_description(description) -> str:
+    if not isinstance(description, str) or len(description) > MAX_DESCRIPTION:
+        raise ValidationError(
+            f"description must be text of at most {MAX_DESCRIPTION} characters", field="description"
+        )
+    return description
 
 
 def find_source(session, org_id: int, name: str) -> DataSource:
@@ -32,15 +58,15 @@ class SourceListHandler(BaseHandler):
             sources = session.scalars(
                 select(DataSource).where(DataSource.org_id == principal.org_id).order_by(DataSource.name)
             ).all()
-            self.write_json({"sources": [source_json(s) for s in sources]})
+            with_settings = shows_settings(principal)
+            self.write_json({"sources": [source_json(s, with_settings=with_settings) for s in sources]})
 
     @authorized("sources:create")
     def post(self):
         principal = self.principal()
         body = self.get_json_body()
-        name = body.get("name")
-        if not isinstance(name, str) or not name.strip() or len(name) > 200:
-            raise ValidationError("A source needs a name (1-200 characters)", field="name")
+        name = check_source_name(body.get("name"))
+        description = check_description(body.get("description", ""))
         kind = source_kinds.get(str(body.get("kind", "")))
         options = body.get("options") or {}
         if not isinstance(options, dict):
@@ -50,9 +76,9 @@ class SourceListHandler(BaseHandler):
             with self.db() as session:
                 source = DataSource(
                     org_id=principal.org_id,
-                    name=name.strip(),
+                    name=name,
                     kind=kind.name,
-                    description=str(body.get("description", "")),
+                    description=description,
                     options=options,
                     created_by=principal.user_id,
                 )
@@ -63,7 +89,7 @@ class SourceListHandler(BaseHandler):
                     session, "source.create", f"source/{source.name}", source_id=source.id, kind=kind.name
                 )
                 session.flush()
-                self.write_json(source_json(source), status=201)
+                self.write_json(source_json(source, with_settings=True), status=201)
         except IntegrityError:
             raise Conflict(f"A source named {name!r} already exists") from None
 
@@ -74,10 +100,64 @@ class SourceHandler(BaseHandler):
         principal = self.principal()
         with self.db() as session:
             source = find_source(session, principal.org_id, name)
-            data = source_json(source)
-        kind = source_kinds.get(data["kind"])
-        data["columns"] = kind.columns(self.settings_obj, principal.org_id, data["options"])
+            data, options = source_json(source, with_settings=shows_settings(principal)), dict(source.options)
+        data["columns"] = source_kinds.get(data["kind"]).columns(self.settings_obj, principal.org_id, options)
         self.write_json(data)
+
+    @authorized("sources:manage")
+    def patch(self, name):
+        principal = self.principal()
+        body = self.get_json_body()
+        unknown = sorted(set(body) - EDITABLE_SOURCE_FIELDS)
+        if unknown:
+            raise ValidationError(f"These fields cannot be changed: {', '.join(unknown)}", field=unknown[0])
+        try:
+            with self.db() as session:
+                source = find_source(session, principal.org_id, name)
+                changed = []
+                if "name" in body and body["name"] != source.name:
+                    source.name = check_source_name(body["name"])
+                    changed.append("name")
+                if "description" in body:
+                    source.description = check_description(body["description"])
+                    changed.append("description")
+                if "options" in body:
+                    if not isinstance(body["options"], dict):
+                        raise ValidationError("options must be an object", field="options")
+                    source.options = source_kinds.get(source.kind).validate_options(body["options"])
+                    changed.append("options")
+                session.flush()
+                # Which fields changed, never their values: options may hold credentials.
+                self.audit(
+                    session, "source.update", f"source/{source.name}", source_id=source.id, fields=changed
+                )
+                self.write_json(source_json(source, with_settings=True))
+        except IntegrityError:
+            raise Conflict(f"A source named {body.get('name')!r} already exists") from None
+
+    @authorized("sources:manage")
+    def delete(self, name):
+        principal = self.principal()
+        with self.db() as session:
+            source = find_source(session, principal.org_id, name)
+            self.audit(
+                session, "source.delete", f"source/{source.name}", source_id=source.id, kind=source.kind
+            )
+            session.delete(source)
+        self.set_status(204)
+
+
+class SourceTestHandler(BaseHandler):
+    """Check that a source answers (its table exists, its columns can be read) without reading its rows."""
+
+    @authorized("sources:manage")
+    async def post(self, name):
+        principal = self.principal()
+        with self.db() as session:
+            source = find_source(session, principal.org_id, name)
+            kind, options = source_kinds.get(source.kind), dict(source.options)
+        columns = await asyncio.to_thread(kind.columns, self.settings_obj, principal.org_id, options)
+        self.write_json({"ok": True, "columns": columns})
 
 
 class SourceDataHandler(BaseHandler):
@@ -109,4 +189,5 @@ default_handlers = [
     (API_PREFIX + r"sources", SourceListHandler),
     (API_PREFIX + r"sources/(?P<name>[^/]+)", SourceHandler),
     (API_PREFIX + r"sources/(?P<name>[^/]+)/data", SourceDataHandler),
+    (API_PREFIX + r"sources/(?P<name>[^/]+)/test", SourceTestHandler),
 ]
