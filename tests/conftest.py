@@ -9,6 +9,9 @@ Index (session-scoped unless noted):
 - ``login``: ``login(email)`` -> a requests.Session signed in through the Hub's login form.
 - ``hub_token``: ``hub_token(session, email)`` -> a Hub API token of that user (for token-auth API calls).
 - ``settings_env`` (function): sets CARNET_* variables for in-process code and restores them after.
+- ``created`` (module): a ``tests.api_support.Created`` registry; what a module makes through it is removed
+  when the module ends.
+- ``admin`` (module): request headers of acme's admin (a Hub API token).
 - ``pg_url`` / ``mysql_url``: server URLs from CARNET_TEST_PG_URL / CARNET_TEST_MYSQL_URL (set by
   scripts/test, which starts private servers when none answer); tests needing them fail if unset in CI.
 """
@@ -22,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.api_support import Created, auth
 from tests.helpers import CarnetStack, SmtpCatcher, hub_login, make_hub_token
 
 
@@ -126,3 +130,15 @@ def pg_url():
 @pytest.fixture(scope="session")
 def mysql_url():
     return _server_url("CARNET_TEST_MYSQL_URL")
+
+
+@pytest.fixture(scope="module")
+def created(carnet_stack):
+    objects = Created(carnet_stack)
+    yield objects
+    objects.cleanup()
+
+
+@pytest.fixture(scope="module")
+def admin(hub_token):
+    return auth(hub_token("admin@acme.example"))

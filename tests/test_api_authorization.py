@@ -30,7 +30,6 @@ from carnet.tokens import mint_token
 from tests.api_support import (
     NEVER_CRON,
     UNKNOWN_ID,
-    Created,
     api_url,
     assert_json_error,
     auth,
@@ -122,13 +121,6 @@ CASES = [
 
 
 # -- fixtures ----------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def created(carnet_stack):
-    objects = Created(carnet_stack)
-    yield objects
-    objects.cleanup()
-
-
 @pytest.fixture(scope="module")
 def globex_admin(carnet_stack, created):
     """An admin of globex, made in the database with a known password, signed in through the Hub: returns

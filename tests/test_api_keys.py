@@ -19,24 +19,12 @@ from carnet.db import session_scope
 from carnet.db.models import ApiKey, AuditEvent, Membership, Role, User
 from carnet.demo import DEMO_SOURCE, DEMO_TABLE
 from carnet.errors import PermissionDenied
-from tests.api_support import UNKNOWN_ID, Created, api_url, assert_json_error, auth, unique
+from tests.api_support import UNKNOWN_ID, api_url, assert_json_error, auth, unique
 from tests.helpers import wait_until
 
 ADMIN = "admin@acme.example"
 NON_ADMINS = ("viewer@acme.example", "analyst@acme.example", "studio@acme.example")
 GLOBEX_VIEWER = "viewer@globex.example"
-
-
-@pytest.fixture(scope="module")
-def created(carnet_stack):
-    objects = Created(carnet_stack)
-    yield objects
-    objects.cleanup()
-
-
-@pytest.fixture(scope="module")
-def admin(hub_token):
-    return auth(hub_token(ADMIN))
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from carnet.db import session_scope
 from carnet.db.models import AuditEvent, Membership, Organization, Role, User
 from carnet.demo import DEMO_TABLE
 from carnet.passwords import hash_password
-from tests.api_support import NEVER_CRON, Created, api_url, assert_json_error, auth, tiny_notebook, unique
+from tests.api_support import NEVER_CRON, api_url, assert_json_error, auth, tiny_notebook, unique
 from tests.helpers import hub_login, wait_until
 
 ADMIN = "admin@acme.example"
@@ -35,13 +35,6 @@ LOGIN_FAILED = "Invalid username or password"
 
 
 # -- fixtures and helpers ----------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def created(carnet_stack):
-    objects = Created(carnet_stack)
-    yield objects
-    objects.cleanup()
-
-
 @pytest.fixture(scope="module")
 def people(carnet_stack):
     """``people(role)`` -> (email, password) of a fresh acme member made in the database for this module."""

@@ -27,11 +27,6 @@ ADMIN = "admin@acme.example"
 CHANGE_PATH = "/hub/carnet/change-password"
 
 
-@pytest.fixture(scope="module")
-def admin(hub_token):
-    return auth(hub_token(ADMIN))
-
-
 def new_person(stack, admin, role="analyst", **extra) -> dict:
     email = f"first-{uuid.uuid4().hex[:8]}@acme.example"
     response = requests.post(

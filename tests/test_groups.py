@@ -22,11 +22,6 @@ ANALYST = "analyst@acme.example"
 GLOBEX_VIEWER = "viewer@globex.example"
 
 
-@pytest.fixture(scope="module")
-def admin(hub_token):
-    return auth(hub_token(ADMIN))
-
-
 def tag() -> str:
     return uuid.uuid4().hex[:6]
 

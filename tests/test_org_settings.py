@@ -13,7 +13,7 @@ from sqlalchemy import delete, select
 from carnet.db import session_scope
 from carnet.db.models import AuditEvent, Membership, Organization, Role, User
 from carnet.passwords import hash_password
-from tests.api_support import NEVER_CRON, Created, api_url, assert_json_error, auth, unique
+from tests.api_support import NEVER_CRON, api_url, assert_json_error, auth, unique
 from tests.helpers import hub_login, make_hub_token
 
 ADMIN = "admin@acme.example"
@@ -33,18 +33,6 @@ def restore_orgs(carnet_stack):
         for org_id, (name, settings) in saved.items():
             org = session.get(Organization, org_id)
             org.name, org.settings = name, settings
-
-
-@pytest.fixture(scope="module")
-def created(carnet_stack):
-    objects = Created(carnet_stack)
-    yield objects
-    objects.cleanup()
-
-
-@pytest.fixture(scope="module")
-def admin(hub_token):
-    return auth(hub_token(ADMIN))
 
 
 def org(stack, headers) -> requests.Response:

@@ -21,7 +21,6 @@ from carnet.passwords import hash_password
 from tests.api_support import (
     NEVER_CRON,
     UNKNOWN_ID,
-    Created,
     api_url,
     assert_json_error,
     auth,
@@ -41,13 +40,6 @@ NO_SUCH_APP = {"status": 404, "message": "No such app"}
 
 
 # -- fixtures and helpers ----------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def created(carnet_stack):
-    objects = Created(carnet_stack)
-    yield objects
-    objects.cleanup()
-
-
 @pytest.fixture(scope="module")
 def other_viewer(carnet_stack):
     """A second acme viewer (made in the database with a known password): signed-in session and Hub token."""

@@ -15,11 +15,6 @@ def studio(hub_token):
     return auth(hub_token("studio@acme.example"))
 
 
-@pytest.fixture(scope="module")
-def admin(hub_token):
-    return auth(hub_token("admin@acme.example"))
-
-
 @pytest.fixture
 def source(carnet_stack, studio, admin):
     name = unique("changes-src")

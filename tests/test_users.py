@@ -15,11 +15,6 @@ from tests.helpers import hub_login, make_hub_token, start_server, wait_until
 ADMIN = "admin@acme.example"
 
 
-@pytest.fixture(scope="module")
-def admin(hub_token):
-    return auth(hub_token(ADMIN))
-
-
 def new_person(stack, admin, role="studio") -> dict:
     email = f"person-{uuid.uuid4().hex[:8]}@acme.example"
     response = requests.post(
