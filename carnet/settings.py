@@ -235,6 +235,32 @@ class CarnetSettings(Configurable):
             raise ValueError(f"{proposal['trait'].name} must be positive")
         return proposal["value"]
 
+    source_timeout_seconds = Float(
+        help="""Longest time, in seconds, one read of a data source may take (a SQL statement timeout, the
+        whole of a REST fetch); past it the read fails with a clear 504 error.
+        Environment: CARNET_SOURCE_TIMEOUT_SECONDS. Default: 60.""",
+    ).tag(config=True)
+
+    @default("source_timeout_seconds")
+    def _default_source_timeout_seconds(self):
+        return float(os.environ.get("CARNET_SOURCE_TIMEOUT_SECONDS", "60"))
+
+    source_max_rows = Integer(
+        help="""Most rows one read of a data source may return (after filters and aggregates are applied
+        where the data lives); more fails with a clear 413 error asking for a filter or an aggregate.
+        Environment: CARNET_SOURCE_MAX_ROWS. Default: 10,000,000.""",
+    ).tag(config=True)
+
+    @default("source_max_rows")
+    def _default_source_max_rows(self):
+        return int(os.environ.get("CARNET_SOURCE_MAX_ROWS", "10000000"))
+
+    @validate("source_timeout_seconds", "source_max_rows")
+    def _positive_source_limits(self, proposal):
+        if proposal["value"] <= 0:
+            raise ValueError(f"{proposal['trait'].name} must be positive")
+        return proposal["value"]
+
     # -- derived paths: one place decides where each kind of data lives ------------------------------
     def org_dir(self, org_id: int) -> Path:
         return Path(self.data_dir) / "orgs" / str(org_id)

@@ -71,6 +71,16 @@ class Warehouse:
                 raise NotFound(f"No table {table!r} in the warehouse")
             return con.sql(sql).to_arrow_table()
 
+    def query_arrow(self, table: str, spec) -> pa.Table:
+        """``table`` filtered, grouped, sorted and limited by a ``carnet.query_spec`` (all in DuckDB)."""
+        from carnet.query_spec import to_duckdb
+
+        with self._connect(read_only=True) as con:
+            if table not in self._table_names(con):
+                raise NotFound(f"No table {table!r} in the warehouse")
+            sql, params = to_duckdb(spec, table)
+            return con.execute(sql, params).fetch_arrow_table()
+
     @staticmethod
     def _table_names(con) -> set[str]:
         rows = con.execute(

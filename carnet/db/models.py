@@ -123,10 +123,42 @@ class DataSource(Base):
     name: Mapped[str] = mapped_column(String(200))
     kind: Mapped[str] = mapped_column(String(64))
     description: Mapped[str] = mapped_column(Text, default="")
-    # Non-secret settings only (table name, schema...). Secrets get their own encrypted column later.
+    # Non-secret settings only (table name, SQL, URL...). The kind's secret fields live in ``secret``.
     options: Mapped[dict] = mapped_column(default=dict)
+    # carnet.crypto.SecretBox ciphertext of the kind's secret fields (context carnet.sources.source_context).
+    secret: Mapped[str | None] = mapped_column(Text)
+    # The named connection whose settings and credentials the source uses (SQL kinds); a connection in use
+    # cannot be deleted.
+    connection_id: Mapped[int | None] = mapped_column(
+        ForeignKey("connections.id", ondelete="RESTRICT"), index=True
+    )
+    # Bumped whenever the definition or the data behind it changes: part of every cache key.
+    version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    # Result cache: 'none', 'ttl' (cache_ttl_seconds) or 'invalidate' (until the source changes or is
+    # invalidated by hand).
+    cache_policy: Mapped[str] = mapped_column(String(16), default="none", server_default="none")
+    cache_ttl_seconds: Mapped[int | None]
     created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime | None]
+
+
+class Connection(Base):
+    """A named, reusable set of connection settings and credentials (many sources, one server)."""
+
+    __tablename__ = "connections"
+    __table_args__ = (UniqueConstraint("org_id", "name"), NO_ID_REUSE)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    org_id: Mapped[int] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(32), default="sql")
+    # Non-secret settings (dialect, driver, host, port, database, username, options).
+    settings: Mapped[dict] = mapped_column(default=dict)
+    # SecretBox ciphertext of the secret fields (the password).
+    secret: Mapped[str | None] = mapped_column(Text)
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime | None]
 
 
 class App(Base):

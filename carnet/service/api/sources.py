@@ -11,9 +11,11 @@ from sqlalchemy.exc import IntegrityError
 from carnet.db.models import DataSource
 from carnet.errors import Conflict, NotFound, ValidationError
 from carnet.permissions import Principal
+from carnet.query_spec import MAX_LIMIT as MAX_SPEC_LIMIT
+from carnet.query_spec import parse_spec
 from carnet.service.api.base import API_PREFIX, BaseHandler, authorized
 from carnet.service.api.serialize import source_json
-from carnet.sources import source_kinds
+from carnet.sources import source_context, source_kinds
 from carnet.validation import refuse_hidden_characters
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
@@ -100,8 +102,9 @@ class SourceHandler(BaseHandler):
         principal = self.principal()
         with self.db() as session:
             source = find_source(session, principal.org_id, name)
-            data, options = source_json(source, with_settings=shows_settings(principal)), dict(source.options)
-        data["columns"] = source_kinds.get(data["kind"]).columns(self.settings_obj, principal.org_id, options)
+            data = source_json(source, with_settings=shows_settings(principal))
+            context = source_context(session, self.settings_obj, source)
+        data["columns"] = source_kinds.get(data["kind"]).columns(context)
         self.write_json(data)
 
     @authorized("sources:manage")
@@ -155,9 +158,16 @@ class SourceTestHandler(BaseHandler):
         principal = self.principal()
         with self.db() as session:
             source = find_source(session, principal.org_id, name)
-            kind, options = source_kinds.get(source.kind), dict(source.options)
-        columns = await asyncio.to_thread(kind.columns, self.settings_obj, principal.org_id, options)
-        self.write_json({"ok": True, "columns": columns})
+            kind, context = source_kinds.get(source.kind), source_context(session, self.settings_obj, source)
+        self.write_json(await asyncio.to_thread(kind.test, context))
+
+
+def read_rows(kind, context, limit: int | None) -> pa.Table:
+    """All the rows, or the first ``limit`` (asked of the source itself when it can take a query)."""
+    if limit is not None and kind.pushes_down and limit <= MAX_SPEC_LIMIT:
+        return kind.read(context, parse_spec({"limit": limit}, known_columns=()))
+    table = kind.read(context, None)
+    return table if limit is None else table.slice(0, limit)
 
 
 class SourceDataHandler(BaseHandler):
@@ -176,8 +186,8 @@ class SourceDataHandler(BaseHandler):
                 raise ValidationError("limit must be between 0 and 2**63 - 1", field="limit")
         with self.db() as session:
             source = find_source(session, principal.org_id, name)
-            kind, options = source_kinds.get(source.kind), dict(source.options)
-        table = await asyncio.to_thread(kind.read, self.settings_obj, principal.org_id, options, limit)
+            kind, context = source_kinds.get(source.kind), source_context(session, self.settings_obj, source)
+        table = await asyncio.to_thread(read_rows, kind, context, limit)
         sink = pa.BufferOutputStream()
         with pa.ipc.new_stream(sink, table.schema) as writer:
             writer.write_table(table)
