@@ -12,13 +12,40 @@ from urllib.parse import quote
 import pyarrow as pa
 import requests
 
+from carnet import errors
 from carnet.errors import CarnetError
 
 
 class CarnetApiError(CarnetError):
-    def __init__(self, status: int, message: str):
-        super().__init__(message, http_status=status)
+    """An error answered by the Carnet API: ``status`` (HTTP) and the server's ``message``. Raised as a
+    subclass that is also the matching ``carnet.errors`` type, so ``except carnet.errors.NotFound`` works."""
+
+    def __init__(self, status: int, message: str, **fields):
+        super().__init__(message, http_status=status, **fields)
         self.status = status
+
+
+# HTTP status -> the carnet.errors type of the same meaning.
+_TYPES = {
+    400: errors.ValidationError,
+    401: errors.AuthenticationRequired,
+    403: errors.PermissionDenied,
+    404: errors.NotFound,
+    409: errors.Conflict,
+    410: errors.Gone,
+    413: errors.RowLimitExceeded,
+    502: errors.ConnectionFailed,
+    504: errors.QueryTimeout,
+}
+_API_ERRORS = {
+    status: type(f"Api{base.__name__}", (CarnetApiError, base), {"__module__": __name__})
+    for status, base in _TYPES.items()
+}
+
+
+def api_error(status: int, message: str, **fields) -> CarnetApiError:
+    """The typed exception of an API answer (``CarnetApiError`` itself for other statuses)."""
+    return _API_ERRORS.get(status, CarnetApiError)(status, message, **fields)
 
 
 class ApiClient:
@@ -48,10 +75,13 @@ class ApiClient:
         response = self._http.request(method, self.url + path, timeout=self.timeout, **kwargs)
         if response.status_code >= 400:
             try:
-                message = response.json().get("message", response.reason)
-            except ValueError:
-                message = response.reason
-            raise CarnetApiError(response.status_code, message)
+                body = response.json()
+                message = body.get("message", response.reason)
+                fields = {k: v for k, v in body.items() if k in ("field", "max_rows", "detail")}
+            except (ValueError, AttributeError):
+                message, fields = response.reason, {}
+            # "from None": the HTTP layer's traceback adds nothing for a notebook's reader.
+            raise api_error(response.status_code, message, **fields) from None
         return response
 
     def get_json(self, path: str, **params) -> dict:
@@ -62,6 +92,10 @@ class ApiClient:
 
     def get_arrow(self, path: str, **params) -> pa.Table:
         response = self._request("GET", path, params=params or None)
+        return pa.ipc.open_stream(response.content).read_all()
+
+    def post_arrow(self, path: str, body: dict) -> pa.Table:
+        response = self._request("POST", path, json=body)
         return pa.ipc.open_stream(response.content).read_all()
 
     @staticmethod
@@ -86,7 +120,9 @@ def service_url(url: str) -> str:
 class Client:
     """Carnet from any Python program, with an org API key: ``carnet.Client(url, api_key)``.
 
-    ``client.me()``, ``client.sources()`` (names), ``client.get_source(name).get_data()`` (a DataFrame).
+    ``client.me()``, ``client.sources()`` (names), ``client.get_source(name)`` (the same object as
+    ``carnet.sources[name]`` in a notebook: ``.df(...)``, ``.query(...)``, ``.sql(...)``, ``.columns``),
+    ``client.sql("... {orders} ...")`` (DataFrames).
     """
 
     def __init__(self, url: str, api_key: str, timeout: float = 300):
@@ -106,6 +142,12 @@ class Client:
 
     def sources(self) -> list[str]:
         return [source["name"] for source in self._api.get_json("api/v1/sources")["sources"]]
+
+    def sql(self, sql: str, variables: dict | None = None):
+        """SQL over the organization's sources, named ``{source}``: a DataFrame."""
+        from carnet.kernel_helpers.sources import run_sql
+
+        return run_sql(self._api, sql, variables)
 
     def get_source(self, name: str):
         """One source (its ``info`` is fetched now, so an unknown name fails here)."""

@@ -97,6 +97,12 @@ class ConnectionFailed(CarnetError):
     status = 502
 
 
+class ConnectTimeout(ConnectionFailed):
+    """A data source's server did not answer the connection in time."""
+
+    status = 504
+
+
 class QueryFailed(CarnetError):
     """The data source's server refused a query (syntax, types, permissions)."""
 
@@ -114,4 +120,10 @@ class QueryTimeout(CarnetError):
 
 
 class RowLimitExceeded(CarnetError):
+    status = 413
+
+
+class UploadTooLarge(CarnetError):
+    """An uploaded file is bigger than the upload_max_bytes setting (refused while it streams in)."""
+
     status = 413

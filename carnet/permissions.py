@@ -23,6 +23,9 @@ ACTION_MIN_ROLE: dict[str, Role] = {
     "sources:read_data": Role.analyst,
     "sources:create": Role.studio,
     "sources:manage": Role.studio,
+    # Connections hold server settings and credentials: for those who manage sources only.
+    "connections:read": Role.studio,
+    "connections:manage": Role.studio,
     "jobs:list": Role.analyst,
     "jobs:read": Role.analyst,
     "jobs:create": Role.analyst,

@@ -261,6 +261,111 @@ class CarnetSettings(Configurable):
             raise ValueError(f"{proposal['trait'].name} must be positive")
         return proposal["value"]
 
+    upload_max_bytes = Integer(
+        help="""Largest file, in bytes, that POST /api/v1/uploads (and /uploads/preview) accepts. The body is
+        counted while it streams to a temporary file in the organization's data directory, so a bigger
+        upload is refused with a 413 before it fills the disk or the memory; an .xlsx may also unpack to at
+        most ten times this size. Environment: CARNET_UPLOAD_MAX_BYTES. Default: 200 MB.""",
+    ).tag(config=True)
+
+    @default("upload_max_bytes")
+    def _default_upload_max_bytes(self):
+        return int(os.environ.get("CARNET_UPLOAD_MAX_BYTES", str(200 * 1024 * 1024)))
+
+    @validate("upload_max_bytes")
+    def _positive_upload_max_bytes(self, proposal):
+        if proposal["value"] <= 0:
+            raise ValueError("upload_max_bytes must be positive")
+        return proposal["value"]
+
+    cache_backend = Unicode(
+        help="""Where the result cache of source reads (carnet.query_cache) keeps its entries: "disk" (the
+        default, Arrow IPC files under <data_dir>/cache/<org id>/, shared by the service's restarts),
+        "memory" (inside the Carnet service process, lost when it stops) or "redis" (cache_redis_url; for
+        several service processes; pip install carnet[redis]). Each source chooses whether it is cached at
+        all (its cache policy). Environment: CARNET_CACHE_BACKEND.""",
+    ).tag(config=True)
+
+    @default("cache_backend")
+    def _default_cache_backend(self):
+        return self._check_cache_backend(os.environ.get("CARNET_CACHE_BACKEND", "disk"))
+
+    @validate("cache_backend")
+    def _validate_cache_backend(self, proposal):
+        return self._check_cache_backend(proposal["value"])
+
+    @staticmethod
+    def _check_cache_backend(value: str) -> str:
+        if value not in ("memory", "disk", "redis"):
+            raise ValueError(f"cache_backend must be memory, disk or redis, not {value!r}")
+        return value
+
+    cache_max_bytes = Integer(
+        help="""Largest total size of the result cache, in bytes, for the memory backend (per service
+        process) and the disk backend (all organizations together); past it the least recently used
+        entries are removed. A result bigger than this is not cached. The redis backend is bounded by
+        Redis's own maxmemory setting instead. Environment: CARNET_CACHE_MAX_BYTES. Default: 1 GiB.""",
+    ).tag(config=True)
+
+    @default("cache_max_bytes")
+    def _default_cache_max_bytes(self):
+        return int(os.environ.get("CARNET_CACHE_MAX_BYTES", str(1024**3)))
+
+    @validate("cache_max_bytes")
+    def _positive_cache_max_bytes(self, proposal):
+        if proposal["value"] <= 0:
+            raise ValueError("cache_max_bytes must be positive")
+        return proposal["value"]
+
+    cache_redis_url = Unicode(
+        help="""Redis URL of the redis cache backend, e.g. redis://127.0.0.1:6379/0 or
+        rediss://:password@host:6380/2. Entries are keys <cache_redis_prefix><org id>:<source id>:<hash>,
+        which expire by themselves under the ttl policy. Environment: CARNET_CACHE_REDIS_URL.
+        Default: redis://127.0.0.1:6379/0.""",
+    ).tag(config=True)
+
+    @default("cache_redis_url")
+    def _default_cache_redis_url(self):
+        return os.environ.get("CARNET_CACHE_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+    cache_redis_prefix = Unicode(
+        help="""Start of every Redis key of the result cache (then <org id>:<source id>:<hash>): lets
+        several Carnet installations share one Redis database. Environment: CARNET_CACHE_REDIS_PREFIX.
+        Default: carnet:cache:""",
+    ).tag(config=True)
+
+    @default("cache_redis_prefix")
+    def _default_cache_redis_prefix(self):
+        return os.environ.get("CARNET_CACHE_REDIS_PREFIX", "carnet:cache:")
+
+    ga4_api_endpoint = Unicode(
+        help="""Where Google Analytics 4 sources send their report requests (the Data API's base URL, with
+        the service account's access token). An operator setting only, never a source option: it decides
+        where credentials go. Change it only for a proxy or a local stand-in (the tests use one).
+        Environment: CARNET_GA4_API_ENDPOINT. Default: https://analyticsdata.googleapis.com""",
+    ).tag(config=True)
+
+    @default("ga4_api_endpoint")
+    def _default_ga4_api_endpoint(self):
+        return os.environ.get("CARNET_GA4_API_ENDPOINT", "https://analyticsdata.googleapis.com")
+
+    ga4_token_uri = Unicode(
+        help="""The OAuth token endpoint Google Analytics 4 sources exchange their service account's signed
+        assertion at. A service-account key whose token_uri differs is refused, so a key cannot send its
+        signed assertion elsewhere. Environment: CARNET_GA4_TOKEN_URI.
+        Default: https://oauth2.googleapis.com/token""",
+    ).tag(config=True)
+
+    @default("ga4_token_uri")
+    def _default_ga4_token_uri(self):
+        return os.environ.get("CARNET_GA4_TOKEN_URI", "https://oauth2.googleapis.com/token")
+
+    @validate("ga4_api_endpoint", "ga4_token_uri")
+    def _http_ga4_urls(self, proposal):
+        if not proposal["value"].startswith(("https://", "http://")):
+            raise ValueError(f"{proposal['trait'].name} must be an http(s) URL")
+        return proposal["value"].rstrip("/")
+
     # -- derived paths: one place decides where each kind of data lives ------------------------------
     def org_dir(self, org_id: int) -> Path:
         return Path(self.data_dir) / "orgs" / str(org_id)

@@ -80,6 +80,9 @@ class SourceKind:
         """The non-secret options, checked and normalized (ValidationError naming ``options.<key>``)."""
         raise NotImplementedError
 
+    def check_references(self, session, org_id: int, name: str, options: dict) -> None:
+        """Save-time checks that need the org's other sources (the derived kind: they exist, no cycle)."""
+
     def columns(self, ctx: SourceContext) -> list[dict]:
         """[{"name", "type"}] without reading the rows when possible."""
         raise NotImplementedError

@@ -79,7 +79,7 @@ class Warehouse:
             if table not in self._table_names(con):
                 raise NotFound(f"No table {table!r} in the warehouse")
             sql, params = to_duckdb(spec, table)
-            return con.execute(sql, params).fetch_arrow_table()
+            return con.sql(sql, params=params).to_arrow_table()
 
     @staticmethod
     def _table_names(con) -> set[str]:

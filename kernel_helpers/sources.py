@@ -1,7 +1,18 @@
-"""``carnet.sources``: the organization's data sources, read through the API."""
+"""``carnet.sources``: the organization's data sources, read through the API.
+
+Every call is one request to the Carnet service, which runs it with the source's stored credentials (the
+kernel holds only its Carnet token) and answers in Arrow IPC; results are pandas DataFrames. Errors are
+typed (``carnet.errors.NotFound``, ``ValidationError`` naming the field, ``RowLimitExceeded``...), each
+carrying the HTTP ``status`` and the server's ``message``.
+
+Filters are data, never SQL text: ``where`` is a list of ``(column, operator, value)`` tuples (operators
+``= != < <= > >= in not_in like ilike between is_null not_null``) or a dict ``{column: value}`` meaning
+equality (a list value meaning ``in``).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import cached_property
 
 import pandas as pd
@@ -9,8 +20,33 @@ import pandas as pd
 from carnet.client import ApiClient
 
 
+def where_list(where) -> list | None:
+    """The API's ``[[column, op, value], ...]`` from a list of tuples or an equality dict."""
+    if where is None:
+        return None
+    if isinstance(where, Mapping):
+        return [
+            [column, "in", list(value)] if isinstance(value, list | tuple) else [column, "=", value]
+            for column, value in where.items()
+        ]
+    return [list(condition) for condition in where]
+
+
+def order_list(order_by) -> list | None:
+    """``"year"``, ``["year", ("pop", "desc")]`` -> the API's ``["year", ["pop", "desc"]]``."""
+    if order_by is None:
+        return None
+    items = [order_by] if isinstance(order_by, str) else order_by
+    return [item if isinstance(item, str) else list(item) for item in items]
+
+
+def run_sql(client: ApiClient, sql: str, variables: dict | None = None) -> pd.DataFrame:
+    body = {"sql": sql, "variables": variables or {}}
+    return client.post_arrow("api/v1/query", body).to_pandas()
+
+
 class Source:
-    """One data source, by name."""
+    """One data source, by name: ``.columns``, ``.schema``, ``.df(...)``, ``.query(...)``, ``.sql(...)``."""
 
     def __init__(self, client: ApiClient, name: str):
         self._client = client
@@ -19,27 +55,71 @@ class Source:
     def __repr__(self):
         return f"<carnet source {self.name!r}>"
 
+    @property
+    def _path(self) -> str:
+        return f"api/v1/sources/{ApiClient.segment(self.name)}"
+
     @cached_property
     def info(self) -> dict:
-        return self._client.get_json(f"api/v1/sources/{ApiClient.segment(self.name)}")
+        return self._client.get_json(self._path)
 
     @property
     def columns(self) -> list[str]:
         return [column["name"] for column in self.info["columns"]]
 
-    def arrow(self, limit: int | None = None):
-        params = {"limit": limit} if limit is not None else {}
-        return self._client.get_arrow(f"api/v1/sources/{ApiClient.segment(self.name)}/data", **params)
+    @property
+    def schema(self) -> dict[str, str]:
+        """{column name: type name}, in the source's order."""
+        return {column["name"]: column["type"] for column in self.info["columns"]}
 
-    def df(self, limit: int | None = None) -> pd.DataFrame:
-        """The source's rows as a pandas DataFrame."""
-        return self.arrow(limit=limit).to_pandas()
+    def arrow(self, limit: int | None = None, **spec):
+        """The rows as an Arrow table (``spec``: the fields of ``df``/``query``)."""
+        variables = spec.pop("variables", None)
+        body = {key: value for key, value in spec.items() if value is not None}
+        if limit is not None:
+            body["limit"] = limit
+        if "where" in body:
+            body["where"] = where_list(body["where"])
+        if "order_by" in body:
+            body["order_by"] = order_list(body["order_by"])
+        body["variables"] = variables or {}
+        return self._client.post_arrow(f"{self._path}/query", body)
+
+    def df(self, columns=None, where=None, order_by=None, limit=None, variables=None) -> pd.DataFrame:
+        """Rows of the source: the ``columns`` (default all) of the rows matching ``where``, sorted and
+        limited on the server (pushed down to the database when the source can)."""
+        return self.arrow(
+            columns=list(columns) if columns else None,
+            where=where,
+            order_by=order_by,
+            limit=limit,
+            variables=variables,
+        ).to_pandas()
 
     get_data = df  # the name ``carnet.Client`` users know
 
+    def query(
+        self, group_by=None, aggregates=None, where=None, order_by=None, limit=None, variables=None
+    ) -> pd.DataFrame:
+        """An aggregate computed on the server: ``group_by`` columns and ``aggregates`` {column: function}
+        (sum, avg, min, max, count, count_distinct; ``{"*": "count"}`` counts rows)."""
+        return self.arrow(
+            group_by=list(group_by) if group_by else None,
+            aggregates=dict(aggregates) if aggregates else None,
+            where=where,
+            order_by=order_by,
+            limit=limit,
+            variables=variables,
+        ).to_pandas()
+
+    def sql(self, sql: str, variables: dict | None = None) -> pd.DataFrame:
+        """SQL over this source written ``{self}`` (and other sources as ``{name}``)."""
+        return run_sql(self._client, sql.replace("{self}", "{" + self.name + "}"), variables)
+
 
 class SourceCollection:
-    """``carnet.sources``: list the sources, or pick one with ``carnet.sources["name"]``."""
+    """``carnet.sources``: list the sources, pick one with ``carnet.sources["name"]``, or run SQL over
+    several with ``carnet.sources.sql("... {orders} JOIN {customers} ...")``."""
 
     def __init__(self, client: ApiClient | None = None):
         self._given_client = client
@@ -60,5 +140,11 @@ class SourceCollection:
     def __iter__(self):
         return iter(self.list())
 
+    def sql(self, sql: str, variables: dict | None = None) -> pd.DataFrame:
+        return run_sql(self._client, sql, variables)
+
     def __repr__(self):
-        return "<carnet.sources: carnet.sources.list() names them, carnet.sources['name'].df() reads one>"
+        return (
+            "<carnet.sources: carnet.sources.list() names them, carnet.sources['name'].df() reads one, "
+            "carnet.sources.sql('... {name} ...') runs SQL over them>"
+        )

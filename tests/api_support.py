@@ -14,7 +14,18 @@ import requests
 from sqlalchemy import delete, select
 
 from carnet.db import session_scope
-from carnet.db.models import ApiKey, App, AppVersion, DataSource, Job, JobRun, Organization, RunStatus, User
+from carnet.db.models import (
+    ApiKey,
+    App,
+    AppVersion,
+    Connection,
+    DataSource,
+    Job,
+    JobRun,
+    Organization,
+    RunStatus,
+    User,
+)
 from carnet.publishing import publish
 
 API = "/services/carnet/api/v1"
@@ -61,6 +72,7 @@ class Created:
     jobs: set[int] = field(default_factory=set)
     sources: set[int] = field(default_factory=set)
     keys: set[int] = field(default_factory=set)
+    connections: set[int] = field(default_factory=set)
 
     def org_id(self, slug: str) -> int:
         with session_scope(self.stack.settings.db_url) as session:
@@ -143,3 +155,6 @@ class Created:
                 session.execute(delete(DataSource).where(DataSource.id.in_(self.sources)))
             if self.keys:
                 session.execute(delete(ApiKey).where(ApiKey.id.in_(self.keys)))
+            if self.connections:  # after the sources, which may use them
+                session.execute(delete(DataSource).where(DataSource.connection_id.in_(self.connections)))
+                session.execute(delete(Connection).where(Connection.id.in_(self.connections)))

@@ -5,7 +5,8 @@ Index (session-scoped unless noted):
   developer's own Jupyter settings never leak into a test (autouse).
 - ``smtp_server``: a real SMTP server (aiosmtpd) on a free loopback port; ``.messages`` holds what arrived.
 - ``carnet_stack``: a real JupyterHub + proxy + Carnet service + Viewer + scheduler on free ports, in a
-  temporary data directory seeded with the demo; ``.url``, ``.passwords``, ``.settings``, ``.app_id``.
+  temporary data directory seeded with the demo; ``.url``, ``.passwords``, ``.settings``, ``.app_id``;
+  ``.fetch_port``: the one loopback port the service may fetch from (serve a stand-in REST API there).
 - ``login``: ``login(email)`` -> a requests.Session signed in through the Hub's login form.
 - ``hub_token``: ``hub_token(session, email)`` -> a Hub API token of that user (for token-auth API calls).
 - ``settings_env`` (function): sets CARNET_* variables for in-process code and restores them after.

@@ -86,6 +86,9 @@ class CarnetStack:
         self.data_dir = Path(data_dir)
         self.ports = {name: free_port() for name in ("HUB", "HUB_API", "PROXY_API", "SERVICE", "VIEWER")}
         self.url = f"http://127.0.0.1:{self.ports['HUB']}"
+        # The one loopback port the service may fetch from (REST sources): a test serves its stand-in API
+        # there while it runs; every other loopback port stays refused.
+        self.fetch_port = free_port()
         self.env = {
             **{
                 k: v
@@ -95,6 +98,7 @@ class CarnetStack:
             "CARNET_DATA_DIR": str(self.data_dir),
             "CARNET_SCHEDULER_POLL": "0.5",
             "CARNET_LOCKOUT_SECONDS": "3",  # short sign-in locks (tests/test_audit.py waits them out)
+            "CARNET_FETCH_ALLOW_HOSTS": f"127.0.0.1:{self.fetch_port}",
             **{f"CARNET_{name}_PORT": str(port) for name, port in self.ports.items()},
         }
         if smtp:

@@ -27,6 +27,7 @@ from carnet.service.api.meta import PUBLIC_HANDLERS
 from carnet.service.app import all_handlers
 from carnet.service.openapi import openapi_document
 from carnet.tokens import mint_token
+from carnet.warehouse import Warehouse
 from tests.api_support import (
     NEVER_CRON,
     UNKNOWN_ID,
@@ -66,9 +67,27 @@ MATRIX = [
     ("POST", "/sources", 401, 403, 403, 201, 201, 403, 201, 403, 403, 201, 201),
     ("GET", "/sources/{name}", 401, 403, 200, 200, 200, 200, 404, 403, 200, 200, 200),
     ("GET", "/sources/{name}/data", 401, 403, 200, 200, 200, 200, 404, 403, 200, 200, 200),
+    # The query service reads like /data: a structured query on one source, and SQL over {sources} (globex
+    # has no source of that name: 404).
+    ("POST", "/sources/{name}/query", 401, 403, 200, 200, 200, 200, 404, 403, 200, 200, 200),
+    ("POST", "/query", 401, 403, 200, 200, 200, 200, 404, 403, 200, 200, 200),
     ("PATCH", "/sources/{name}", 401, 403, 403, 200, 200, 403, 404, 403, 403, 200, 200),
     ("DELETE", "/sources/{name}", 401, 403, 403, 204, 204, 403, 404, 403, 403, 204, 204),
     ("POST", "/sources/{name}/test", 401, 403, 403, 200, 200, 403, 404, 403, 403, 200, 200),
+    # A file into the caller's own warehouse (globex's admin: globex's), as a source; preview stores nothing.
+    ("POST", "/uploads", 401, 403, 403, 201, 201, 403, 201, 403, 403, 201, 201),
+    ("POST", "/uploads/preview", 401, 403, 403, 200, 200, 403, 200, 403, 403, 200, 200),
+    # The result cache of a source: its policy (on a fresh source) and dropping its entries are studio's.
+    ("PUT", "/sources/{name}/cache", 401, 403, 403, 200, 200, 403, 404, 403, 403, 200, 200),
+    ("DELETE", "/sources/{name}/cache", 401, 403, 403, 204, 204, 403, 404, 403, 403, 204, 204),
+    # Connections hold server settings and credentials: studio and admin only (each case on a fresh one).
+    ("GET", "/connections", 401, 403, 403, 200, 200, 403, 200, 403, 403, 200, 200),
+    ("POST", "/connections", 401, 403, 403, 201, 201, 403, 201, 403, 403, 201, 201),
+    ("POST", "/connections/test", 401, 403, 403, 200, 200, 403, 200, 403, 403, 200, 200),
+    ("GET", "/connections/{connection_id}", 401, 403, 403, 200, 200, 403, 404, 403, 403, 200, 200),
+    ("PATCH", "/connections/{connection_id}", 401, 403, 403, 200, 200, 403, 404, 403, 403, 200, 200),
+    ("DELETE", "/connections/{connection_id}", 401, 403, 403, 204, 204, 403, 404, 403, 403, 204, 204),
+    ("POST", "/connections/{connection_id}/test", 401, 403, 403, 200, 200, 403, 404, 403, 403, 200, 200),
     ("GET", "/apps", 401, 200, 200, 200, 200, 403, 200, 200, 200, 200, 200),
     ("POST", "/apps", 401, 403, 201, 201, 201, 403, 201, 403, 201, 201, 201),
     ("GET", "/apps/{app_id}", 401, 200, 200, 200, 200, 403, 404, 200, 200, 200, 200),
@@ -274,6 +293,51 @@ def create_group(stack, admin_token) -> dict:
     return response.json()
 
 
+CACHE = "/sources/{name}/cache"
+
+
+def put_cache_probe(stack, org_id: int, source_name: str):
+    """A result-cache entry of the source on disk (the stack's cache backend): its path."""
+    from carnet.cache_backends import DiskCache
+    from carnet.query_cache import cache_dir
+
+    with session_scope(stack.settings.db_url) as session:
+        source_id = session.scalar(
+            select(DataSource.id).where(DataSource.org_id == org_id, DataSource.name == source_name)
+        )
+    cache = DiskCache(cache_dir(stack.settings), stack.settings.cache_max_bytes)
+    cache.put(org_id, source_id, "matrix-probe", pa.table({"x": [1]}), None)
+    path = cache.root / str(org_id) / str(source_id) / "matrix-probe.arrow"
+    assert path.exists()
+    return path
+
+
+UPLOAD_CSV = b"city;amount\nLyon;1,5\nNantes;2\n"
+
+
+def warehouse_tables(stack, org_id: int) -> list[str]:
+    return Warehouse(stack.settings.warehouse_path(org_id)).tables()
+
+
+MATRIX_DB_PASSWORD = "matrix connection password"  # noqa: S105 - the local server trusts; never echoed
+
+
+def matrix_connection_settings(request) -> dict:
+    """The local PostgreSQL (trust auth) as connection settings, without the password."""
+    from carnet.connectors import settings_from_url
+
+    settings = settings_from_url(request.getfixturevalue("pg_url"))
+    return {k: v for k, v in settings.items() if k != "password" and v not in (None, "", {})}
+
+
+def create_connection(stack, token, created, settings) -> dict:
+    body = {"name": unique("authz conn"), "settings": settings, "password": MATRIX_DB_PASSWORD}
+    response = requests.post(api_url(stack, "connections"), json=body, headers=auth(token), timeout=30)
+    assert response.status_code == 201, response.text
+    created.connections.add(response.json()["id"])
+    return response.json()
+
+
 def warehouse_rows(stack) -> int:
     with duckdb.connect(str(stack.settings.warehouse_path(1)), read_only=True) as con:
         return con.execute(f"SELECT count(*) FROM {DEMO_TABLE}").fetchone()[0]  # noqa: S608
@@ -287,7 +351,7 @@ def viewer_kernel_tokens(stack) -> int:
 # -- the matrix --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("method,route,role,expected", CASES)
 def test_authorization_matrix(
-    carnet_stack, tokens, acme_keys, tiny_app, shared_job, created, method, route, role, expected
+    request, carnet_stack, tokens, acme_keys, tiny_app, shared_job, created, method, route, role, expected
 ):
     stack, token = carnet_stack, tokens[role]
     admin = auth(tokens["admin"])
@@ -295,7 +359,7 @@ def test_authorization_matrix(
     globex = role == "globex-admin"
     home = auth(tokens["globex-admin"]) if globex else admin
     job_id, key, app_id, source = shared_job, None, stack.app_id, DEMO_SOURCE
-    if (method, route) in (("PATCH", "/sources/{name}"), ("DELETE", "/sources/{name}")):
+    if (method, route) in (("PATCH", "/sources/{name}"), ("DELETE", "/sources/{name}"), ("PUT", CACHE)):
         source = create_source(stack, tokens["studio"], created)
     if (method, route) in (("DELETE", "/apps/{app_id}"), ("PUT", "/apps/{app_id}/sharing")):
         app_id = create_app(stack, tokens["studio"], created)
@@ -306,6 +370,10 @@ def test_authorization_matrix(
         key = create_key(stack, tokens["admin"], created)
     person = create_person(stack, tokens["admin"]) if "{user_id}" in route else None
     group = create_group(stack, tokens["admin"]) if "{group_id}" in route else None
+    connection_settings = matrix_connection_settings(request) if route.startswith("/connections") else None
+    connection = connection_settings and create_connection(
+        stack, tokens["studio"], created, connection_settings
+    )
     path = route.format(
         name=source,
         app_id=app_id,
@@ -313,12 +381,29 @@ def test_authorization_matrix(
         key_id=key and key["id"],
         user_id=person and person["id"],
         group_id=group and group["id"],
+        connection_id=connection and connection["id"],
     )
-    body, before = None, None
+    body, before, data = None, None, None
     if (method, route) == ("POST", "/sources"):
         body = {"name": unique("authz-src"), "kind": "warehouse_table", "options": {"table": DEMO_TABLE}}
     elif (method, route) == ("PATCH", "/sources/{name}"):
         body = {"description": "Described by the matrix"}
+    elif route == "/sources/{name}/query":
+        body = {"group_by": ["continent"], "aggregates": {"*": "count"}, "order_by": ["continent"]}
+    elif route == "/query":
+        body = {"sql": f"SELECT count(*) AS n FROM {{{DEMO_SOURCE}}}"}
+    elif (method, route) == ("PUT", CACHE):
+        body = {"policy": "ttl", "ttl_seconds": 60}
+    elif (method, route) == ("DELETE", CACHE):
+        before = put_cache_probe(stack, created.org_id("acme"), source)
+    elif (method, route) == ("POST", "/connections"):
+        body = {"name": unique("authz conn"), "settings": connection_settings, "password": MATRIX_DB_PASSWORD}
+    elif (method, route) == ("POST", "/connections/test"):
+        body = {"settings": connection_settings, "password": MATRIX_DB_PASSWORD}
+    elif (method, route) == ("PATCH", "/connections/{connection_id}"):
+        body = {"name": unique("authz renamed conn")}
+    elif (method, route) == ("POST", "/connections/{connection_id}/test"):
+        body = {}
     elif (method, route) == ("POST", "/apps"):
         body = {"slug": unique("authz-app"), "title": "Authz app", "notebook": tiny_notebook()}
     elif (method, route) == ("POST", "/jobs"):
@@ -353,7 +438,15 @@ def test_authorization_matrix(
         body = {"current_password": "not the password", "new_password": "a long enough new password"}
 
     headers = credentials(role, token)
-    response = requests.request(method, api_url(stack, path), json=body, headers=headers, timeout=60)
+    if route.startswith("/uploads"):
+        # The raw file as the body (not JSON); the table is new, so what the call made can be found.
+        upload_table = unique("authz_upload").replace("-", "_")
+        path += f"?format=csv&table={upload_table}"
+        data, headers = UPLOAD_CSV, {**headers, "Content-Type": "application/octet-stream"}
+        before = {org: warehouse_tables(stack, created.org_id(org)) for org in ("acme", "globex")}
+    response = requests.request(
+        method, api_url(stack, path), json=body, data=data, headers=headers, timeout=60
+    )
 
     allowed = expected if isinstance(expected, tuple) else (expected,)
     assert response.status_code in allowed, (response.status_code, response.text[:500])
@@ -372,6 +465,7 @@ def test_authorization_matrix(
             key_id=UNKNOWN_ID,
             user_id=UNKNOWN_ID,
             group_id=UNKNOWN_ID,
+            connection_id=UNKNOWN_ID,
         )
         unknown = requests.request(
             method, api_url(stack, unknown_path), json=body, headers=headers, timeout=60
@@ -430,14 +524,73 @@ def test_authorization_matrix(
     elif (method, route) == ("DELETE", "/sources/{name}"):
         after = requests.get(api_url(stack, f"sources/{source}"), headers=admin, timeout=30)
         assert after.status_code == (404 if ok else 200)
+    elif (method, route) == ("PUT", CACHE):
+        with session_scope(stack.settings.db_url) as session:
+            acme = created.org_id("acme")
+            row = session.scalar(
+                select(DataSource).where(DataSource.org_id == acme, DataSource.name == source)
+            )
+            assert (row.cache_policy, row.cache_ttl_seconds) == (("ttl", 60) if ok else ("none", None))
+    elif (method, route) == ("DELETE", CACHE):
+        assert before.exists() is not ok  # the entry put there before the call
+        before.unlink(missing_ok=True)
+    elif route.startswith("/uploads"):
+        after = {org: warehouse_tables(stack, created.org_id(org)) for org in ("acme", "globex")}
+        made = ("globex" if globex else "acme") if ok and route == "/uploads" else None
+        for org in ("acme", "globex"):  # a table appears in the caller's own warehouse only, and only if ok
+            assert set(after[org]) - set(before[org]) == ({upload_table} if org == made else set())
+        listed = requests.get(api_url(stack, "sources"), headers=home, timeout=30).json()["sources"]
+        assert (upload_table in [s["name"] for s in listed]) is (made is not None)
+        if ok and made:
+            assert response.json()["rows"] == 2 and response.json()["source"]["name"] == upload_table
+            with session_scope(stack.settings.db_url) as session:
+                session.execute(delete(DataSource).where(DataSource.id == response.json()["source"]["id"]))
+        elif ok:
+            assert response.json()["rows"] == [
+                {"city": "Lyon", "amount": 1.5},
+                {"city": "Nantes", "amount": 2.0},
+            ]
     elif route == "/sources/{name}/test" and ok:
         assert response.json()["ok"] is True
         assert [c["name"] for c in response.json()["columns"]][:3] == ["country", "continent", "year"]
+    elif route == "/sources/{name}/query" and ok:
+        table = pa.ipc.open_stream(response.content).read_all()
+        assert response.headers["Content-Type"] == ARROW_STREAM and table.column_names == [
+            "continent",
+            "count",
+        ]
+        assert table["continent"].to_pylist() == sorted(table["continent"].to_pylist())
+        assert sum(table["count"].to_pylist()) == warehouse_rows(stack)
+    elif route == "/query" and ok:
+        assert response.headers["Content-Type"] == ARROW_STREAM
+        assert pa.ipc.open_stream(response.content).read_all()["n"].to_pylist() == [warehouse_rows(stack)]
     elif route == "/sources/{name}/data" and ok:
         assert response.headers["Content-Type"] == ARROW_STREAM
         table = pa.ipc.open_stream(response.content).read_all()
         assert table.num_rows == warehouse_rows(stack)
         assert table.column_names[:3] == ["country", "continent", "year"]
+    elif route.startswith("/connections"):
+        assert MATRIX_DB_PASSWORD not in response.text  # write-only, whoever asks
+        home_list = requests.get(api_url(stack, "connections"), headers=home, timeout=30).json()
+        home_ids = {c["id"] for c in home_list["connections"]}
+        acme = requests.get(api_url(stack, f"connections/{connection['id']}"), headers=admin, timeout=30)
+        gone = (method, route) == ("DELETE", "/connections/{connection_id}") and ok
+        assert acme.status_code == (404 if gone else 200)
+        assert (connection["id"] in home_ids) is (not globex and not gone)
+        if (method, route) == ("GET", "/connections") and ok:
+            assert {c["id"] for c in response.json()["connections"]} == home_ids
+        elif (method, route) == ("POST", "/connections"):
+            if ok:
+                created.connections.add(response.json()["id"])
+                assert response.json()["password"] == "set" and response.json()["id"] in home_ids
+            names = [c["name"] for c in home_list["connections"]]
+            assert (body["name"] in names) is ok
+        elif route.endswith("/test") and ok:
+            assert response.json()["ok"] is True and response.json()["server_version"]
+        elif (method, route) == ("GET", "/connections/{connection_id}") and ok:
+            assert response.json() == {**connection, "sources": []}
+        elif (method, route) == ("PATCH", "/connections/{connection_id}"):
+            assert (acme.json()["name"] == body["name"]) is ok
     elif (method, route) == ("GET", "/apps") and ok:
         ids = [a["id"] for a in response.json()["apps"]]
         if globex:

@@ -17,11 +17,19 @@ from carnet.db import upgrade
 from carnet.hub_auth import make_hub_auth
 from carnet.service import admin_groups, admin_page, admin_settings, gallery
 from carnet.service.api import apps, audit, groups, internal, jobs, keys, meta, org, sources, users
+from carnet.service.api import connections
+from carnet.service.api import source_cache
+from carnet.service.api import uploads
+from carnet.service.api import query
 from carnet.service.api.base import NotFoundHandler
 from carnet.settings import CarnetSettings
 
 # The admin page is three modules: people (admin_page), viewer groups, organization settings.
 HANDLER_MODULES = [meta, sources, apps, jobs, internal, users, groups, audit, keys, org, gallery]
+HANDLER_MODULES += [connections]
+HANDLER_MODULES += [source_cache]
+HANDLER_MODULES += [uploads]
+HANDLER_MODULES += [query]
 HANDLER_MODULES += [admin_page, admin_groups, admin_settings]
 
 

@@ -36,11 +36,47 @@ def _obj(required: list[str], **props) -> dict:
 
 STR = {"type": "string"}
 INT = {"type": "integer"}
+OBJ = {"type": "object"}
+CONNECTION_SETTINGS = {
+    "type": "object",
+    "description": "{dialect, driver, host, port, database, username, options} or {url}; never the password",
+}
 AUDIT_FILTERS = [
     {"name": "action", "in": "query", "schema": STR, "description": "prefix, e.g. login."},
     {"name": "actor", "in": "query", "schema": STR, "description": "exact email"},
     {"name": "since", "in": "query", "schema": {**STR, "format": "date-time"}, "description": "inclusive"},
     {"name": "until", "in": "query", "schema": {**STR, "format": "date-time"}, "description": "exclusive"},
+]
+
+UPLOAD_BODY = {
+    "required": True,
+    "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+}
+UPLOAD_PARAMETERS = [
+    {
+        "name": "format",
+        "in": "query",
+        "required": True,
+        "schema": {"enum": ["csv", "tsv", "xlsx", "parquet"]},
+    },
+    {
+        "name": "delimiter",
+        "in": "query",
+        "schema": STR,
+        "description": "csv: one character or 'tab' (sniffed)",
+    },
+    {"name": "encoding", "in": "query", "schema": STR, "description": "csv/tsv (sniffed)"},
+    {
+        "name": "header",
+        "in": "query",
+        "schema": {"type": "boolean"},
+        "description": "first row names (sniffed)",
+    },
+    {"name": "skip_rows", "in": "query", "schema": {**INT, "minimum": 0}, "description": "lines before it"},
+    {"name": "decimal", "in": "query", "schema": {"enum": [".", ","]}, "description": "csv (sniffed)"},
+    {"name": "null", "in": "query", "schema": STR, "description": "csv: a value read as null (repeatable)"},
+    {"name": "quote", "in": "query", "schema": STR, "description": 'csv: default "'},
+    {"name": "sheet", "in": "query", "schema": STR, "description": "xlsx: a name, or a number (1 = first)"},
 ]
 
 PATHS = {
@@ -54,7 +90,12 @@ PATHS = {
             "sources:create",
             ok="201",
             body=_obj(
-                ["name", "kind", "options"], name=STR, kind=STR, description=STR, options={"type": "object"}
+                ["name", "kind", "options"],
+                name=STR,
+                kind=STR,
+                description=STR,
+                options={"type": "object"},
+                connection={"type": ["integer", "string"], "description": "SQL kinds: connection id or name"},
             ),
         ),
     },
@@ -75,6 +116,107 @@ PATHS = {
             "The source's rows as an Arrow IPC stream (application/vnd.apache.arrow.stream)",
             "sources:read_data",
             parameters=[{"name": "limit", "in": "query", "schema": INT}],
+        )
+    },
+    "/api/v1/sources/{name}/query": {
+        "post": _op(
+            "Query one source (filters, aggregates, order and limit run where the data lives when the source "
+            "can): Arrow IPC stream; 413 past the row limit, 504 past the time limit",
+            "sources:read_data",
+            body=_obj(
+                [],
+                columns={"type": "array", "items": STR},
+                where={"type": "array", "description": "[[column, operator, value], ...]"},
+                order_by={"type": "array", "description": "column or [column, 'asc'|'desc']"},
+                limit=INT,
+                group_by={"type": "array", "items": STR},
+                aggregates={
+                    "type": "object",
+                    "description": "{column: sum|avg|min|max|count|count_distinct}",
+                },
+                variables={"type": "object"},
+            ),
+        )
+    },
+    "/api/v1/query": {
+        "post": _op(
+            "SQL over the organization's sources, named {source} (one read-only SELECT): Arrow IPC stream",
+            "sources:read_data",
+            body=_obj(["sql"], sql=STR, variables={"type": "object"}),
+        )
+    },
+    "/api/v1/sources/{name}/cache": {
+        "put": _op(
+            "Set the source's result-cache policy: none, ttl (with ttl_seconds) or invalidate (until the "
+            "source changes); drops its cached results",
+            "sources:manage",
+            body=_obj(
+                ["policy"],
+                policy={"type": "string", "enum": ["none", "ttl", "invalidate"]},
+                ttl_seconds={"type": ["integer", "null"], "minimum": 1},
+            ),
+        ),
+        "delete": _op("Drop every cached result of the source", "sources:manage", ok="204"),
+    },
+    "/api/v1/connections": {
+        "get": _op("The organization's SQL connections (passwords only as set/unset)", "connections:read"),
+        "post": _op(
+            "Create a connection: settings (fields or {url}) and a write-only password",
+            "connections:manage",
+            ok="201",
+            body=_obj(["name", "settings"], name=STR, kind=STR, settings=CONNECTION_SETTINGS, password=STR),
+        ),
+    },
+    "/api/v1/connections/test": {
+        "post": _op(
+            "Try settings before saving them: connects, or says why not (password, host, refused, timeout, "
+            "TLS)",
+            "connections:manage",
+            body=_obj(["settings"], kind=STR, settings=CONNECTION_SETTINGS, password=STR, variables=OBJ),
+        )
+    },
+    "/api/v1/connections/{connection_id}": {
+        "get": _op("One connection, with the names of the sources using it", "connections:read"),
+        "patch": _op(
+            "Change a connection (password: absent or 'unchanged' keeps it, a string replaces it, null "
+            "clears it); the versions of its sources are bumped",
+            "connections:manage",
+            body=_obj([], name=STR, settings=CONNECTION_SETTINGS, password={"type": ["string", "null"]}),
+        ),
+        "delete": _op("Delete a connection (409 while sources use it)", "connections:manage", ok="204"),
+    },
+    "/api/v1/connections/{connection_id}/test": {
+        "post": _op(
+            "Connect with the saved settings and password, or say why not",
+            "connections:manage",
+            body=_obj([], variables=OBJ),
+        )
+    },
+    "/api/v1/uploads": {
+        "post": _op(
+            "Upload a CSV/TSV, Excel (.xlsx) or Parquet file (the raw file as the body, "
+            "application/octet-stream) into the caller's warehouse: creates or replaces the table and "
+            "creates the warehouse_table source (or bumps its version). 201 {table, rows, bytes, columns, "
+            "renamed (warehouse column -> the file's name), settings (sniffed or given), source}. "
+            "Malformed files are a 400 naming the line, nothing stored; over upload_max_bytes a 413; a "
+            "source of that name that is not this table a 409",
+            "sources:create",
+            ok="201",
+            parameters=UPLOAD_PARAMETERS
+            + [
+                {"name": "table", "in": "query", "required": True, "schema": STR},
+                {"name": "source", "in": "query", "schema": STR, "description": "default: the table name"},
+            ],
+            requestBody=UPLOAD_BODY,
+        )
+    },
+    "/api/v1/uploads/preview": {
+        "post": _op(
+            "Parse an upload as POST /uploads would and store nothing: {format, settings, columns, renamed, "
+            "rows (the first 20, JSON values), total_rows, sheets (xlsx)}",
+            "sources:create",
+            parameters=UPLOAD_PARAMETERS,
+            requestBody=UPLOAD_BODY,
         )
     },
     "/api/v1/apps": {

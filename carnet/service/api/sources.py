@@ -13,15 +13,15 @@ from carnet.errors import Conflict, NotFound, ValidationError
 from carnet.permissions import Principal
 from carnet.query_spec import MAX_LIMIT as MAX_SPEC_LIMIT
 from carnet.query_spec import parse_spec
+from carnet.service.api import source_definitions as definitions
 from carnet.service.api.base import API_PREFIX, BaseHandler, authorized
-from carnet.service.api.serialize import source_json
 from carnet.sources import source_context, source_kinds
 from carnet.validation import refuse_hidden_characters
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 
 
-EDITABLE_SOURCE_FIELDS = frozenset({"name", "description", "options"})
+EDITABLE_SOURCE_FIELDS = frozenset({"name", "description", "options", "connection"})
 MAX_DESCRIPTION = 10_000
 
 
@@ -45,6 +45,27 @@ def check_description(description) -> str:
     return description
 
 
+def kind_of(source: DataSource):
+    """The source's kind, or None when its package is gone (the source still lists)."""
+    try:
+        return source_kinds.get(source.kind)
+    except ValidationError:
+        return None
+
+
+def source_json(source: DataSource, with_settings: bool, session=None, settings=None) -> dict:
+    return definitions.source_answer(session, settings, source, kind_of(source), with_settings)
+
+
+def request_variables(handler) -> dict:
+    """``?var.<name>=<value>``: the caller's values of the source's ``{{variables}}``."""
+    return {
+        key[4:]: handler.get_query_argument(key)
+        for key in handler.request.query_arguments
+        if key.startswith("var.") and len(key) > 4
+    }
+
+
 def find_source(session, org_id: int, name: str) -> DataSource:
     source = session.scalar(select(DataSource).where(DataSource.org_id == org_id, DataSource.name == name))
     if source is None:
@@ -61,7 +82,9 @@ class SourceListHandler(BaseHandler):
                 select(DataSource).where(DataSource.org_id == principal.org_id).order_by(DataSource.name)
             ).all()
             with_settings = shows_settings(principal)
-            self.write_json({"sources": [source_json(s, with_settings=with_settings) for s in sources]})
+            self.write_json(
+                {"sources": [source_json(s, with_settings, session, self.settings_obj) for s in sources]}
+            )
 
     @authorized("sources:create")
     def post(self):
@@ -70,28 +93,32 @@ class SourceListHandler(BaseHandler):
         name = check_source_name(body.get("name"))
         description = check_description(body.get("description", ""))
         kind = source_kinds.get(str(body.get("kind", "")))
-        options = body.get("options") or {}
-        if not isinstance(options, dict):
-            raise ValidationError("options must be an object", field="options")
-        options = kind.validate_options(options)
+        # Secret fields are split off the options (encrypted below, once the row has its id).
+        options, secrets = definitions.merged_options(kind, body.get("options") or {})
         try:
             with self.db() as session:
+                connection = definitions.connection_for(
+                    session, principal.org_id, kind, body.get("connection"), options
+                )
+                kind.check_references(session, principal.org_id, name, options)
                 source = DataSource(
                     org_id=principal.org_id,
                     name=name,
                     kind=kind.name,
                     description=description,
                     options=options,
+                    connection_id=connection.id if connection else None,
                     created_by=principal.user_id,
                 )
                 session.add(source)
                 session.flush()
+                definitions.store_secrets(self.settings_obj, source, secrets)
                 # No options in the record: they may hold credentials.
                 self.audit(
                     session, "source.create", f"source/{source.name}", source_id=source.id, kind=kind.name
                 )
                 session.flush()
-                self.write_json(source_json(source, with_settings=True), status=201)
+                self.write_json(source_json(source, True, session, self.settings_obj), status=201)
         except IntegrityError:
             raise Conflict(f"A source named {name!r} already exists") from None
 
@@ -102,8 +129,8 @@ class SourceHandler(BaseHandler):
         principal = self.principal()
         with self.db() as session:
             source = find_source(session, principal.org_id, name)
-            data = source_json(source, with_settings=shows_settings(principal))
-            context = source_context(session, self.settings_obj, source)
+            data = source_json(source, shows_settings(principal), session, self.settings_obj)
+            context = source_context(session, self.settings_obj, source, request_variables(self))
         data["columns"] = source_kinds.get(data["kind"]).columns(context)
         self.write_json(data)
 
@@ -124,17 +151,30 @@ class SourceHandler(BaseHandler):
                 if "description" in body:
                     source.description = check_description(body["description"])
                     changed.append("description")
+                kind = source_kinds.get(source.kind)
                 if "options" in body:
-                    if not isinstance(body["options"], dict):
-                        raise ValidationError("options must be an object", field="options")
-                    source.options = source_kinds.get(source.kind).validate_options(body["options"])
+                    current = definitions.read_secrets(self.settings_obj, source)
+                    source.options, secrets = definitions.merged_options(kind, body["options"], current)
                     changed.append("options")
+                    kind.check_references(session, principal.org_id, source.name, source.options)
+                    if secrets != current:
+                        definitions.store_secrets(self.settings_obj, source, secrets)
+                        changed.append("secrets")
+                if "connection" in body or ("options" in body and kind.needs_connection):
+                    current_ref = source.connection_id
+                    connection = definitions.connection_for(
+                        session, principal.org_id, kind, body.get("connection", current_ref), source.options
+                    )
+                    if (connection.id if connection else None) != current_ref:
+                        source.connection_id = connection.id if connection else None
+                        changed.append("connection")
+                definitions.bump(source)
                 session.flush()
                 # Which fields changed, never their values: options may hold credentials.
                 self.audit(
                     session, "source.update", f"source/{source.name}", source_id=source.id, fields=changed
                 )
-                self.write_json(source_json(source, with_settings=True))
+                self.write_json(source_json(source, True, session, self.settings_obj))
         except IntegrityError:
             raise Conflict(f"A source named {body.get('name')!r} already exists") from None
 
@@ -186,7 +226,8 @@ class SourceDataHandler(BaseHandler):
                 raise ValidationError("limit must be between 0 and 2**63 - 1", field="limit")
         with self.db() as session:
             source = find_source(session, principal.org_id, name)
-            kind, context = source_kinds.get(source.kind), source_context(session, self.settings_obj, source)
+            kind = source_kinds.get(source.kind)
+            context = source_context(session, self.settings_obj, source, request_variables(self))
         table = await asyncio.to_thread(read_rows, kind, context, limit)
         sink = pa.BufferOutputStream()
         with pa.ipc.new_stream(sink, table.schema) as writer:

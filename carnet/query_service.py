@@ -1,0 +1,228 @@
+"""The query service: structured queries on one source, and SQL across an organization's sources.
+
+``run_query`` reads one source with a ``carnet.query_spec`` (columns, where, group_by, aggregates, order_by,
+limit): kinds that push down (warehouse, SQL servers) run it where the data lives; for the others the rows
+are read once (through the result cache) and the spec runs in an in-memory DuckDB. ``run_sql`` runs SQL
+over ``{source}`` placeholders (checked by ``carnet.source_sql``): on the SQL server itself when every
+source it names is a ``sql_table``/``sql_query`` of the same connection, otherwise in an in-memory DuckDB
+over the sources' rows, each read through ``run_query`` (so cache and limits apply).
+
+The in-memory DuckDB has no file access, no extension loading and a locked configuration; every read is
+bounded by the source limits (``CarnetSettings.source_timeout_seconds``/``source_max_rows``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import threading
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+import duckdb
+import pyarrow as pa
+from sqlalchemy import select
+
+from carnet.db.models import DataSource
+from carnet.errors import NotFound, QueryFailed, QueryTimeout, RowLimitExceeded, ValidationError
+from carnet.query_spec import QuerySpec, parse_spec, to_duckdb
+from carnet.source_sql import SourceSql, parse_source_sql
+from carnet.sources import ReadLimits, source_context, source_kinds
+
+# How deep sources may read sources (a derived source over derived sources...).
+MAX_DEPTH = 5
+_VARIABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_BATCH_ROWS = 100_000
+# The ids of the sources being read in this thread, outermost first: catches reference cycles at read time.
+_reading: ContextVar[tuple[int, ...]] = ContextVar("carnet_sources_being_read", default=())
+
+
+def check_variables(variables) -> dict:
+    if variables is None:
+        return {}
+    if not isinstance(variables, dict):
+        raise ValidationError("variables must be an object {name: value}", field="variables")
+    for name, value in variables.items():
+        if not _VARIABLE_NAME.fullmatch(str(name)):
+            raise ValidationError(f"Invalid variable name {name!r}", field="variables")
+        if value is not None and not isinstance(value, str | int | float | bool):
+            raise ValidationError(
+                f"variables.{name} must be a string, number, boolean or null", field=f"variables.{name}"
+            )
+    return dict(variables)
+
+
+def find_source(session, org_id: int, name: str) -> DataSource:
+    source = session.scalar(select(DataSource).where(DataSource.org_id == org_id, DataSource.name == name))
+    if source is None:
+        raise NotFound(f"No source named {name!r}")
+    return source
+
+
+# -- one source ----------------------------------------------------------------------------------------
+def run_query(session, settings, principal, source_name: str, spec_raw=None, variables=None) -> pa.Table:
+    """``source_name`` of the principal's org, queried by ``spec_raw`` (a query_spec mapping)."""
+    return query_source(session, settings, principal.org_id, source_name, spec_raw, variables)
+
+
+def query_source(session, settings, org_id: int, name: str, spec_raw=None, variables=None) -> pa.Table:
+    variables = check_variables(variables)
+    source = find_source(session, org_id, name)
+    reading = _reading.get()
+    if source.id in reading:
+        raise ValidationError(f"The source {name!r} refers to itself through other sources", field="sql")
+    if len(reading) >= MAX_DEPTH:
+        raise ValidationError(
+            f"Sources refer to other sources more than {MAX_DEPTH} levels deep", field="sql"
+        )
+    kind = source_kinds.get(source.kind)
+    ctx = source_context(session, settings, source, variables)
+    token = _reading.set((*reading, source.id))
+    try:
+        return _query(kind, ctx, source, spec_raw)
+    finally:
+        _reading.reset(token)
+
+
+def _query(kind, ctx, source, spec_raw) -> pa.Table:
+    from carnet.query_cache import cached_read
+
+    max_rows = ctx.limits.max_rows
+
+    def cached(spec: QuerySpec | None, compute) -> pa.Table:
+        return cached_read(
+            ctx.settings,
+            ctx,
+            policy=source.cache_policy or "none",
+            ttl=source.cache_ttl_seconds,
+            request_key=request_key(spec, ctx.variables),
+            row_context="",
+            compute=compute,
+        )
+
+    if kind.pushes_down:
+        spec = capped(parse_spec(spec_raw, [c["name"] for c in kind.columns(ctx)]), max_rows)
+        table = cached(spec, lambda: kind.read(ctx, spec))
+    else:
+        # The raw rows are cached once for every spec; the spec itself is cheap to apply in DuckDB.
+        raw = cached(None, lambda: kind.read(ctx, None))
+        spec = parse_spec(spec_raw, raw.column_names)
+        table = raw if spec == QuerySpec() else apply_spec(raw, capped(spec, max_rows), ctx.limits)
+    check_rows(table, max_rows)
+    return table
+
+
+def request_key(spec: QuerySpec | None, variables: dict) -> str:
+    """Canonical JSON of what was asked (cache key part): same question, same text."""
+    body = {"spec": None if spec is None else dataclasses.asdict(spec), "variables": variables}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def capped(spec: QuerySpec, max_rows: int) -> QuerySpec:
+    """At most one row more than allowed: enough to tell "too many" without reading everything."""
+    if spec.limit is None or spec.limit > max_rows + 1:
+        return dataclasses.replace(spec, limit=max_rows + 1)
+    return spec
+
+
+def too_many_rows(max_rows: int) -> RowLimitExceeded:
+    return RowLimitExceeded(
+        f"The query returns more than {max_rows} rows: add a filter, a limit or an aggregate",
+        max_rows=max_rows,
+    )
+
+
+def check_rows(table: pa.Table, max_rows: int) -> None:
+    if table.num_rows > max_rows:
+        raise too_many_rows(max_rows)
+
+
+def apply_spec(table: pa.Table, spec: QuerySpec, limits: ReadLimits) -> pa.Table:
+    with memory_duckdb() as con:
+        con.register("source", table)
+        sql, params = to_duckdb(spec, "source")
+        return run_duckdb(con, sql, params, limits)
+
+
+# -- DuckDB in memory ------------------------------------------------------------------------------------
+@contextmanager
+def memory_duckdb():
+    """An in-memory DuckDB that cannot touch files, load extensions or change that."""
+    con = duckdb.connect(
+        ":memory:",
+        config={
+            "enable_external_access": False,
+            "autoload_known_extensions": False,
+            "autoinstall_known_extensions": False,
+        },
+    )
+    try:
+        con.execute("SET lock_configuration = true")
+        yield con
+    finally:
+        con.close()
+
+
+def run_duckdb(con, sql: str, params: list, limits: ReadLimits, restore=lambda text: text) -> pa.Table:
+    """Run ``sql``, stopping at the time limit (interrupt) and past ``limits.max_rows`` rows."""
+    timer = threading.Timer(limits.timeout_seconds, con.interrupt)
+    timer.start()
+    try:
+        reader = con.sql(sql, params=params or None).to_arrow_reader(_BATCH_ROWS)
+        batches, rows = [], 0
+        for batch in reader:
+            rows += batch.num_rows
+            if rows > limits.max_rows:
+                raise too_many_rows(limits.max_rows)
+            batches.append(batch)
+        return pa.Table.from_batches(batches, schema=reader.schema)
+    except duckdb.InterruptException:
+        raise QueryTimeout(f"The query took longer than {limits.timeout_seconds:g} s") from None
+    except duckdb.Error as error:
+        message = restore(str(error).splitlines()[0] if str(error) else type(error).__name__)
+        raise QueryFailed(f"The query failed: {message[:500]}", field="sql") from None
+    finally:
+        timer.cancel()
+
+
+# -- SQL over sources ------------------------------------------------------------------------------------
+def run_sql(session, settings, principal, sql: str, variables=None) -> pa.Table:
+    """SQL over the principal's org's sources, written ``{source name}``."""
+    return sql_over_sources(session, settings, principal.org_id, sql, variables)
+
+
+def sql_over_sources(session, settings, org_id: int, sql, variables=None, *, parsed: SourceSql | None = None):
+    variables = check_variables(variables)
+    parsed = parsed or parse_source_sql(sql)
+    sources = {name: find_source(session, org_id, name) for name in parsed.names}
+    from carnet.query_pushdown import pushed_down  # noqa: PLC0415 - it imports this module's neighbours
+
+    table = pushed_down(session, settings, parsed, sources, variables)
+    if table is not None:
+        return table
+    limits = ReadLimits.from_settings(settings)
+    inputs = {name: query_source(session, settings, org_id, name, None, variables) for name in sources}
+    with memory_duckdb() as con:
+        for name, data in inputs.items():
+            con.register(parsed.markers[name], data)
+        return run_duckdb(con, parsed.duckdb_sql(), [], limits, parsed.restore_names)
+
+
+def describe_sql(session, settings, org_id: int, sql, variables=None) -> list[dict]:
+    """[{"name", "type"}] of what ``sql`` returns, from the inputs' first zero rows (nothing is scanned)."""
+    variables = check_variables(variables)
+    parsed = parse_source_sql(sql)
+    inputs = {
+        name: query_source(session, settings, org_id, name, {"limit": 0}, variables) for name in parsed.names
+    }
+    with memory_duckdb() as con:
+        for name, data in inputs.items():
+            con.register(parsed.markers[name], data)
+        described = run_duckdb(con, f"DESCRIBE {parsed.duckdb_sql()}", [], ReadLimits.from_settings(settings))
+    return [
+        {"name": name, "type": dtype}
+        for name, dtype in zip(
+            described["column_name"].to_pylist(), described["column_type"].to_pylist(), strict=True
+        )
+    ]

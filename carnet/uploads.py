@@ -1,0 +1,258 @@
+"""Uploaded files (CSV/TSV, Excel .xlsx, Parquet) into an organization's warehouse.
+
+``parse_upload`` turns a file already on disk into an Arrow table with warehouse-safe column names (and the
+mapping to the file's own names); ``store_upload`` replaces the warehouse table with it in one DuckDB
+statement, so a failure anywhere leaves the previous table as it was and creates nothing. The REST side
+(streaming the body to disk under a size cap, the source row, the audit) is carnet/service/api/uploads.py.
+"""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import math
+import re
+import unicodedata
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+
+from carnet.csv_upload import CsvOptions, read_csv
+from carnet.errors import ValidationError
+from carnet.warehouse import Warehouse, check_identifier
+
+FORMATS = ("csv", "tsv", "xlsx", "parquet")
+PREVIEW_ROWS = 20
+# An .xlsx is a zip of XML: refuse one that would unpack to more than this many times the upload cap, or
+# whose members are compressed more than this ratio (zip bombs), before any XML parser sees it.
+XLSX_MAX_EXPANSION = 10
+XLSX_MAX_RATIO = 200
+_NOT_IDENTIFIER = re.compile(r"[^a-z0-9_]+")
+
+
+@dataclass
+class UploadOptions:
+    format: str
+    csv: CsvOptions = field(default_factory=CsvOptions)
+    sheet: str | None = None  # xlsx: a sheet's name, or its position (1 = first)
+
+
+@dataclass
+class ParsedUpload:
+    table: pa.Table  # columns already renamed to warehouse identifiers
+    renamed: dict  # warehouse column -> the file's own name, for every column whose name changed
+    settings: dict  # what was sniffed or given (encoding, delimiter, sheet...)
+    sheets: list[str] | None = None
+
+
+def _flag(value: str | None, name: str) -> bool | None:
+    if value is None or value == "":
+        return None
+    if value.lower() in ("1", "true", "yes"):
+        return True
+    if value.lower() in ("0", "false", "no"):
+        return False
+    raise ValidationError(f"{name} must be true or false", field=name)
+
+
+def options_from_query(arg, args) -> UploadOptions:
+    """Parser options from query arguments: ``arg(name)`` -> one value or None, ``args(name)`` -> all."""
+    fmt = (arg("format") or "").lower()
+    if fmt not in FORMATS:
+        raise ValidationError(f"format must be one of {', '.join(FORMATS)}", field="format")
+    delimiter = arg("delimiter")
+    if delimiter is not None:
+        delimiter = {"tab": "\t", "\\t": "\t"}.get(delimiter, delimiter)
+        if len(delimiter) != 1 or delimiter in '\r\n"':
+            raise ValidationError("delimiter must be one character (or 'tab')", field="delimiter")
+    quote = arg("quote") or '"'
+    if len(quote) != 1 or quote in "\r\n" or quote == delimiter:
+        raise ValidationError("quote must be one character, not the delimiter", field="quote")
+    decimal_mark = arg("decimal")
+    if decimal_mark not in (None, ".", ","):
+        raise ValidationError("decimal must be '.' or ','", field="decimal")
+    skip = arg("skip_rows") or "0"
+    if not skip.isdigit() or int(skip) > 1_000_000:
+        raise ValidationError("skip_rows must be a whole number up to 1000000", field="skip_rows")
+    nulls = args("null")
+    return UploadOptions(
+        format=fmt,
+        csv=CsvOptions(
+            delimiter=delimiter,
+            encoding=arg("encoding") or None,
+            header=_flag(arg("header"), "header"),
+            skip_rows=int(skip),
+            decimal=decimal_mark,
+            null_values=nulls if nulls else None,
+            quote=quote,
+        ),
+        sheet=arg("sheet") or None,
+    )
+
+
+def normalize_columns(names: list) -> tuple[list[str], dict]:
+    """Warehouse identifiers for a file's column names: accents dropped, other characters turned into
+    ``_``, lower case (DuckDB names ignore case, so ``Id`` and ``ID`` would collide), a leading digit
+    prefixed, empty names numbered, duplicates suffixed ``_2``, ``_3``..."""
+    result, renamed, seen = [], {}, set()
+    for position, original in enumerate(names, start=1):
+        text = "" if original is None else str(original)
+        ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+        name = _NOT_IDENTIFIER.sub("_", ascii_text.lower()).strip("_")[:56]
+        if not name:
+            name = f"column_{position}"
+        elif not name[0].isalpha():
+            name = f"c_{name}"
+        candidate, suffix = name, 2
+        while candidate in seen:
+            candidate, suffix = f"{name}_{suffix}", suffix + 1
+        seen.add(candidate)
+        check_identifier(candidate, "column name")
+        result.append(candidate)
+        if candidate != text:
+            renamed[candidate] = text
+    return result, renamed
+
+
+# -- Excel -------------------------------------------------------------------------------------------------
+def check_xlsx_archive(path: Path, max_bytes: int) -> None:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, OSError):
+        raise ValidationError("This is not an .xlsx workbook (not a zip archive)", field="file") from None
+    unpacked = sum(m.file_size for m in members)
+    packed = sum(m.compress_size for m in members) or 1
+    if unpacked > XLSX_MAX_EXPANSION * max_bytes or unpacked / packed > XLSX_MAX_RATIO:
+        raise ValidationError(
+            f"This workbook unpacks to {unpacked} bytes ({unpacked // packed}x its size): refused as a "
+            "possible zip bomb",
+            field="file",
+        )
+
+
+def _column(values: list) -> pa.Array:
+    """One Excel column: its own Arrow type when its cells agree, else text."""
+    try:
+        array = pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        array = pa.array([None if v is None else str(v) for v in values], type=pa.string())
+    if pa.types.is_null(array.type):
+        array = array.cast(pa.string())
+    if pa.types.is_time(array.type) or pa.types.is_duration(array.type):
+        array = pa.array([None if v is None else str(v) for v in values], type=pa.string())
+    return array
+
+
+def read_xlsx(path: Path, options: UploadOptions, max_bytes: int) -> tuple:
+    check_xlsx_archive(path, max_bytes)
+    from openpyxl import load_workbook
+
+    # A file object, not the path: openpyxl refuses paths that do not end in .xlsx.
+    with open(path, "rb") as handle:
+        try:
+            workbook = load_workbook(handle, read_only=True, data_only=True)
+        except Exception as exc:  # openpyxl raises many types for a damaged workbook
+            reason = type(exc).__name__
+            raise ValidationError(f"This .xlsx workbook cannot be read ({reason})", field="file") from None
+        return _sheet_table(workbook, options)
+
+
+def _sheet_table(workbook, options: UploadOptions) -> tuple:
+    try:
+        sheets = list(workbook.sheetnames)
+        chosen = options.sheet
+        if chosen is None:
+            name = sheets[0]
+        elif chosen in sheets:
+            name = chosen
+        elif chosen.isdigit() and 1 <= int(chosen) <= len(sheets):
+            name = sheets[int(chosen) - 1]
+        else:
+            raise ValidationError(
+                f"No sheet {chosen!r}: the workbook has {', '.join(map(repr, sheets))}", field="sheet"
+            )
+        rows = []
+        try:
+            for index, row in enumerate(workbook[name].iter_rows(values_only=True)):
+                if index >= options.csv.skip_rows and any(cell is not None for cell in row):
+                    rows.append(list(row))
+        except Exception as exc:  # damaged sheet XML, broken shared strings...
+            reason = type(exc).__name__
+            raise ValidationError(f"Sheet {name!r} cannot be read ({reason})", field="file") from None
+    finally:
+        workbook.close()
+    if not rows:
+        raise ValidationError(f"Sheet {name!r} is empty: no rows to load", field="sheet")
+    width = max(len(row) for row in rows)
+    rows = [row + [None] * (width - len(row)) for row in rows]
+    header = options.csv.header
+    if header is None:
+        header = all(isinstance(cell, str) and cell.strip() for cell in rows[0]) and len(rows) > 1
+    names = rows[0] if header else [f"column_{i + 1}" for i in range(width)]
+    data = rows[1:] if header else rows
+    arrays = [_column([row[i] for row in data]) for i in range(width)]
+    table = pa.Table.from_arrays(arrays, names=[f"c{i}" for i in range(width)])
+    used = {"sheet": name, "header": bool(header), "skip_rows": options.csv.skip_rows}
+    return table, names, used, sheets
+
+
+# -- Parquet -----------------------------------------------------------------------------------------------
+def read_parquet(path: Path) -> tuple:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise ValidationError(f"This is not a readable Parquet file: {exc}", field="file") from None
+    if table.num_columns == 0:
+        raise ValidationError("The Parquet file has no columns", field="file")
+    return table, list(table.column_names), {}
+
+
+# -- the whole step ----------------------------------------------------------------------------------------
+def parse_upload(path: Path, options: UploadOptions, max_bytes: int) -> ParsedUpload:
+    """Parse the uploaded file at ``path`` (temporary files go beside it)."""
+    if path.stat().st_size == 0:
+        raise ValidationError("The file is empty", field="file")
+    sheets = None
+    if options.format in ("csv", "tsv"):
+        forced = "\t" if options.format == "tsv" else None
+        table, names, used = read_csv(path, path.parent, options.csv, forced)
+    elif options.format == "xlsx":
+        table, names, used, sheets = read_xlsx(path, options, max_bytes)
+    else:
+        table, names, used = read_parquet(path)
+    columns, renamed = normalize_columns(names)
+    return ParsedUpload(table=table.rename_columns(columns), renamed=renamed, settings=used, sheets=sheets)
+
+
+def store_upload(settings, org_id: int, table_name: str, parsed: ParsedUpload) -> int:
+    """Create or replace the warehouse table (one statement: all or nothing). Returns its row count."""
+    return Warehouse(settings.warehouse_path(org_id)).replace_table(table_name, parsed.table)
+
+
+def columns_json(table: pa.Table) -> list[dict]:
+    return [{"name": f.name, "type": str(f.type)} for f in table.schema]
+
+
+def _json_safe(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (datetime.date, datetime.time, datetime.datetime, decimal.Decimal)):
+        return str(value) if isinstance(value, decimal.Decimal) else value.isoformat()
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, datetime.timedelta):
+        return value.total_seconds()
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    return value
+
+
+def preview_rows(table: pa.Table, count: int = PREVIEW_ROWS) -> list[dict]:
+    return [{k: _json_safe(v) for k, v in row.items()} for row in table.slice(0, count).to_pylist()]
