@@ -159,6 +159,11 @@ def invalidate_source(settings, org_id: int, source_id: int) -> None:
     backend_for(settings).invalidate_source(org_id, source_id)
 
 
+def forget_source(settings, org_id: int, source_id: int) -> None:
+    """``invalidate_source`` for a caller whose change is committed already: a failure is only logged."""
+    _quietly("cleanup", invalidate_source, settings, org_id, source_id)
+
+
 def invalidate_org(settings, org_id: int) -> None:
     """Drop every entry of the organization (when it is deleted)."""
     backend_for(settings).invalidate_org(org_id)

@@ -514,6 +514,29 @@ def test_a_cached_source_answers_from_the_cache_until_invalidated(carnet_stack, 
     assert query_rows(stack, studio, name) == 6
 
 
+def test_changing_or_deleting_a_source_drops_its_cached_answers(carnet_stack, studio, cached_source):
+    stack, name = carnet_stack, cached_source["name"]
+    entries = cache_dir(stack.settings) / str(cached_source["org_id"]) / str(cached_source["id"])
+    response = requests.put(
+        api_url(stack, f"sources/{name}/cache"), json={"policy": "invalidate"}, headers=studio, timeout=30
+    )
+    assert response.status_code == 200, response.text
+    assert query_rows(stack, studio, name) == 3
+    (first,) = entries.glob("*.arrow")
+    replace_rows(stack, cached_source["org_id"], cached_source["table"], 8)
+    # Any change of the definition is a new version: the next query misses, the old entry is dropped.
+    changed = requests.patch(
+        api_url(stack, f"sources/{name}"), json={"description": "changed"}, headers=studio, timeout=30
+    )
+    assert changed.status_code == 200, changed.text
+    assert query_rows(stack, studio, name) == 8
+    (second,) = entries.glob("*.arrow")
+    assert second.name != first.name and not first.exists()
+    gone = requests.delete(api_url(stack, f"sources/{name}"), headers=studio, timeout=30)
+    assert gone.status_code == 204
+    assert not entries.exists()
+
+
 def test_a_ttl_policy_is_stored_and_its_answers_expire(carnet_stack, studio, cached_source):
     stack, name = carnet_stack, cached_source["name"]
     response = requests.put(

@@ -538,7 +538,9 @@ def test_the_kernel_api_in_a_real_studio_kernel(carnet_stack, login, hub_token, 
         f"SELECT continent, sum(pop) AS pop FROM {DEMO_TABLE} WHERE year = 2007 "  # noqa: S608
         "GROUP BY continent ORDER BY pop DESC LIMIT 2"
     )
-    assert out["query"] == json.loads(json.dumps(expected_q.to_dict("list"), default=str))
+    # sum(BIGINT) is a 128-bit integer in DuckDB: a Decimal through Arrow, a float in DuckDB's own pandas.
+    assert out["query"]["continent"] == expected_q["continent"].tolist()
+    assert [int(v) for v in out["query"]["pop"]] == [int(v) for v in expected_q["pop"]]
     assert out["self_sql"] == w(f"SELECT count(*) AS n FROM {DEMO_TABLE} WHERE year = 1952")["n"].tolist()  # noqa: S608
     assert (
         out["join"]

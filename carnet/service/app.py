@@ -16,11 +16,22 @@ from traitlets.config import Application
 from carnet.db import upgrade
 from carnet.hub_auth import make_hub_auth
 from carnet.service import admin_groups, admin_page, admin_settings, gallery
-from carnet.service.api import apps, audit, groups, internal, jobs, keys, meta, org, sources, users
-from carnet.service.api import connections
-from carnet.service.api import source_cache
-from carnet.service.api import uploads
-from carnet.service.api import query
+from carnet.service.api import (
+    apps,
+    audit,
+    connections,
+    groups,
+    internal,
+    jobs,
+    keys,
+    meta,
+    org,
+    query,
+    source_cache,
+    sources,
+    uploads,
+    users,
+)
 from carnet.service.api.base import NotFoundHandler
 from carnet.settings import CarnetSettings
 

@@ -11,6 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from carnet.db.models import DataSource
 from carnet.errors import Conflict, NotFound, ValidationError
 from carnet.permissions import Principal
+from carnet.query_cache import forget_source
 from carnet.query_spec import MAX_LIMIT as MAX_SPEC_LIMIT
 from carnet.query_spec import parse_spec
 from carnet.service.api import source_definitions as definitions
@@ -186,7 +187,10 @@ class SourceHandler(BaseHandler):
             self.audit(
                 session, "source.delete", f"source/{source.name}", source_id=source.id, kind=source.kind
             )
+            source_id = source.id
             session.delete(source)
+        # Its cached answers can never be asked for again (ids are not reused): free their space.
+        forget_source(self.settings_obj, principal.org_id, source_id)
         self.set_status(204)
 
 
