@@ -24,6 +24,7 @@ from carnet.connectors.sql_settings import (
 from carnet.crypto import SecretBox, redact
 from carnet.db.models import Connection, DataSource, utcnow
 from carnet.errors import ConnectionFailed, ConnectTimeout, NotFound, ValidationError
+from carnet.net_guard import sql_host_guard
 from carnet.sources import connection_secret_context
 from carnet.validation import refuse_hidden_characters
 
@@ -168,9 +169,10 @@ def connect_timeout(settings: ConnectionSettings) -> int:
         return DEFAULT_CONNECT_TIMEOUT
 
 
-def check_connection(settings: ConnectionSettings, variables: Mapping | None = None) -> dict:
-    """Connect and run ``SELECT 1``; a typed error saying why not (``reason`` names the cause)."""
-    url = resolve_url(settings, variables)
+def check_connection(carnet_settings, settings: ConnectionSettings, variables: Mapping | None = None) -> dict:
+    """Connect and run ``SELECT 1``; a typed error saying why not (``reason`` names the cause). The host
+    must pass the SQL host guard (carnet.net_guard.sql_host_guard) before anything is sent."""
+    url = resolve_url(settings, variables, check_host=sql_host_guard(carnet_settings, settings.dialect))
     family = "mysql" if settings.dialect in ("mysql", "mariadb") else settings.dialect
     connect_args = {"connect_timeout": connect_timeout(settings)} if family in ("postgresql", "mysql") else {}
     engine = sa.create_engine(url, poolclass=NullPool, connect_args=connect_args)

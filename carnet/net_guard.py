@@ -27,10 +27,17 @@ from requests.cookies import extract_cookies_to_jar
 from requests.hooks import dispatch_hook
 from urllib3.poolmanager import SSL_KEYWORDS
 
-from carnet.errors import ResponseTooLarge, UnsafeURL
+from carnet.errors import ConnectionFailed, ResponseTooLarge, UnsafeURL
 from carnet.settings import CarnetSettings
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class UnresolvableHost(UnsafeURL):
+    """The host name does not resolve (refused like any unsafe URL; SQL connections report it as the
+    driver would)."""
+
+
 Resolver = Callable[[str, int], list[str]]
 MAX_REDIRECTS = 5
 MAX_URL_LENGTH = 8192
@@ -202,6 +209,14 @@ def check_url(url: str, allow_hosts: Iterable[str] = (), resolver: Resolver | No
     ``fetch_allow_hosts``, or entries from ``parse_allow_hosts``); raise ``UnsafeURL`` naming the reason
     and the host, never the internal addresses a name resolved to."""
     scheme, host, port = _host_of(url)
+    return CheckedURL(url, scheme, host, port, check_host(host, port, allow_hosts, resolver))
+
+
+def check_host(
+    host: str, port: int, allow_hosts: Iterable[str] = (), resolver: Resolver | None = None
+) -> tuple[str, ...]:
+    """The addresses ``host`` resolves to, when every one is public or allowed by the allowlist (for a
+    given ``port``); otherwise ``UnsafeURL`` naming the reason and the host."""
     entries = [e if isinstance(e, AllowEntry) else None for e in allow_hosts]
     entries = [e for e in entries if e] + parse_allow_hosts(a for a in allow_hosts if isinstance(a, str))
     literal = _literal_address(host)
@@ -212,12 +227,14 @@ def check_url(url: str, allow_hosts: Iterable[str] = (), resolver: Resolver | No
             resolved = (resolver or system_resolver)(host, port)
             addresses = [ipaddress.ip_address(a.split("%")[0]) for a in resolved]
         except (OSError, UnicodeError, ValueError):
-            raise _refuse(host, f"the host {host!r} could not be resolved") from None
+            raise UnresolvableHost(
+                f"URL refused: the host {host!r} could not be resolved", host=host
+            ) from None
         if not addresses:
-            raise _refuse(host, f"the host {host!r} could not be resolved")
+            raise UnresolvableHost(f"URL refused: the host {host!r} could not be resolved", host=host)
     # A name entry trusts whatever the name resolves to; address entries trust those addresses only.
     if literal is None and any(e.host == host and e.port in (None, port) for e in entries):
-        return CheckedURL(url, scheme, host, port, tuple(str(a) for a in addresses))
+        return tuple(str(a) for a in addresses)
     for address in addresses:
         if any(e.network and address in e.network and e.port in (None, port) for e in entries):
             continue
@@ -226,7 +243,33 @@ def check_url(url: str, allow_hosts: Iterable[str] = (), resolver: Resolver | No
             if literal is not None:
                 raise _refuse(host, f"{host} is {reason}")
             raise _refuse(host, f"the host {host!r} resolves to {reason}")
-    return CheckedURL(url, scheme, host, port, tuple(str(a) for a in addresses))
+    return tuple(str(a) for a in addresses)
+
+
+# Ports the SQL drivers use when a connection names none (the allowlist matches host and port).
+SQL_DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "mariadb": 3306, "mssql": 1433, "oracle": 1521}
+
+
+def sql_host_guard(settings: CarnetSettings, dialect: str = "") -> Callable[[str, int | None], None]:
+    """The host check of SQL connections (the ``check_host`` hook of carnet.connectors): like fetched URLs,
+    a server must be public unless the operator listed it in ``sql_allow_hosts`` — otherwise a studio user
+    could point a source at the platform's own database or anything else on its network. (The driver
+    resolves the name again when it connects: keep internal names out of the allowlist, list addresses.)"""
+    allow = parse_allow_hosts(settings.sql_allow_hosts)
+
+    def check(host: str, port: int | None) -> None:
+        if not host:
+            raise UnsafeURL("A SQL connection needs a host name or address")
+        port = port or SQL_DEFAULT_PORTS.get(dialect, 0)
+        try:
+            check_host(host, port, allow)
+        except UnresolvableHost:
+            # Not a policy matter: the same answer the driver would give (see carnet.connections).
+            raise ConnectionFailed(
+                f"Cannot connect to {host}:{port}: the host name does not resolve", reason="unknown_host"
+            ) from None
+
+    return check
 
 
 # -- the session -------------------------------------------------------------------------------------

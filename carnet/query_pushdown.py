@@ -44,7 +44,9 @@ def pushed_down(session, settings, parsed: SourceSql, sources: dict, variables: 
         relations[name] = _relation(ctx, dialect)
     values.update(variables)
     sql = server_sql(parsed, relations, dialect)
-    return read_arrow(connection, SqlRead(sql), values, kind.limits(first))
+    return read_arrow(
+        connection, SqlRead(sql), values, kind.limits(first), check_host=kind.host_check(first, connection)
+    )
 
 
 def _relation(ctx, dialect: str | None) -> exp.Expression:

@@ -211,6 +211,20 @@ class CarnetSettings(Configurable):
     def _default_fetch_allow_hosts(self):
         return [h.strip() for h in os.environ.get("CARNET_FETCH_ALLOW_HOSTS", "").split(",") if h.strip()]
 
+    sql_allow_hosts = List(
+        Unicode(),
+        help="""SQL servers that connections may reach although they are not public. Every address a
+        connection's host resolves to must be public (not loopback, private, link-local...) unless listed
+        here, so that nobody can point a data source at the platform's own database or other internal
+        services. Same entry forms as fetch_allow_hosts: host[:port] or a CIDR network (10.20.0.0/16); list
+        your database network here for a self-hosted installation. Environment: CARNET_SQL_ALLOW_HOSTS,
+        comma-separated. Default: none.""",
+    ).tag(config=True)
+
+    @default("sql_allow_hosts")
+    def _default_sql_allow_hosts(self):
+        return [h.strip() for h in os.environ.get("CARNET_SQL_ALLOW_HOSTS", "").split(",") if h.strip()]
+
     fetch_max_bytes = Integer(
         help="""Largest response body (after decompression) Carnet accepts when it fetches a URL; a bigger
         one is refused with a clear error. Environment: CARNET_FETCH_MAX_BYTES. Default: 100 MB.""",

@@ -17,7 +17,7 @@ from carnet.connectors.read_only_sql import check_read_only
 from carnet.connectors.sql import Limits, SqlRead, TableRead, read_arrow
 from carnet.connectors.sql_settings import VARIABLE, ConnectionSettings, resolve_url, validate_connection
 from carnet.errors import QueryFailed, ValidationError
-from carnet.query_spec import MAX_LIMIT as MAX_SPEC_LIMIT
+from carnet.net_guard import sql_host_guard
 from carnet.sources import SourceContext, SourceKind
 
 MAX_VARIABLES = 50
@@ -80,11 +80,11 @@ class _SqlKind(SourceKind):
         values.update(ctx.variables)
         return values
 
+    def host_check(self, ctx: SourceContext, settings: ConnectionSettings):
+        return sql_host_guard(ctx.settings, settings.dialect)
+
     def limits(self, ctx: SourceContext) -> Limits:
-        # The connector asks for max_rows + 1 rows to tell "over the limit"; a query spec's limit stops at
-        # MAX_LIMIT, so the cap stays one below it.
-        max_rows = min(ctx.limits.max_rows, MAX_SPEC_LIMIT - 1)
-        return Limits(timeout_seconds=ctx.limits.timeout_seconds, max_rows=max_rows)
+        return Limits(timeout_seconds=ctx.limits.timeout_seconds, max_rows=ctx.limits.max_rows)
 
     def check_with_connection(self, options: dict, settings: dict) -> None:
         """Save-time checks that need the connection's dialect (none by default)."""
@@ -112,7 +112,7 @@ class SqlTableKind(_SqlKind):
     def columns(self, ctx):
         # Inspection reads the catalog only, so the types are the server's own (a zero-row read has none).
         settings = self.connection_settings(ctx)
-        url = resolve_url(settings, self.variables(ctx))
+        url = resolve_url(settings, self.variables(ctx), check_host=self.host_check(ctx, settings))
         engine = sa.create_engine(url, poolclass=NullPool)
         try:
             with engine.connect() as connection:
@@ -126,8 +126,13 @@ class SqlTableKind(_SqlKind):
         return [{"name": c["name"], "type": str(c["type"])} for c in found]
 
     def read(self, ctx, spec=None):
+        settings = self.connection_settings(ctx)
         return read_arrow(
-            self.connection_settings(ctx), self._read(ctx, spec), self.variables(ctx), self.limits(ctx)
+            settings,
+            self._read(ctx, spec),
+            self.variables(ctx),
+            self.limits(ctx),
+            check_host=self.host_check(ctx, settings),
         )
 
 
@@ -162,11 +167,13 @@ class SqlQueryKind(_SqlKind):
         return [{"name": f.name, "type": str(f.type)} for f in table.schema]
 
     def read(self, ctx, spec=None):
+        settings = self.connection_settings(ctx)
         return read_arrow(
-            self.connection_settings(ctx),
+            settings,
             SqlRead(ctx.options["sql"], spec),
             self.variables(ctx),
             self.limits(ctx),
+            check_host=self.host_check(ctx, settings),
         )
 
 

@@ -99,6 +99,9 @@ class CarnetStack:
             "CARNET_SCHEDULER_POLL": "0.5",
             "CARNET_LOCKOUT_SECONDS": "3",  # short sign-in locks (tests/test_audit.py waits them out)
             "CARNET_FETCH_ALLOW_HOSTS": f"127.0.0.1:{self.fetch_port}",
+            # The test database servers (and the closed / silent ports the connection tests use); other
+            # non-public addresses stay refused (tests/test_connections.py checks a few).
+            "CARNET_SQL_ALLOW_HOSTS": "127.0.0.1",
             **{f"CARNET_{name}_PORT": str(port) for name, port in self.ports.items()},
         }
         if smtp:

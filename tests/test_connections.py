@@ -264,6 +264,43 @@ def test_refused_settings_on_save_and_on_test(carnet_stack, studio, settings, fi
 
 
 @pytest.mark.parametrize(
+    "host, reason",
+    [
+        ("127.0.0.2", "loopback"),
+        ("0.0.0.0", "unspecified"),
+        ("169.254.169.254", "link-local"),
+        ("10.1.2.3", "private"),
+        ("192.168.0.10", "private"),
+    ],
+    ids=["loopback", "unspecified", "cloud-metadata", "private-10", "private-192"],
+)
+def test_non_public_sql_hosts_are_refused_before_connecting(carnet_stack, studio, made, host, reason):
+    """Only the operator's CARNET_SQL_ALLOW_HOSTS (127.0.0.1 in the test stack) opens non-public servers:
+    otherwise a studio user could point a source at the platform's own database or internal services."""
+    settings = {"dialect": "postgresql", "host": host, "port": 5432, "database": "x", "username": "x"}
+    tried = call(carnet_stack, studio, "POST", "connections/test", json={"settings": settings})
+    body = assert_json_error(tried, 400)
+    assert "refused" in body["message"] and reason in body["message"], body
+    # Saved anyway (the host may only resolve from the server later), a source on it cannot read.
+    connection = create_connection(carnet_stack, studio, made, settings, name=unique("internal"))
+    source = create_source(
+        carnet_stack,
+        studio,
+        {
+            "name": unique("internal-src"),
+            "kind": "sql_table",
+            "connection": connection["id"],
+            "options": {"table": "t"},
+        },
+    )
+    assert source.status_code == 201, source.text
+    made_source = source.json()["name"]
+    read = call(carnet_stack, studio, "GET", f"sources/{made_source}/data")
+    assert assert_json_error(read, 400)["message"].startswith("URL refused")
+    call(carnet_stack, studio, "DELETE", f"sources/{made_source}")
+
+
+@pytest.mark.parametrize(
     "sql",
     [
         "WITH gone AS (DELETE FROM orders RETURNING id) SELECT * FROM gone",

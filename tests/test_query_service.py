@@ -292,6 +292,8 @@ def test_attach_and_copy_write_no_file(carnet_stack, analyst, statement):
 def stack_settings(stack, **overrides):
     from carnet.settings import CarnetSettings
 
+    # The stack's own host policy: its service may reach the test database servers on 127.0.0.1.
+    overrides.setdefault("sql_allow_hosts", [stack.env["CARNET_SQL_ALLOW_HOSTS"]])
     return CarnetSettings(data_dir=str(stack.data_dir), db_url=stack.settings.db_url, **overrides)
 
 

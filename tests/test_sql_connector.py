@@ -3,11 +3,15 @@ both read-only layers (parser, then the server's read-only transaction), limits,
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import sqlalchemy as sa
 
-from carnet.connectors import Limits, SqlRead, TableRead, read_arrow, validate_connection
-from carnet.connectors.sql_settings import resolve_url
+from carnet.connectors import Limits, SqlRead, TableRead, validate_connection
+from carnet.connectors import read_arrow as _read_arrow
+from carnet.connectors.sql_settings import no_host_check
+from carnet.connectors.sql_settings import resolve_url as _resolve_url
 from carnet.errors import (
     ConnectionFailed,
     MissingDriver,
@@ -18,6 +22,13 @@ from carnet.errors import (
     ValidationError,
 )
 from tests.sql_servers import CANARY, Server, setup_server, teardown_server
+
+# The connector on its own: the host policy (carnet.net_guard.sql_host_guard) is tested with the sources.
+read_arrow = functools.partial(_read_arrow, check_host=no_host_check)
+
+
+def resolve_url(settings, variables=None, check_host=no_host_check):
+    return _resolve_url(settings, variables, check_host=check_host)
 
 
 @pytest.fixture(scope="module", params=["pg", "mariadb"])
@@ -57,6 +68,15 @@ def test_read_only_user_reads_a_table_with_a_pushed_down_spec(server, sent_sql):
     select = next(s for s in sent_sql if "FROM orders" in s and "WHERE" in s)
     assert "north" not in select  # the filter values travelled as parameters
     assert any("READ ONLY" in s for s in sent_sql)
+
+
+def test_the_default_ten_million_row_cap_reads_with_and_without_a_spec(server):
+    # The cap asks the server for max_rows + 1 rows, one more than a query spec's own largest limit.
+    big = Limits(max_rows=10_000_000)
+    assert read_arrow(server.ro, TableRead("orders"), limits=big).num_rows == 4
+    assert read_arrow(server.ro, TableRead("orders", spec={"limit": 2}), limits=big).num_rows == 2
+    spec = {"where": [["region", "=", "north"]]}
+    assert read_arrow(server.ro, SqlRead("SELECT * FROM orders", spec), limits=big).num_rows == 2
 
 
 def test_aggregates_run_on_the_server(server, sent_sql):

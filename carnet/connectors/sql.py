@@ -10,7 +10,7 @@ Rows are streamed and counted, so a result over `Limits.max_rows` stops with Row
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, quote_plus
 
@@ -24,7 +24,6 @@ from carnet.connectors.sql_settings import (
     VARIABLE,
     ConnectionSettings,
     HostCheck,
-    no_host_check,
     resolve_url,
     validate_connection,
 )
@@ -99,7 +98,7 @@ def read_arrow(
     variables: Mapping[str, object] | None = None,
     limits: Limits = Limits(),  # noqa: B008 - frozen dataclass
     *,
-    check_host: HostCheck = no_host_check,
+    check_host: HostCheck,
     allowed_file_dir: Path | None = None,
     _skip_parser_check: bool = False,  # tests only: shows the server's read-only mode on its own
 ) -> pa.Table:
@@ -176,10 +175,12 @@ def _statement(connection, read, text, limits: Limits):
         )
         source = text.columns(*map(sa.column, probe.keys())).subquery("q")
     spec = query_spec.parse_spec(read.spec, source.c.keys())
+    statement = query_spec.to_sqlalchemy(spec, source)
     cap = limits.max_rows + 1  # one more than allowed tells "over the limit" without fetching the rest
     if spec.limit is None or spec.limit > cap:
-        spec = replace(spec, limit=cap)
-    return query_spec.to_sqlalchemy(spec, source)
+        # On the statement, not the spec: a spec's limit stops at query_spec.MAX_LIMIT, the cap may not.
+        statement = statement.limit(cap)
+    return statement
 
 
 def _fetch(connection, statement, limits: Limits) -> pa.Table:

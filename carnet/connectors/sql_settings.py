@@ -260,7 +260,7 @@ def resolve_url(
     settings: ConnectionSettings,
     variables: Mapping[str, object] | None = None,
     *,
-    check_host: HostCheck = no_host_check,
+    check_host: HostCheck,
 ) -> sa.URL:
     """The SQLAlchemy URL, once variables are filled, the driver present and the host accepted."""
     check_driver(settings)

@@ -156,7 +156,11 @@ class ConnectionTestHandler(BaseHandler):
         with self.db() as session:
             row = connections.find(session, principal.org_id, connection_id)
             checked = connections.validated(row.settings, connections.read_password(self.settings_obj, row))
-        self.write_json(await asyncio.to_thread(connections.check_connection, checked, _variables(body)))
+        self.write_json(
+            await asyncio.to_thread(
+                connections.check_connection, self.settings_obj, checked, _variables(body)
+            )
+        )
 
 
 class ConnectionTryHandler(BaseHandler):
@@ -168,7 +172,11 @@ class ConnectionTryHandler(BaseHandler):
         _refuse_unknown(body, frozenset({"kind", "settings", "password", "variables"}))
         connections.check_kind(body.get("kind", "sql"))
         _, _, checked = _settings_and_password(body)
-        self.write_json(await asyncio.to_thread(connections.check_connection, checked, _variables(body)))
+        self.write_json(
+            await asyncio.to_thread(
+                connections.check_connection, self.settings_obj, checked, _variables(body)
+            )
+        )
 
 
 default_handlers = [
