@@ -267,7 +267,7 @@ def test_refused_settings_on_save_and_on_test(carnet_stack, studio, settings, fi
     "host, reason",
     [
         ("127.0.0.2", "loopback"),
-        ("0.0.0.0", "unspecified"),
+        ("0.0.0.0", "unspecified"),  # noqa: S104 - an address refused, not one bound
         ("169.254.169.254", "link-local"),
         ("10.1.2.3", "private"),
         ("192.168.0.10", "private"),
