@@ -293,7 +293,7 @@ class CarnetSettings(Configurable):
         return proposal["value"]
 
     cache_backend = Unicode(
-        help="""Where the result cache of source reads (carnet.query_cache) keeps its entries: "disk" (the
+        help="""Where the result cache of source reads (carnet.query.cache) keeps its entries: "disk" (the
         default, Arrow IPC files under <data_dir>/cache/<org id>/, shared by the service's restarts),
         "memory" (inside the Carnet service process, lost when it stops) or "redis" (cache_redis_url; for
         several service processes; pip install carnet[redis]). Each source chooses whether it is cached at

@@ -9,7 +9,7 @@ never returned by the API), the named ``connection`` it uses if any (settings + 
 caller's ``{{variable}}`` values and the read limits. Contexts are built by ``source_context`` in the
 Carnet service only: kernels never see one.
 
-``read(ctx, spec)`` returns Arrow. A kind that ``pushes_down`` applies the ``carnet.query_spec`` itself
+``read(ctx, spec)`` returns Arrow. A kind that ``pushes_down`` applies the ``carnet.query.spec`` itself
 where the data lives (SQL servers, the warehouse); for the others the query service applies it in DuckDB
 over the rows ``read(ctx, None)`` returned.
 """

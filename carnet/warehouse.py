@@ -72,8 +72,8 @@ class Warehouse:
             return con.sql(sql).to_arrow_table()
 
     def query_arrow(self, table: str, spec) -> pa.Table:
-        """``table`` filtered, grouped, sorted and limited by a ``carnet.query_spec`` (all in DuckDB)."""
-        from carnet.query_spec import to_duckdb
+        """``table`` filtered, grouped, sorted and limited by a ``carnet.query.spec`` (all in DuckDB)."""
+        from carnet.query.spec import to_duckdb
 
         with self._connect(read_only=True) as con:
             if table not in self._table_names(con):

@@ -298,8 +298,8 @@ CACHE = "/sources/{name}/cache"
 
 def put_cache_probe(stack, org_id: int, source_name: str):
     """A result-cache entry of the source on disk (the stack's cache backend): its path."""
-    from carnet.cache_backends import DiskCache
-    from carnet.query_cache import cache_dir
+    from carnet.query.cache import cache_dir
+    from carnet.query.cache_backends import DiskCache
 
     with session_scope(stack.settings.db_url) as session:
         source_id = session.scalar(

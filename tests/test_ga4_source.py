@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from carnet.errors import ConnectionFailed, QueryFailed, QueryTimeout, RowLimitExceeded, ValidationError
+from carnet.kinds.ga4 import GA4ClientMissing, GA4Kind, GA4QuotaExhausted
 from carnet.settings import CarnetSettings
-from carnet.source_kinds_ga4 import GA4ClientMissing, GA4Kind, GA4QuotaExhausted
 from carnet.sources import ReadLimits, SourceContext, source_kinds
 from tests.ga4_standin import TODAY, GA4StandIn, metric_value
 

@@ -92,5 +92,5 @@ def test_wheel_declares_the_cli_and_source_kind_entry_points(wheel):
     entry_points = wheel.read(next(n for n in wheel.namelist() if n.endswith("entry_points.txt"))).decode()
     assert "carnet = carnet.cli:main" in entry_points
     assert "warehouse_table = carnet.sources:WarehouseTableKind" in entry_points
-    assert "rest_json = carnet.source_kinds_rest:RestJsonKind" in entry_points
-    assert "ga4 = carnet.source_kinds_ga4:GA4Kind" in entry_points
+    assert "rest_json = carnet.kinds.rest:RestJsonKind" in entry_points
+    assert "ga4 = carnet.kinds.ga4:GA4Kind" in entry_points

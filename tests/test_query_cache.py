@@ -1,4 +1,4 @@
-"""The result cache of source reads (carnet.query_cache), on each backend: in memory, on disk, and in the
+"""The result cache of source reads (carnet.query.cache), on each backend: in memory, on disk, and in the
 real Redis at 127.0.0.1:6379 (keys under a random prefix, removed afterwards).
 
 Each test counts how often the read itself (``compute``) runs: a hit must not run it, a miss must."""
@@ -17,10 +17,10 @@ import pytest
 import redis
 import requests
 
-from carnet import query_cache
 from carnet.db import session_scope
 from carnet.db.models import DataSource
-from carnet.query_cache import cache_dir, cached_read, invalidate_org, invalidate_source, request_key_of
+from carnet.query import cache as query_cache
+from carnet.query.cache import cache_dir, cached_read, invalidate_org, invalidate_source, request_key_of
 from carnet.settings import CarnetSettings
 from carnet.sources import SourceContext
 from carnet.warehouse import Warehouse
@@ -286,7 +286,7 @@ def test_a_source_without_id_is_never_cached(settings):
 # -- size caps (memory and disk; Redis is bounded by its own maxmemory) ------------------------------------
 def entry_size(tmp_path) -> int:
     """Bytes one Reader table takes in the cache (the same for each call number)."""
-    from carnet.cache_backends import to_ipc
+    from carnet.query.cache_backends import to_ipc
 
     return len(to_ipc(Reader()()))
 
@@ -384,7 +384,7 @@ CHILD = textwrap.dedent(
     """
     import sys, time
     import pyarrow as pa
-    from carnet.query_cache import cached_read
+    from carnet.query.cache import cached_read
     from carnet.settings import CarnetSettings
     from carnet.sources import SourceContext
 

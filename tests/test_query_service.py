@@ -23,8 +23,8 @@ from carnet.db.models import Connection, DataSource, Role
 from carnet.demo import DEMO_SOURCE, DEMO_TABLE
 from carnet.errors import CarnetError, QueryTimeout, RowLimitExceeded
 from carnet.permissions import Principal
-from carnet.query_service import run_query, run_sql
-from carnet.source_sql import parse_source_sql, substitute_placeholders
+from carnet.query.placeholders import parse_source_sql, substitute_placeholders
+from carnet.query.service import run_query, run_sql
 from carnet.warehouse import Warehouse
 from tests.api_support import api_url, assert_json_error, auth, unique
 from tests.helpers import execute_in_kernel, start_server, stop_server, user_path

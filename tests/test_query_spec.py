@@ -1,4 +1,4 @@
-"""carnet.query_spec: validation, each operator, injection attempts, and the same answers on DuckDB,
+"""carnet.query.spec: validation, each operator, injection attempts, and the same answers on DuckDB,
 PostgreSQL and MariaDB for one small fixture table."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from carnet.errors import ValidationError
-from carnet.query_spec import parse_spec, to_duckdb, to_sqlalchemy
+from carnet.query.spec import parse_spec, to_duckdb, to_sqlalchemy
 
 COLUMNS = ["id", "region", "amount", "note", "day"]
 ROWS = [

@@ -26,8 +26,8 @@ from carnet.errors import (
     UnsafeURL,
     ValidationError,
 )
+from carnet.kinds.rest import RestJsonKind
 from carnet.settings import CarnetSettings
-from carnet.source_kinds_rest import RestJsonKind
 from carnet.sources import ReadLimits, SourceContext, source_kinds
 from tests.api_support import api_url, assert_json_error, auth, unique
 

@@ -1,4 +1,4 @@
-"""Reading a REST API that answers JSON (the ``rest_json`` source kind, carnet/source_kinds_rest.py).
+"""Reading a REST API that answers JSON (the ``rest_json`` source kind, carnet/kinds/rest.py).
 
 Every request goes through ``carnet.net_guard.SafeSession`` (addresses checked, redirects re-checked, bodies
 capped); one read has one time budget (``ReadLimits.timeout_seconds``) shared by all its pages and waits.
@@ -37,7 +37,7 @@ MAX_DEPTH = 32  # deeper objects stay one JSON text column
 
 @dataclass
 class RestRequest:
-    """What a read needs: validated options (carnet/source_kinds_rest.py) and the decrypted secrets."""
+    """What a read needs: validated options (carnet/kinds/rest.py) and the decrypted secrets."""
 
     options: dict
     secrets: dict = field(repr=False)

@@ -18,7 +18,6 @@ import pyarrow as pa
 import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
 
-from carnet import query_spec
 from carnet.connectors.read_only_sql import SQLGLOT_DIALECTS, check_read_only
 from carnet.connectors.sql_settings import (
     VARIABLE,
@@ -35,6 +34,7 @@ from carnet.errors import (
     RowLimitExceeded,
     ValidationError,
 )
+from carnet.query import spec as query_spec
 
 _BATCH = 10_000
 

@@ -1,7 +1,7 @@
 """/api/v1/sources/{name}/query and /api/v1/query: the query service over REST, answers as Arrow IPC.
 
 ``POST sources/{name}/query`` takes a query spec (``columns, where, order_by, limit, group_by,
-aggregates``; see carnet/query_spec.py) and ``variables``; ``POST query`` takes ``{"sql": "... {orders} ...",
+aggregates``; see carnet/query/spec.py) and ``variables``; ``POST query`` takes ``{"sql": "... {orders} ...",
 "variables": {...}}``. Both only read (action ``sources:read_data``: analysts and up, and app kernels), so
 nothing is audited. The blocking work runs in a thread with its own database session.
 """
@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from carnet.db import session_scope
 from carnet.errors import ValidationError
-from carnet.query_service import run_query, run_sql
+from carnet.query.service import run_query, run_sql
 from carnet.service.api.base import API_PREFIX, BaseHandler, authorized
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from carnet.errors import ValidationError
-from carnet.query_cache import MAX_TTL_SECONDS, POLICIES, invalidate_source
+from carnet.query.cache import MAX_TTL_SECONDS, POLICIES, invalidate_source
 from carnet.service.api.base import API_PREFIX, BaseHandler, authorized
 from carnet.service.api.sources import find_source
 

@@ -11,9 +11,9 @@ from sqlalchemy.exc import IntegrityError
 from carnet.db.models import DataSource
 from carnet.errors import Conflict, NotFound, ValidationError
 from carnet.permissions import Principal
-from carnet.query_cache import forget_source
-from carnet.query_spec import MAX_LIMIT as MAX_SPEC_LIMIT
-from carnet.query_spec import parse_spec
+from carnet.query.cache import forget_source
+from carnet.query.spec import MAX_LIMIT as MAX_SPEC_LIMIT
+from carnet.query.spec import parse_spec
 from carnet.service.api import source_definitions as definitions
 from carnet.service.api.base import API_PREFIX, BaseHandler, authorized
 from carnet.sources import source_context, source_kinds

@@ -1,9 +1,9 @@
 """The query service: structured queries on one source, and SQL across an organization's sources.
 
-``run_query`` reads one source with a ``carnet.query_spec`` (columns, where, group_by, aggregates, order_by,
+``run_query`` reads one source with a ``carnet.query.spec`` (columns, where, group_by, aggregates, order_by,
 limit): kinds that push down (warehouse, SQL servers) run it where the data lives; for the others the rows
 are read once (through the result cache) and the spec runs in an in-memory DuckDB. ``run_sql`` runs SQL
-over ``{source}`` placeholders (checked by ``carnet.source_sql``): on the SQL server itself when every
+over ``{source}`` placeholders (checked by ``carnet.query.placeholders``): on the SQL server itself when every
 source it names is a ``sql_table``/``sql_query`` of the same connection, otherwise in an in-memory DuckDB
 over the sources' rows, each read through ``run_query`` (so cache and limits apply).
 
@@ -26,8 +26,8 @@ from sqlalchemy import select
 
 from carnet.db.models import DataSource
 from carnet.errors import NotFound, QueryFailed, QueryTimeout, RowLimitExceeded, ValidationError
-from carnet.query_spec import QuerySpec, parse_spec, to_duckdb
-from carnet.source_sql import SourceSql, parse_source_sql
+from carnet.query.placeholders import SourceSql, parse_source_sql
+from carnet.query.spec import QuerySpec, parse_spec, to_duckdb
 from carnet.sources import ReadLimits, source_context, source_kinds
 
 # How deep sources may read sources (a derived source over derived sources...).
@@ -86,7 +86,7 @@ def query_source(session, settings, org_id: int, name: str, spec_raw=None, varia
 
 
 def _query(kind, ctx, source, spec_raw) -> pa.Table:
-    from carnet.query_cache import cached_read
+    from carnet.query.cache import cached_read
 
     max_rows = ctx.limits.max_rows
 
@@ -196,7 +196,7 @@ def sql_over_sources(session, settings, org_id: int, sql, variables=None, *, par
     variables = check_variables(variables)
     parsed = parsed or parse_source_sql(sql)
     sources = {name: find_source(session, org_id, name) for name in parsed.names}
-    from carnet.query_pushdown import pushed_down  # noqa: PLC0415 - it imports this module's neighbours
+    from carnet.query.pushdown import pushed_down  # noqa: PLC0415 - it imports this module's neighbours
 
     table = pushed_down(session, settings, parsed, sources, variables)
     if table is not None:

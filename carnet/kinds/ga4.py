@@ -31,7 +31,6 @@ from types import SimpleNamespace
 import pyarrow as pa
 import requests
 
-from carnet import ga4_report
 from carnet.crypto import redact
 from carnet.errors import (
     CarnetError,
@@ -42,6 +41,7 @@ from carnet.errors import (
     RowLimitExceeded,
     ValidationError,
 )
+from carnet.kinds import ga4_report
 from carnet.sources import SourceContext, SourceKind
 
 GA4_SCOPE = "https://www.googleapis.com/auth/analytics.readonly"
@@ -260,7 +260,7 @@ class _Read:
 
 
 class GA4Kind(SourceKind):
-    """A Google Analytics 4 report (see the module docstring; options in ``carnet.ga4_report``)."""
+    """A Google Analytics 4 report (see the module docstring; options in ``carnet.kinds.ga4_report``)."""
 
     name = "ga4"
     secret_fields = frozenset({SECRET_FIELD})

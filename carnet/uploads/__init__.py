@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from carnet.csv_upload import CsvOptions, read_csv
 from carnet.errors import ValidationError
+from carnet.uploads.csv_files import CsvOptions, read_csv
 from carnet.warehouse import Warehouse, check_identifier
 
 FORMATS = ("csv", "tsv", "xlsx", "parquet")

@@ -15,7 +15,7 @@ from carnet.connectors.read_only_sql import SQLGLOT_DIALECTS
 from carnet.connectors.sql import SqlRead, read_arrow
 from carnet.connectors.sql_settings import VARIABLE
 from carnet.errors import QueryFailed
-from carnet.source_sql import SourceSql, server_sql
+from carnet.query.placeholders import SourceSql, server_sql
 from carnet.sources import source_context, source_kinds
 
 PUSHDOWN_KINDS = frozenset({"sql_table", "sql_query"})

@@ -5,7 +5,7 @@ comments), swaps each for a generated identifier, and checks the result with sql
 read-only SELECT (``carnet.connectors.read_only_sql``) whose every table reference is a placeholder or a CTE
 of the query itself. Table functions (``read_csv(...)``, ``duckdb_tables()``), schema-qualified names
 (``information_schema.tables``) and DuckDB's introspection functions are refused before anything runs; the
-DuckDB connection that runs the query has no file access either (``carnet.query_service``), a second layer.
+DuckDB connection that runs the query has no file access either (``carnet.query.service``), a second layer.
 
 The query that runs is sqlglot's re-rendering of the tree that was checked, never the caller's text, so a
 difference between sqlglot's parser and DuckDB's cannot smuggle anything past the check.

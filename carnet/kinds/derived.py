@@ -1,10 +1,11 @@
 """The ``derived`` source kind: SQL over other sources of the organization.
 
 Options: ``{"sql": "SELECT c.country, sum(o.amount) FROM {orders} o JOIN {customers} c ON ..."}``. The SQL is
-checked when saved (``carnet.source_sql``: one read-only SELECT, tables only as ``{source}`` placeholders);
+checked when saved (``carnet.query.placeholders``: one read-only SELECT, tables only as ``{source}``
+placeholders);
 ``check_references`` (called by the sources API with the org's sources at hand) refuses unknown sources,
-reference cycles and chains deeper than ``carnet.query_service.MAX_DEPTH``. Reading runs
-``carnet.query_service.sql_over_sources``: pushed down whole to one SQL server when it can, otherwise in an
+reference cycles and chains deeper than ``carnet.query.service.MAX_DEPTH``. Reading runs
+``carnet.query.service.sql_over_sources``: pushed down whole to one SQL server when it can, otherwise in an
 in-memory DuckDB over the inputs; the query spec of a read is then applied by the query service.
 """
 
@@ -15,7 +16,7 @@ from sqlalchemy import select
 from carnet.db import session_scope
 from carnet.db.models import DataSource
 from carnet.errors import ValidationError
-from carnet.source_sql import parse_source_sql
+from carnet.query.placeholders import parse_source_sql
 from carnet.sources import SourceContext, SourceKind
 
 FIELD = "options.sql"
@@ -36,7 +37,7 @@ class DerivedKind(SourceKind):
 
     def check_references(self, session, org_id: int, name: str, options: dict) -> None:
         """Every source named exists in the org; no chain leads back to ``name`` or goes too deep."""
-        from carnet.query_service import MAX_DEPTH
+        from carnet.query.service import MAX_DEPTH
 
         def referenced(sql: str) -> list[str]:
             return parse_source_sql(sql, FIELD).names
@@ -61,7 +62,7 @@ class DerivedKind(SourceKind):
         walk(referenced(options["sql"]), 1, ())
 
     def _run(self, ctx: SourceContext, describe: bool):
-        from carnet.query_service import describe_sql, sql_over_sources
+        from carnet.query.service import describe_sql, sql_over_sources
 
         # A session of its own: kinds get a context, not the caller's session.
         with session_scope(ctx.settings.db_url) as session:

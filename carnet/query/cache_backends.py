@@ -1,4 +1,4 @@
-"""Where cached source results live: in this process, on disk, or in Redis (``carnet.query_cache`` uses them).
+"""Where cached source results live: in this process, on disk, or in Redis (``carnet.query.cache`` uses them).
 
 Every backend stores one Arrow table per key as Arrow IPC bytes, under a namespace of (org id, source id), so
 that a source's entries can be dropped together and an organization's entries never mix with another's. A

@@ -8,7 +8,7 @@ The key of an entry is a hash of everything that may change the answer: the orga
 kind, the request (canonical JSON of the query spec and the variables) and the caller's row-level context
 (two people with different row rules, or a public viewer, must never share an entry: callers pass it
 explicitly, ``""`` when no rule applies). Entries are stored per (org, source) by the backend chosen by
-``CarnetSettings.cache_backend`` (``carnet.cache_backends``).
+``CarnetSettings.cache_backend`` (``carnet.query.cache_backends``).
 
 Identical requests arriving together are computed once: a lock per key in this process, and with Redis a
 lock in Redis for the other processes (best effort: a waiter gives up after the read timeout and computes).
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from carnet.cache_backends import CacheBackend, DiskCache, MemoryCache, RedisCache
+from carnet.query.cache_backends import CacheBackend, DiskCache, MemoryCache, RedisCache
 
 log = logging.getLogger(__name__)
 

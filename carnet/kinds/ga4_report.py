@@ -1,6 +1,6 @@
 """Google Analytics 4 report definitions: a source's options checked, turned into a Data API ``runReport``
 request, and the report's rows turned into Arrow. No network and no credentials here (see
-``carnet.source_kinds_ga4``).
+``carnet.kinds.ga4``).
 
 Options of a ``ga4`` source::
 
