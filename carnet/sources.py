@@ -94,6 +94,17 @@ class SourceKind:
         """Check that the source answers; typed errors (ConnectionFailed, QueryTimeout...) say why not."""
         return {"ok": True, "columns": self.columns(ctx)}
 
+    def variable_names(self, options: dict) -> frozenset[str] | None:
+        """The ``{{variables}}`` a source of this kind takes; None when it takes whatever it is given."""
+        return None
+
+
+def variables_for(kind: SourceKind, options: dict, variables: dict) -> dict:
+    """The caller's variables that this source takes: SQL across sources hands each source its own only
+    (a source refuses variables it does not declare)."""
+    names = kind.variable_names(options)
+    return dict(variables) if names is None else {k: v for k, v in variables.items() if k in names}
+
 
 class WarehouseTableKind(SourceKind):
     """A table of the organization's own warehouse."""

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pytest
 import requests
 import sqlalchemy as sa
-from sqlalchemy import delete
+from sqlalchemy import delete, select
 
 from carnet.db import session_scope
 from carnet.db.models import Connection, DataSource, Role
@@ -480,6 +480,78 @@ def test_sql_over_sources_of_one_server_runs_there_as_one_query(carnet_stack, an
     same(table.to_pandas(), expected)
     # Through the API too, same answer.
     same(arrow_df(sql(carnet_stack, analyst, text)), expected)
+
+
+def test_sql_across_sources_hands_each_source_only_its_own_variables(carnet_stack, analyst, created, pg_shop):
+    """Two query sources declaring different variables, one call giving both: each gets its own (a source
+    refuses variables it does not declare), pushed down or not."""
+    with session_scope(carnet_stack.settings.db_url) as session:
+        connection_id = session.scalar(
+            select(DataSource.connection_id).where(DataSource.name == pg_shop["sources"]["orders"])
+        )
+        made = {}
+        for key, text, variable in (
+            (
+                "fr",
+                "SELECT o.* FROM orders o JOIN customers c ON o.customer_id = c.id "
+                "WHERE c.country = {{country}}",
+                "country",
+            ),
+            ("big", "SELECT * FROM orders WHERE amount >= {{floor}}", "floor"),
+        ):
+            source = DataSource(
+                org_id=1,
+                name=unique(f"h2-{key}"),
+                kind="sql_query",
+                options={"sql": text, "variables": [{"name": variable, "default": None}]},
+                connection_id=connection_id,
+            )
+            session.add(source)
+            session.flush()
+            created.sources.add(source.id)
+            made[key] = source.name
+    engine = sa.create_engine(pg_shop["url"])
+    with engine.connect() as con:
+        expected = con.exec_driver_sql(
+            "SELECT count(*) FROM orders o JOIN customers c ON o.customer_id = c.id "
+            "WHERE c.country = 'FR' AND o.amount >= 90"
+        ).scalar_one()
+    engine.dispose()
+    variables = {"country": "FR", "floor": 90}
+    pushed = sql(
+        carnet_stack,
+        analyst,
+        f"SELECT count(*) AS n FROM {{{made['fr']}}} f JOIN {{{made['big']}}} b ON f.id = b.id",
+        variables,
+    )
+    assert int(arrow_df(pushed)["n"][0]) == expected > 0
+    # With the warehouse's gapminder in the query, nothing is pushed down: each source is read on its own.
+    mixed = sql(
+        carnet_stack,
+        analyst,
+        f"SELECT (SELECT count(*) FROM {{{made['fr']}}} f JOIN {{{made['big']}}} b ON f.id = b.id) AS n, "
+        "(SELECT count(*) FROM {gapminder}) AS g",
+        variables,
+    )
+    frame = arrow_df(mixed)
+    assert int(frame["n"][0]) == expected and int(frame["g"][0]) > 1000
+    # A spec on a SQL table source at the default 10M-row cap (one row over it is asked of the server).
+    spec = {"where": [["amount", ">=", 90]], "aggregates": {"*": "count"}}
+    counted = requests.post(
+        api_url(carnet_stack, f"sources/{pg_shop['sources']['orders']}/query"),
+        json=spec,
+        headers=analyst,
+        timeout=60,
+    )
+    assert int(arrow_df(counted)["count"][0]) == sum(1 for i in range(1, 5001) if i % 97 + 0.5 >= 90)
+    # Called on its own, a source still refuses a variable it does not declare.
+    alone = requests.post(
+        api_url(carnet_stack, f"sources/{made['big']}/query"),
+        json={"variables": variables},
+        headers=analyst,
+        timeout=60,
+    )
+    assert_json_error(alone, 400)
 
 
 # -- the kernel-side API, in a real kernel -----------------------------------------------------------------

@@ -80,6 +80,9 @@ class _SqlKind(SourceKind):
         values.update(ctx.variables)
         return values
 
+    def variable_names(self, options: dict) -> frozenset[str]:
+        return frozenset(v["name"] for v in options.get("variables") or [])
+
     def host_check(self, ctx: SourceContext, settings: ConnectionSettings):
         return sql_host_guard(ctx.settings, settings.dialect)
 

@@ -16,7 +16,7 @@ from carnet.connectors.sql import SqlRead, read_arrow
 from carnet.connectors.sql_settings import VARIABLE
 from carnet.errors import QueryFailed
 from carnet.query.placeholders import SourceSql, server_sql
-from carnet.sources import source_context, source_kinds
+from carnet.sources import source_context, source_kinds, variables_for
 
 PUSHDOWN_KINDS = frozenset({"sql_table", "sql_query"})
 
@@ -28,11 +28,18 @@ def can_push_down(sources: dict) -> bool:
     return len({s.connection_id for s in sources.values()}) == 1
 
 
+def own_variables(source, variables: dict) -> dict:
+    return variables_for(source_kinds.get(source.kind), dict(source.options or {}), variables)
+
+
 def pushed_down(session, settings, parsed: SourceSql, sources: dict, variables: dict):
     """The result, computed by the sources' SQL server; None when the query cannot be pushed down."""
     if not can_push_down(sources):
         return None
-    contexts = {name: source_context(session, settings, row, variables) for name, row in sources.items()}
+    contexts = {
+        name: source_context(session, settings, row, own_variables(row, variables))
+        for name, row in sources.items()
+    }
     first = next(iter(contexts.values()))
     kind = source_kinds.get(first.kind)
     connection = kind.connection_settings(first)

@@ -28,7 +28,7 @@ from carnet.db.models import DataSource
 from carnet.errors import NotFound, QueryFailed, QueryTimeout, RowLimitExceeded, ValidationError
 from carnet.query.placeholders import SourceSql, parse_source_sql
 from carnet.query.spec import QuerySpec, parse_spec, to_duckdb
-from carnet.sources import ReadLimits, source_context, source_kinds
+from carnet.sources import ReadLimits, source_context, source_kinds, variables_for
 
 # How deep sources may read sources (a derived source over derived sources...).
 MAX_DEPTH = 5
@@ -202,11 +202,18 @@ def sql_over_sources(session, settings, org_id: int, sql, variables=None, *, par
     if table is not None:
         return table
     limits = ReadLimits.from_settings(settings)
-    inputs = {name: query_source(session, settings, org_id, name, None, variables) for name in sources}
+    inputs = {
+        name: query_source(session, settings, org_id, name, None, own_variables(row, variables))
+        for name, row in sources.items()
+    }
     with memory_duckdb() as con:
         for name, data in inputs.items():
             con.register(parsed.markers[name], data)
         return run_duckdb(con, parsed.duckdb_sql(), [], limits, parsed.restore_names)
+
+
+def own_variables(source, variables: dict) -> dict:
+    return variables_for(source_kinds.get(source.kind), dict(source.options or {}), variables)
 
 
 def describe_sql(session, settings, org_id: int, sql, variables=None) -> list[dict]:
@@ -214,7 +221,15 @@ def describe_sql(session, settings, org_id: int, sql, variables=None) -> list[di
     variables = check_variables(variables)
     parsed = parse_source_sql(sql)
     inputs = {
-        name: query_source(session, settings, org_id, name, {"limit": 0}, variables) for name in parsed.names
+        name: query_source(
+            session,
+            settings,
+            org_id,
+            name,
+            {"limit": 0},
+            own_variables(find_source(session, org_id, name), variables),
+        )
+        for name in parsed.names
     }
     with memory_duckdb() as con:
         for name, data in inputs.items():

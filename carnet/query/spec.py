@@ -20,6 +20,7 @@ last, MariaDB first), `like` case sensitivity (MariaDB's default collation ignor
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -73,9 +74,12 @@ class QuerySpec:
 
 
 def parse_spec(raw: Mapping | QuerySpec | None, known_columns: Iterable[str]) -> QuerySpec:
-    """Check `raw` against the table's column names; every problem is a ValidationError naming the field."""
+    """Check `raw` against the table's column names; every problem is a ValidationError naming the field.
+    A QuerySpec is checked again against these columns, but its limit is kept as it is: callers' limits
+    were checked when parsed, and Carnet's own row caps (max_rows + 1) may go past MAX_LIMIT."""
     if isinstance(raw, QuerySpec):
-        raw = _unparse(raw)
+        checked = parse_spec({**_unparse(raw), "limit": None}, known_columns)
+        return dataclasses.replace(checked, limit=raw.limit)
     raw = {} if raw is None else raw
     if not isinstance(raw, Mapping):
         raise ValidationError("A query must be an object", field="query")
