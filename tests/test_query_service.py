@@ -274,6 +274,10 @@ def test_sql_joining_two_sources_gives_what_duckdb_gives(carnet_stack, analyst, 
         ("SELECT * FROM information_schema.tables", 400),
         ("SELECT * FROM gapminder", 400),
         ("SELECT * FROM duckdb_settings()", 400),
+        # Warehouse-only SQL runs over the attached warehouse: its name gives no way around the placeholders.
+        ("SELECT * FROM {gapminder} g, carnet_warehouse.main.gapminder w", 400),
+        ("SELECT (SELECT count(*) FROM carnet_warehouse.main.gapminder) FROM {gapminder}", 400),
+        ("SELECT * FROM {gapminder} WHERE 0 < (SELECT count(*) FROM duckdb_tables())", 400),
     ],
 )
 def test_forbidden_sql_over_the_api_is_refused_and_reads_nothing(carnet_stack, analyst, text, status):

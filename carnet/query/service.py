@@ -27,8 +27,9 @@ from sqlalchemy import select
 from carnet.db.models import DataSource
 from carnet.errors import NotFound, QueryFailed, QueryTimeout, RowLimitExceeded, ValidationError
 from carnet.query.placeholders import SourceSql, parse_source_sql
-from carnet.query.spec import QuerySpec, parse_spec, to_duckdb
+from carnet.query.spec import QuerySpec, parse_spec, quote_identifier, to_duckdb
 from carnet.sources import ReadLimits, source_context, source_kinds, variables_for
+from carnet.warehouse import check_identifier
 
 # How deep sources may read sources (a derived source over derived sources...).
 MAX_DEPTH = 5
@@ -164,6 +165,30 @@ def memory_duckdb():
         con.close()
 
 
+@contextmanager
+def warehouse_duckdb(path, tables: dict[str, str]):
+    """An in-memory DuckDB where each marker is a view of a table of the org's warehouse (attached read-only),
+    then locked like ``memory_duckdb``: no file access, no extensions, no configuration change."""
+    if not path.exists():
+        raise NotFound("This organization's warehouse is empty")
+    con = duckdb.connect(
+        ":memory:", config={"autoload_known_extensions": False, "autoinstall_known_extensions": False}
+    )
+    try:
+        literal = "'" + str(path).replace("'", "''") + "'"
+        con.execute(f"ATTACH {literal} AS carnet_warehouse (READ_ONLY)")
+        for marker, table in tables.items():
+            con.execute(
+                f"CREATE TEMP VIEW {quote_identifier(marker)} AS "  # noqa: S608 - identifiers quoted
+                f"SELECT * FROM carnet_warehouse.main.{quote_identifier(check_identifier(table))}"
+            )
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
+        yield con
+    finally:
+        con.close()
+
+
 def run_duckdb(con, sql: str, params: list, limits: ReadLimits, restore=lambda text: text) -> pa.Table:
     """Run ``sql``, stopping at the time limit (interrupt) and past ``limits.max_rows`` rows."""
     timer = threading.Timer(limits.timeout_seconds, con.interrupt)
@@ -202,6 +227,11 @@ def sql_over_sources(session, settings, org_id: int, sql, variables=None, *, par
     if table is not None:
         return table
     limits = ReadLimits.from_settings(settings)
+    if all(row.kind == "warehouse_table" for row in sources.values()):
+        # Every input is in the org's warehouse: DuckDB reads the tables where they are (no copy).
+        tables = {parsed.markers[name]: row.options["table"] for name, row in sources.items()}
+        with warehouse_duckdb(settings.warehouse_path(org_id), tables) as con:
+            return run_duckdb(con, parsed.duckdb_sql(), [], limits, parsed.restore_names)
     inputs = {
         name: query_source(session, settings, org_id, name, None, own_variables(row, variables))
         for name, row in sources.items()

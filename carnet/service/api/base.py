@@ -9,6 +9,7 @@ import sys
 import traceback
 from http import HTTPStatus
 
+import pyarrow as pa
 from jupyterhub.services.auth import HubOAuthenticated
 from sqlalchemy import select
 from tornado import web
@@ -31,6 +32,8 @@ from carnet.permissions import API_KEY_VIA, PEOPLE_ONLY_ACTIONS, Principal
 from carnet.tokens import TOKEN_PREFIX, resolve_token
 
 API_PREFIX = "api/v1/"
+ARROW_STREAM = "application/vnd.apache.arrow.stream"
+ARROW_BATCH_ROWS = 65_536
 
 
 class BaseHandler(HubOAuthenticated, web.RequestHandler):
@@ -168,6 +171,21 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         self.write(json.dumps(data, default=str))
 
+    async def send_arrow(self, table: pa.Table) -> None:
+        """Answer ``table`` as an Arrow IPC stream, batch by batch: the client starts reading while the rest
+        is written, and the whole result is never copied into one more buffer."""
+        self.set_header("Content-Type", ARROW_STREAM)
+        chunks = _Chunks()
+        with pa.ipc.new_stream(pa.PythonFile(chunks, mode="w"), table.schema) as writer:
+            for batch in table.to_batches(max_chunksize=ARROW_BATCH_ROWS):
+                writer.write_batch(batch)
+                for part in chunks.take():
+                    self.write(part)
+                await self.flush()
+        for part in chunks.take():  # the end-of-stream marker
+            self.write(part)
+        self.finish()
+
     def write_error(self, status_code: int, **kwargs) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(exc, CarnetError):
@@ -203,6 +221,26 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
     @property
     def log(self):
         return self.application.settings["log"]
+
+
+class _Chunks:
+    """A write-only file for pyarrow's IPC writer that keeps what was written until taken."""
+
+    closed = False
+
+    def __init__(self):
+        self._parts: list[bytes] = []
+
+    def write(self, data) -> int:
+        self._parts.append(bytes(data))
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def take(self) -> list[bytes]:
+        parts, self._parts = self._parts, []
+        return parts
 
 
 def _principal_of(membership: Membership, via: str) -> Principal:

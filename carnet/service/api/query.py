@@ -10,21 +10,10 @@ from __future__ import annotations
 
 import asyncio
 
-import pyarrow as pa
-
 from carnet.db import session_scope
 from carnet.errors import ValidationError
 from carnet.query.service import run_query, run_sql
 from carnet.service.api.base import API_PREFIX, BaseHandler, authorized
-
-ARROW_STREAM = "application/vnd.apache.arrow.stream"
-
-
-def arrow_bytes(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return sink.getvalue().to_pybytes()
 
 
 class QueryHandlerBase(BaseHandler):
@@ -33,11 +22,9 @@ class QueryHandlerBase(BaseHandler):
 
         def work():
             with session_scope(settings.db_url) as session:
-                return arrow_bytes(function(session, settings, *args))
+                return function(session, settings, *args)
 
-        body = await asyncio.to_thread(work)
-        self.set_header("Content-Type", ARROW_STREAM)
-        self.finish(body)
+        await self.send_arrow(await asyncio.to_thread(work))
 
 
 class SourceQueryHandler(QueryHandlerBase):

@@ -19,9 +19,6 @@ from carnet.service.api.base import API_PREFIX, BaseHandler, authorized
 from carnet.sources import source_context, source_kinds
 from carnet.validation import refuse_hidden_characters
 
-ARROW_STREAM = "application/vnd.apache.arrow.stream"
-
-
 EDITABLE_SOURCE_FIELDS = frozenset({"name", "description", "options", "connection"})
 MAX_DESCRIPTION = 10_000
 
@@ -232,12 +229,7 @@ class SourceDataHandler(BaseHandler):
             source = find_source(session, principal.org_id, name)
             kind = source_kinds.get(source.kind)
             context = source_context(session, self.settings_obj, source, request_variables(self))
-        table = await asyncio.to_thread(read_rows, kind, context, limit)
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, table.schema) as writer:
-            writer.write_table(table)
-        self.set_header("Content-Type", ARROW_STREAM)
-        self.finish(sink.getvalue().to_pybytes())
+        await self.send_arrow(await asyncio.to_thread(read_rows, kind, context, limit))
 
 
 default_handlers = [
