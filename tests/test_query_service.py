@@ -101,6 +101,33 @@ def sql(stack, headers, text: str, variables=None) -> requests.Response:
     return requests.post(api_url(stack, "query"), json=body, headers=headers, timeout=120)
 
 
+def test_whole_number_sums_come_back_as_integers_and_exact_decimals_stay():
+    import decimal
+
+    from carnet.query.service import plain_integers
+
+    table = pa.table(
+        {
+            "total": pa.array([decimal.Decimal(5), None], pa.decimal128(38, 0)),
+            "huge": pa.array([decimal.Decimal(10**30)] * 2, pa.decimal128(38, 0)),
+            "money": pa.array([decimal.Decimal("1.50"), decimal.Decimal("2")], pa.decimal128(10, 2)),
+        }
+    )
+    plain = plain_integers(table)
+    assert plain.schema.field("total").type == pa.int64() and plain.column("total").to_pylist() == [5, None]
+    assert plain.schema.field("huge").type == pa.decimal128(38, 0)  # would not fit: kept exact
+    assert plain.schema.field("money").type == pa.decimal128(10, 2)
+
+
+def test_a_sum_over_the_warehouse_is_an_integer_column(carnet_stack, analyst):
+    spec = {"group_by": ["continent"], "aggregates": {"pop": "sum"}, "where": [["year", "=", 2007]]}
+    response = requests.post(
+        api_url(carnet_stack, f"sources/{DEMO_SOURCE}/query"), json=spec, headers=analyst, timeout=60
+    )
+    frame = arrow_df(response)
+    assert str(frame["pop"].dtype) == "int64" and frame["pop"].sum() > 6_000_000_000
+
+
 # -- placeholders (no stack) -------------------------------------------------------------------------------
 def test_placeholders_are_found_outside_strings_comments_and_struct_literals():
     text, markers = substitute_placeholders(

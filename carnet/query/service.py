@@ -64,7 +64,20 @@ def find_source(session, org_id: int, name: str) -> DataSource:
 # -- one source ----------------------------------------------------------------------------------------
 def run_query(session, settings, principal, source_name: str, spec_raw=None, variables=None) -> pa.Table:
     """``source_name`` of the principal's org, queried by ``spec_raw`` (a query_spec mapping)."""
-    return query_source(session, settings, principal.org_id, source_name, spec_raw, variables)
+    return plain_integers(query_source(session, settings, principal.org_id, source_name, spec_raw, variables))
+
+
+def plain_integers(table: pa.Table) -> pa.Table:
+    """Whole-number decimals (DuckDB's and PostgreSQL's ``sum`` of integers) as int64 when every value fits,
+    so a DataFrame gets numbers, not Python Decimal objects; decimals with a fraction stay exact."""
+    for index, field in enumerate(table.schema):
+        if pa.types.is_decimal(field.type) and field.type.scale == 0:
+            try:
+                column = table.column(index).cast(pa.int64(), safe=True)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                continue
+            table = table.set_column(index, pa.field(field.name, pa.int64(), field.nullable), column)
+    return table
 
 
 def query_source(session, settings, org_id: int, name: str, spec_raw=None, variables=None) -> pa.Table:
@@ -214,7 +227,7 @@ def run_duckdb(con, sql: str, params: list, limits: ReadLimits, restore=lambda t
 # -- SQL over sources ------------------------------------------------------------------------------------
 def run_sql(session, settings, principal, sql: str, variables=None) -> pa.Table:
     """SQL over the principal's org's sources, written ``{source name}``."""
-    return sql_over_sources(session, settings, principal.org_id, sql, variables)
+    return plain_integers(sql_over_sources(session, settings, principal.org_id, sql, variables))
 
 
 def sql_over_sources(session, settings, org_id: int, sql, variables=None, *, parsed: SourceSql | None = None):
