@@ -204,6 +204,14 @@ def _literal_address(host: str) -> IPAddress | None:
     return None
 
 
+def check_url_syntax(url: str) -> str:
+    """The host of ``url`` when its scheme and spelling are acceptable (nothing resolved): what can be
+    checked when a URL is saved; ``check_url`` checks the addresses at each fetch."""
+    _, host, _ = _host_of(url)
+    _literal_address(host)
+    return host
+
+
 def check_url(url: str, allow_hosts: Iterable[str] = (), resolver: Resolver | None = None) -> CheckedURL:
     """Check ``url`` (scheme, host spelling, every resolved address) against the allowlist (strings as in
     ``fetch_allow_hosts``, or entries from ``parse_allow_hosts``); raise ``UnsafeURL`` naming the reason

@@ -28,7 +28,7 @@ import pyarrow as pa
 from carnet.connectors.rest import RestReader, RestRequest
 from carnet.connectors.sql_settings import VARIABLE
 from carnet.errors import UnsafeURL, ValidationError
-from carnet.net_guard import _host_of, _literal_address
+from carnet.net_guard import check_url_syntax
 from carnet.sources import SourceContext, SourceKind
 
 OPTION_KEYS = frozenset({"url", "method", "headers", "params", "body", "auth", "record_path", "pagination"})
@@ -101,8 +101,7 @@ def _url(value) -> str:
         _fail("Variables ({{var}}) are allowed in options.params, not in the URL", "options.url")
     try:
         # Syntax only when saved (scheme, host spelling): the addresses are checked on every fetch.
-        _host_of(value)
-        _literal_address(_host_of(value)[1])
+        check_url_syntax(value)
     except UnsafeURL as error:
         _fail(error.message, "options.url")
     return value
