@@ -353,3 +353,43 @@ class AppShare(Base):
         ForeignKey("viewer_groups.id", ondelete="CASCADE"), index=True
     )
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WarehouseLoad(Base):
+    """One load into a warehouse table (load history: who, when, rows in/out, duration, status, error)."""
+
+    __tablename__ = "warehouse_loads"
+    __table_args__ = NO_ID_REUSE
+    id: Mapped[int] = mapped_column(primary_key=True)
+    org_id: Mapped[int] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
+    table_name: Mapped[str] = mapped_column(String(64))
+    mode: Mapped[str] = mapped_column(String(16))  # replace | append | upsert | delete | batch
+    actor_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    actor: Mapped[str] = mapped_column(String(320), default="")  # email, "push <name>", "job <id>"...
+    origin: Mapped[str] = mapped_column(
+        String(32), default="api"
+    )  # api | kernel | upload | push | sync | cli
+    status: Mapped[str] = mapped_column(String(16), default="running")  # running | succeeded | failed
+    rows_in: Mapped[int] = mapped_column(Integer, default=0)
+    rows_out: Mapped[int | None] = mapped_column(Integer)  # rows in the table after the load
+    error: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+
+
+class PushEndpoint(Base):
+    """A revocable secret URL through which an outside system pushes JSON rows into one warehouse table."""
+
+    __tablename__ = "push_endpoints"
+    __table_args__ = NO_ID_REUSE
+    id: Mapped[int] = mapped_column(primary_key=True)
+    org_id: Mapped[int] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
+    table_name: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(200), default="")
+    prefix: Mapped[str] = mapped_column(String(16), unique=True)  # public part of the secret, for lookup
+    secret_hash: Mapped[str] = mapped_column(String(128))
+    mode: Mapped[str] = mapped_column(String(16), default="append")  # append | upsert
+    key: Mapped[list] = mapped_column(default=list)  # key columns for upsert
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None]
