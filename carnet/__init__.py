@@ -8,7 +8,7 @@ are loaded lazily so that the Hub and the services, which also import ``carnet``
 
 __version__ = "0.1.0"
 
-_KERNEL_ATTRIBUTES = {"sources"}
+_KERNEL_ATTRIBUTES = {"sources", "warehouse"}
 
 
 def __getattr__(name):

@@ -5,6 +5,8 @@ carnet demo                 init --demo, then start the Hub and print where to s
 carnet hub                  start the Hub (and through it the Carnet service, Viewer and scheduler)
 carnet run-job ORG JOB      queue a run of a job now (the scheduler picks it up)
 carnet set-password EMAIL   give a user a new random password, printed once
+carnet load ORG TABLE FILE   load a file into a warehouse table through the REST API (progress on stderr)
+carnet warehouse ls|describe TABLE|preview TABLE   the warehouse's tables (same --url/--api-key)
 """
 
 from __future__ import annotations
@@ -134,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     set_password = commands.add_parser("set-password", help="give a user a new random password")
     set_password.add_argument("email")
     set_password.set_defaults(func=cmd_set_password)
+    from carnet.cli_warehouse import add_commands
+
+    add_commands(commands)  # load, warehouse: clients of the REST API, in their own module
     return parser
 
 

@@ -90,6 +90,14 @@ class ApiClient:
     def post_json(self, path: str, body: dict) -> dict:
         return self._request("POST", path, json=body).json()
 
+    def post_body(self, path: str, body, content_type: str, params: dict | None = None) -> dict:
+        """POST raw data (bytes, an open file or a generator: requests streams the last two) -> JSON."""
+        headers = {"Content-Type": content_type}
+        return self._request("POST", path, data=body, params=params, headers=headers).json()
+
+    def delete(self, path: str) -> None:
+        self._request("DELETE", path)
+
     def get_arrow(self, path: str, **params) -> pa.Table:
         return self._arrow(self._request("GET", path, params=params or None, stream=True))
 
@@ -127,7 +135,10 @@ class Client:
 
     ``client.me()``, ``client.sources()`` (names), ``client.get_source(name)`` (the same object as
     ``carnet.sources[name]`` in a notebook: ``.df(...)``, ``.query(...)``, ``.sql(...)``, ``.columns``),
-    ``client.sql("... {orders} ...")`` (DataFrames).
+    ``client.sql("... {orders} ...")`` (DataFrames). Writing (a studio-role key):
+    ``source.reload_from_dataframe(df)``, ``.reload_from_file(path)``, ``.batch(...)``,
+    ``.invalidate_cache()``; ``client.get_or_create_table(name)`` and ``client.warehouse``
+    (``.write(df, "sales", mode=...)``, ``.tables()``).
     """
 
     def __init__(self, url: str, api_key: str, timeout: float = 300):
@@ -161,3 +172,24 @@ class Client:
         source = Source(self._api, name)
         source.info  # noqa: B018 - fetch now: a missing source or a refusal raises here
         return source
+
+    @property
+    def warehouse(self):
+        """The organization's warehouse: ``.write(df, table, mode=..., key=..., types=...)``,
+        ``.tables()``."""
+        from carnet.kernel_helpers.warehouse import Warehouse
+
+        return Warehouse(self._api)
+
+    def get_or_create_table(self, name: str, data=None, key=None, types: dict | None = None):
+        """A warehouse table (``.load``, ``.describe``, ``.preview``, ``.history``). A table exists once
+        loaded: given ``data`` (a DataFrame), a missing table is created from it (mode replace)."""
+        from carnet.kernel_helpers.warehouse import Table
+
+        table = Table(self._api, name)
+        try:
+            table.describe()
+        except errors.NotFound:
+            if data is not None:
+                table.load(data, mode="replace", key=key, types=types)
+        return table

@@ -127,3 +127,10 @@ class UploadTooLarge(CarnetError):
     """An uploaded file is bigger than the upload_max_bytes setting (refused while it streams in)."""
 
     status = 413
+
+
+class LoadFailed(CarnetError):
+    """A warehouse load failed for a reason other than its input (the warehouse refused it); the previous
+    table is left as it was."""
+
+    status = 500

@@ -23,6 +23,10 @@ ACTION_MIN_ROLE: dict[str, Role] = {
     "sources:read_data": Role.analyst,
     "sources:create": Role.studio,
     "sources:manage": Role.studio,
+    # The org's warehouse: analysts see its tables and load history; loading (and making push URLs) is
+    # studio's, like creating sources.
+    "warehouse:read": Role.analyst,
+    "warehouse:load": Role.studio,
     # Connections hold server settings and credentials: for those who manage sources only.
     "connections:read": Role.studio,
     "connections:manage": Role.studio,

@@ -292,6 +292,32 @@ class CarnetSettings(Configurable):
             raise ValueError("upload_max_bytes must be positive")
         return proposal["value"]
 
+    push_max_rows = Integer(
+        help="""Most rows one request to a push endpoint (POST /api/v1/push/<secret>) may carry. Outside
+        systems push small batches as they happen; bulk data goes through POST .../warehouse/tables/<table>/
+        load (Arrow, Parquet, CSV, streamed). A request over it is a 413 and loads nothing.
+        Environment: CARNET_PUSH_MAX_ROWS. Default: 10000.""",
+    ).tag(config=True)
+
+    @default("push_max_rows")
+    def _default_push_max_rows(self):
+        return int(os.environ.get("CARNET_PUSH_MAX_ROWS", "10000"))
+
+    push_max_bytes = Integer(
+        help="""Largest JSON body, in bytes, of one request to a push endpoint: a larger one is a 413 and
+        loads nothing. Environment: CARNET_PUSH_MAX_BYTES. Default: 5 MB.""",
+    ).tag(config=True)
+
+    @default("push_max_bytes")
+    def _default_push_max_bytes(self):
+        return int(os.environ.get("CARNET_PUSH_MAX_BYTES", str(5 * 1024 * 1024)))
+
+    @validate("push_max_rows", "push_max_bytes")
+    def _positive_push_limits(self, proposal):
+        if proposal["value"] <= 0:
+            raise ValueError(f"{proposal['trait'].name} must be positive")
+        return proposal["value"]
+
     cache_backend = Unicode(
         help="""Where the result cache of source reads (carnet.query.cache) keeps its entries: "disk" (the
         default, Arrow IPC files under <data_dir>/cache/<org id>/, shared by the service's restarts),

@@ -1,18 +1,34 @@
 """Each organization's warehouse: one DuckDB file in the org's own data directory.
 
-Only Carnet's server processes open these files; kernels read through the API. Reads use short-lived
-read-only connections so that a load in another process never sees a half-open database.
+Only Carnet's server processes open these files; kernels read through the API. DuckDB lets one process
+hold a file read-write only while no other process has it open, and refuses a second instance of the same
+file in one process: so every read and every load of the Carnet service goes through ONE database instance
+per file (``open_cursor``), one cursor per operation, and DuckDB's MVCC gives each statement a snapshot
+(readers see the old or the new table, never a half-written one). The instance is closed when its last
+cursor is, so that the file is free between requests (CLI, scheduler and tests may open it then). Loads
+from other processes go through the service's REST API.
 """
 
 from __future__ import annotations
 
 import re
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
 
-from carnet.errors import NotFound, ValidationError
+from carnet.errors import Conflict, NotFound, ValidationError
+
+# Tables that loads stage data in: never shown as tables, dropped when a file is opened (a killed load).
+STAGING_PREFIX = "_carnet_staging_"
+# Python objects are handed to DuckDB with ``register`` only: replacement scans and file access are off.
+_CONFIG = {
+    "enable_external_access": False,
+    "autoload_known_extensions": False,
+    "autoinstall_known_extensions": False,
+}
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
@@ -30,26 +46,82 @@ def quote(name: str) -> str:
     return '"' + check_identifier(name) + '"'
 
 
+class _Instance:
+    def __init__(self, con: duckdb.DuckDBPyConnection):
+        self.con = con
+        self.users = 0
+        # DuckDB aborts one of two transactions writing the same table: loads of one file take turns.
+        self.write_lock = threading.RLock()
+
+
+_instances: dict[str, _Instance] = {}
+_instances_lock = threading.Lock()
+
+
+def _open_instance(path: Path) -> duckdb.DuckDBPyConnection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        con = duckdb.connect(str(path), config=_CONFIG)
+    except duckdb.IOException as error:
+        if "lock" in str(error).lower():
+            raise Conflict("The warehouse is in use by another process; try again") from None
+        raise
+    # A load killed before its commit leaves nothing behind (one transaction); drop staging tables that a
+    # crash of an older layout might have committed, so that they never show up as tables.
+    for (name,) in con.execute(
+        "SELECT table_name FROM information_schema.tables "
+        "WHERE table_schema = 'main' AND starts_with(table_name, ?)",
+        [STAGING_PREFIX],
+    ).fetchall():
+        con.execute(f'DROP TABLE IF EXISTS "{name}"')
+    # The query service runs checked SQL on these cursors: no setting may be changed back afterwards. DuckDB
+    # may hand back a still-alive instance (a result object outlived its cursor) that is locked already.
+    if not con.execute("SELECT current_setting('lock_configuration')").fetchone()[0]:
+        con.execute("SET lock_configuration = true")
+    return con
+
+
+@contextmanager
+def open_cursor(path: Path, *, create: bool = False):
+    """A cursor on the process's one DuckDB instance of ``path`` (opened on first use, closed after the last
+    cursor) and that instance's write lock. Without ``create`` a missing file is a NotFound."""
+    path = Path(path)
+    key = str(path.resolve())
+    with _instances_lock:
+        instance = _instances.get(key)
+        if instance is None:
+            if not create and not path.exists():
+                raise NotFound("This organization's warehouse is empty")
+            instance = _instances[key] = _Instance(_open_instance(path))
+        instance.users += 1
+    cursor = instance.con.cursor()
+    try:
+        yield cursor, instance.write_lock
+    finally:
+        cursor.close()
+        with _instances_lock:
+            instance.users -= 1
+            if instance.users == 0:
+                del _instances[key]
+                instance.con.close()
+
+
 class Warehouse:
     """The warehouse of one organization."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
 
-    def _connect(self, read_only: bool) -> duckdb.DuckDBPyConnection:
-        if read_only and not self.path.exists():
-            raise NotFound("This organization's warehouse is empty")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        return duckdb.connect(str(self.path), read_only=read_only)
+    @contextmanager
+    def _connect(self, read_only: bool):
+        with open_cursor(self.path, create=not read_only) as (cursor, _lock):
+            yield cursor
 
     def tables(self) -> list[str]:
         if not self.path.exists():
             return []
         with self._connect(read_only=True) as con:
-            rows = con.execute(
-                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main' ORDER BY 1"
-            ).fetchall()
-        return [row[0] for row in rows]
+            return sorted(self._table_names(con))
 
     def columns(self, table: str) -> list[dict]:
         with self._connect(read_only=True) as con:
@@ -86,13 +158,22 @@ class Warehouse:
         rows = con.execute(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'"
         ).fetchall()
-        return {row[0] for row in rows}
+        return {row[0] for row in rows if not row[0].startswith(STAGING_PREFIX)}
 
     def replace_table(self, table: str, data) -> int:
         """Create or replace ``table`` from a pandas DataFrame or Arrow table, atomically."""
         check_identifier(table)
-        with self._connect(read_only=False) as con:
+        with open_cursor(self.path, create=True) as (con, write_lock), write_lock:
             con.register("incoming", data)
             con.execute(f"CREATE OR REPLACE TABLE {quote(table)} AS SELECT * FROM incoming")
             con.unregister("incoming")
             return con.execute(f"SELECT count(*) FROM {quote(table)}").fetchall()[0][0]  # noqa: S608
+
+
+def write(data, table: str, mode: str = "replace", key=None, types: dict | None = None) -> dict:
+    """``carnet.warehouse.write(df, "sales", mode="replace")`` in a kernel. ``carnet.warehouse`` is the
+    kernel helper (carnet.kernel_helpers.warehouse) until something imports this module, which then takes
+    the name: the call must work either way, so it goes to the helper (REST API, the kernel's token)."""
+    from carnet.kernel_helpers import warehouse
+
+    return warehouse.write(data, table, mode=mode, key=key, types=types)

@@ -6,7 +6,9 @@ No credential of a data source ever reaches the kernel.
 """
 
 from carnet.kernel_helpers.sources import Source, SourceCollection
+from carnet.kernel_helpers.warehouse import Table, Warehouse
 
 sources = SourceCollection()
+warehouse = Warehouse()  # carnet.warehouse.write(df, "sales", mode="replace")
 
-__all__ = ["Source", "SourceCollection", "sources"]
+__all__ = ["Source", "SourceCollection", "Table", "Warehouse", "sources", "warehouse"]

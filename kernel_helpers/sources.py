@@ -18,6 +18,7 @@ from functools import cached_property
 import pandas as pd
 
 from carnet.client import ApiClient
+from carnet.errors import CarnetError
 
 
 def where_list(where) -> list | None:
@@ -96,7 +97,59 @@ class Source:
             variables=variables,
         ).to_pandas()
 
-    get_data = df  # the name ``carnet.Client`` users know
+    def get_data(
+        self, select=None, where=None, group_by=None, order_by=None, limit=None, variables=None
+    ) -> pd.DataFrame:
+        """The names ``carnet.Client`` users know: ``select`` lists columns; with ``group_by``, it lists the
+        group columns and aggregates as ``"sum(amount)"`` or a dict ``{"amount": "sum", "*": "count"}``."""
+        if group_by is None and not isinstance(select, Mapping):
+            return self.df(columns=select, where=where, order_by=order_by, limit=limit, variables=variables)
+        aggregates = dict(select) if isinstance(select, Mapping) else {}
+        for item in [] if isinstance(select, Mapping) else select or []:
+            function, _, column = item.partition("(")
+            if column.endswith(")"):
+                aggregates[column[:-1].strip()] = function.strip().lower()
+        return self.query(
+            group_by=group_by,
+            aggregates=aggregates,
+            where=where,
+            order_by=order_by,
+            limit=limit,
+            variables=variables,
+        )
+
+    # -- writing (studio role): the source's warehouse table ---------------------------------------------
+    def _table(self):
+        from carnet.kernel_helpers.warehouse import Table
+
+        options = self.info.get("options") or {}
+        if self.info.get("kind") != "warehouse_table" or "table" not in options:
+            raise CarnetError(
+                f"Source {self.name!r} is not a warehouse table you may change "
+                f"(kind {self.info.get('kind')!r})"
+            )
+        return Table(self._client, options["table"])
+
+    def _reloaded(self, answer: dict) -> dict:
+        self.__dict__.pop("info", None)  # columns may have changed
+        return answer
+
+    def reload_from_dataframe(self, df, force_types: dict | None = None) -> dict:
+        """Replace the source's table with ``df`` (atomic: readers see the old or the new table), forcing
+        ``force_types`` ({"amount": "decimal(12,2)", "day": "date"}); cached answers are dropped."""
+        return self._reloaded(self._table().load(df, mode="replace", types=force_types))
+
+    def reload_from_file(self, path, force_types: dict | None = None, **options) -> dict:
+        """Replace the source's table with a file (.csv, .tsv, .xlsx, .parquet, .arrow), streamed."""
+        return self._reloaded(self._table().load_file(path, mode="replace", types=force_types, **options))
+
+    def batch(self, operations: list[dict], key) -> dict:
+        """Insert/upsert/delete rows of the source's table by ``key`` in one transaction."""
+        return self._reloaded(self._table().batch(operations, key=key))
+
+    def invalidate_cache(self) -> None:
+        """Drop the source's cached answers (after a change Carnet cannot see)."""
+        self._client.delete(f"{self._path}/cache")
 
     def query(
         self, group_by=None, aggregates=None, where=None, order_by=None, limit=None, variables=None

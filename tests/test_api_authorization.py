@@ -24,6 +24,7 @@ from carnet.passwords import hash_password
 from carnet.permissions import ACTION_MIN_ROLE
 from carnet.service.api.base import NotFoundHandler, authorized
 from carnet.service.api.meta import PUBLIC_HANDLERS
+from carnet.service.api.push import PUBLIC_HANDLERS as PUSH_HANDLERS
 from carnet.service.app import all_handlers
 from carnet.service.openapi import openapi_document
 from carnet.tokens import mint_token
@@ -53,6 +54,7 @@ GLOBEX_ADMIN_PASSWORD = "globex admin password for the matrix"  # noqa: S105 - a
 KEY_ROLES = {"key-viewer": "viewer", "key-analyst": "analyst", "key-studio": "studio", "key-admin": "admin"}
 ROLES = ("anonymous", "viewer", "analyst", "studio", "admin", "viewer-kernel", "globex-admin", *KEY_ROLES)
 
+WH = "/warehouse/tables/{table}"
 # Columns: anonymous, the acme people (viewer, analyst, studio, admin), an acme viewer's app kernel, an admin
 # of *another* org (globex: acme's objects are unknown to them, their own lists are empty of acme's), and
 # acme API keys (made by acme's admin) of each ceiling: a key acts with its ceiling's role, except that keys
@@ -77,6 +79,19 @@ MATRIX = [
     # A file into the caller's own warehouse (globex's admin: globex's), as a source; preview stores nothing.
     ("POST", "/uploads", 401, 403, 403, 201, 201, 403, 201, 403, 403, 201, 201),
     ("POST", "/uploads/preview", 401, 403, 403, 200, 200, 403, 200, 403, 403, 200, 200),
+    # The warehouse: analysts read its tables and their history; studio loads (into its own org: globex's
+    # admin loads into a globex table of that name) and makes push URLs. A push URL is the credential
+    # itself: whoever else calls with it, the rows land in the endpoint's (acme's) table.
+    ("GET", "/warehouse/tables", 401, 403, 200, 200, 200, 403, 200, 403, 200, 200, 200),
+    ("GET", WH, 401, 403, 200, 200, 200, 403, 404, 403, 200, 200, 200),
+    ("GET", WH + "/preview", 401, 403, 200, 200, 200, 403, 404, 403, 200, 200, 200),
+    ("GET", WH + "/loads", 401, 403, 200, 200, 200, 403, 404, 403, 200, 200, 200),
+    ("POST", WH + "/load", 401, 403, 403, 200, 200, 403, 200, 403, 403, 200, 200),
+    ("POST", WH + "/batch", 401, 403, 403, 200, 200, 403, 200, 403, 403, 200, 200),
+    ("GET", WH + "/push-endpoints", 401, 403, 403, 200, 200, 403, 404, 403, 403, 200, 200),
+    ("POST", WH + "/push-endpoints", 401, 403, 403, 201, 201, 403, 404, 403, 403, 201, 201),
+    ("DELETE", WH + "/push-endpoints/{endpoint_id}", 401, 403, 403, 204, 204, 403, 404, 403, 403, 204, 204),
+    ("POST", "/push/{token}", 200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200),
     # The result cache of a source: its policy (on a fresh source) and dropping its entries are studio's.
     ("PUT", "/sources/{name}/cache", 401, 403, 403, 200, 200, 403, 404, 403, 403, 200, 200),
     ("DELETE", "/sources/{name}/cache", 401, 403, 403, 204, 204, 403, 404, 403, 403, 204, 204),
@@ -313,6 +328,57 @@ def put_cache_probe(stack, org_id: int, source_name: str):
 
 
 UPLOAD_CSV = b"city;amount\nLyon;1,5\nNantes;2\n"
+LOAD_ROWS = pa.table({"id": [1, 2], "city": ["Lyon", "Nantes"]})
+# Routes that write into the caller's own org (or, for a push, the URL's): no "unknown object" to compare.
+OWN_ORG_WRITES = {("POST", WH + "/load"), ("POST", WH + "/batch"), ("POST", "/push/{token}")}
+
+
+def arrow_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def load_table(stack, token, table: str) -> None:
+    """A fresh warehouse table of LOAD_ROWS in the token's org, through the load route."""
+    response = requests.post(
+        api_url(stack, f"warehouse/tables/{table}/load?format=arrow&mode=replace"),
+        data=arrow_bytes(LOAD_ROWS),
+        headers={**auth(token), "Content-Type": ARROW_STREAM},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+
+
+def table_rows(stack, headers, table: str) -> list | None:
+    """The table's rows (sorted by id) in the org of ``headers``, or None when it has no such table."""
+    response = requests.get(
+        api_url(stack, f"warehouse/tables/{table}/preview?limit=1000"), headers=headers, timeout=30
+    )
+    if response.status_code == 404:
+        return None
+    assert response.status_code == 200, response.text
+    return sorted(response.json()["rows"], key=lambda row: row["id"])
+
+
+def create_push(stack, token, table: str) -> dict:
+    response = requests.post(
+        api_url(stack, f"warehouse/tables/{table}/push-endpoints"),
+        json={"name": unique("authz push"), "mode": "append"},
+        headers=auth(token),
+        timeout=30,
+    )
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def push_endpoints(stack, headers, table: str) -> list[dict]:
+    response = requests.get(
+        api_url(stack, f"warehouse/tables/{table}/push-endpoints"), headers=headers, timeout=30
+    )
+    assert response.status_code == 200, response.text
+    return response.json()["push_endpoints"]
 
 
 def warehouse_tables(stack, org_id: int) -> list[str]:
@@ -371,6 +437,16 @@ def test_authorization_matrix(
     person = create_person(stack, tokens["admin"]) if "{user_id}" in route else None
     group = create_group(stack, tokens["admin"]) if "{group_id}" in route else None
     connection_settings = matrix_connection_settings(request) if route.startswith("/connections") else None
+    table, endpoint = DEMO_TABLE, None
+    if (method, route) in OWN_ORG_WRITES:
+        # A fresh table each time (the demo's stays as seeded); batch and push change one that exists.
+        table = unique("authz_wh").replace("-", "_")
+        if route == WH + "/batch":
+            load_table(stack, tokens["globex-admin" if globex else "studio"], table)
+        elif route == "/push/{token}":
+            load_table(stack, tokens["studio"], table)  # the endpoint's table is acme's, whoever calls
+    if "{token}" in route or "{endpoint_id}" in route:
+        endpoint = create_push(stack, tokens["studio"], table)
     connection = connection_settings and create_connection(
         stack, tokens["studio"], created, connection_settings
     )
@@ -382,6 +458,9 @@ def test_authorization_matrix(
         user_id=person and person["id"],
         group_id=group and group["id"],
         connection_id=connection and connection["id"],
+        table=table,
+        endpoint_id=endpoint and endpoint["id"],
+        token=endpoint and endpoint["url"].rsplit("/", 1)[-1],
     )
     body, before, data = None, None, None
     if (method, route) == ("POST", "/sources"):
@@ -436,6 +515,18 @@ def test_authorization_matrix(
         body = {"visibility": "restricted", "users": [EMAILS["viewer"]], "groups": []}
     elif route == "/me/password":
         body = {"current_password": "not the password", "new_password": "a long enough new password"}
+    elif route == WH + "/batch":
+        body = {
+            "key": ["id"],
+            "operations": [
+                {"op": "insert", "rows": [{"id": 3, "city": "Lille"}]},
+                {"op": "delete", "rows": [{"id": 1}]},
+            ],
+        }
+    elif (method, route) == ("POST", WH + "/push-endpoints"):
+        body = {"name": unique("authz push"), "mode": "append"}
+    elif route == "/push/{token}":
+        body = {"rows": [{"id": 9, "city": "Pushed"}]}
 
     headers = credentials(role, token)
     if route.startswith("/uploads"):
@@ -444,6 +535,9 @@ def test_authorization_matrix(
         path += f"?format=csv&table={upload_table}"
         data, headers = UPLOAD_CSV, {**headers, "Content-Type": "application/octet-stream"}
         before = {org: warehouse_tables(stack, created.org_id(org)) for org in ("acme", "globex")}
+    if route == WH + "/load":
+        path += "?format=arrow&mode=replace"
+        data, headers = arrow_bytes(LOAD_ROWS), {**headers, "Content-Type": ARROW_STREAM}
     response = requests.request(
         method, api_url(stack, path), json=body, data=data, headers=headers, timeout=60
     )
@@ -455,9 +549,10 @@ def test_authorization_matrix(
 
     # What the call did (or, refused, did not do).
     ok = response.status_code < 400
-    if globex and "{" in route:
+    if globex and "{" in route and (method, route) not in OWN_ORG_WRITES:
         # Another org's object answers exactly as an unknown one (same status, same body).
         unknown_name = unique("no-such-source")
+        unknown_table = unknown_name.replace("-", "_")
         unknown_path = route.format(
             name=unknown_name,
             app_id=UNKNOWN_ID,
@@ -466,6 +561,8 @@ def test_authorization_matrix(
             user_id=UNKNOWN_ID,
             group_id=UNKNOWN_ID,
             connection_id=UNKNOWN_ID,
+            table=unknown_table,
+            endpoint_id=UNKNOWN_ID,
         )
         unknown = requests.request(
             method, api_url(stack, unknown_path), json=body, headers=headers, timeout=60
@@ -473,7 +570,7 @@ def test_authorization_matrix(
         assert unknown.status_code == response.status_code == 404
         assert response.json() == {
             **unknown.json(),
-            "message": unknown.json()["message"].replace(unknown_name, source),
+            "message": unknown.json()["message"].replace(unknown_name, source).replace(unknown_table, table),
         }
     if globex and (method, route) == ("POST", "/jobs"):
         assert response.json() == {"status": 404, "message": "No such app"}
@@ -550,6 +647,8 @@ def test_authorization_matrix(
                 {"city": "Lyon", "amount": 1.5},
                 {"city": "Nantes", "amount": 2.0},
             ]
+    elif route.startswith(("/warehouse", "/push")):
+        check_warehouse_case(stack, method, route, response, ok, globex, home, admin, table, endpoint, body)
     elif route == "/sources/{name}/test" and ok:
         assert response.json()["ok"] is True
         assert [c["name"] for c in response.json()["columns"]][:3] == ["country", "continent", "year"]
@@ -773,6 +872,60 @@ def test_authorization_matrix(
             requests.delete(api_url(stack, f"users/{person['id']}"), headers=admin, timeout=30)
 
 
+def check_warehouse_case(stack, method, route, response, ok, globex, home, admin, table, endpoint, body):
+    """What a warehouse or push call of the matrix did, seen by the admin of the org it concerns."""
+    lyon, nantes = {"id": 1, "city": "Lyon"}, {"id": 2, "city": "Nantes"}
+    if route == "/warehouse/tables" and ok:
+        names = [t["name"] for t in response.json()["tables"]]
+        assert (DEMO_TABLE in names) is not globex
+    elif route == WH and ok:
+        assert response.json()["name"] == DEMO_TABLE and response.json()["rows"] == warehouse_rows(stack)
+        assert [c["name"] for c in response.json()["columns"]][:3] == ["country", "continent", "year"]
+    elif route == WH + "/preview" and ok:
+        assert len(response.json()["rows"]) == 20 and response.json()["rows"][0]["country"]
+    elif route == WH + "/loads" and ok:
+        assert isinstance(response.json()["loads"], list)
+    elif route == WH + "/load":
+        # Made in the caller's own org only, and only if allowed.
+        assert table_rows(stack, home, table) == ([lyon, nantes] if ok else None)
+        if globex:
+            assert table_rows(stack, admin, table) is None
+        if ok:
+            assert response.json()["rows_in"] == 2 and response.json()["status"] == "succeeded"
+    elif route == WH + "/batch":
+        after = [nantes, {"id": 3, "city": "Lille"}] if ok else [lyon, nantes]
+        assert table_rows(stack, home, table) == after
+    elif route == WH + "/push-endpoints" and method == "GET" and ok:
+        assert all("url" not in e and "secret_hash" not in e for e in response.json()["push_endpoints"])
+    elif route == WH + "/push-endpoints" and method == "POST":
+        listed = {e["name"]: e for e in push_endpoints(stack, admin, DEMO_TABLE)}
+        assert (body["name"] in listed) is ok
+        if ok:
+            assert "/services/carnet/api/v1/push/" in response.json()["url"]
+            gone = requests.delete(
+                api_url(stack, f"warehouse/tables/{DEMO_TABLE}/push-endpoints/{response.json()['id']}"),
+                headers=admin,
+                timeout=30,
+            )
+            assert gone.status_code == 204
+        else:
+            assert "/push/" not in response.text
+    elif "{endpoint_id}" in route:
+        listed = {e["id"]: e for e in push_endpoints(stack, admin, DEMO_TABLE)}
+        assert (listed[endpoint["id"]]["revoked_at"] is not None) is ok
+        if not ok:
+            requests.delete(
+                api_url(stack, f"warehouse/tables/{DEMO_TABLE}/push-endpoints/{endpoint['id']}"),
+                headers=admin,
+                timeout=30,
+            )
+    elif route == "/push/{token}":
+        assert response.json()["rows_in"] == 1
+        assert table_rows(stack, admin, table) == [lyon, nantes, {"id": 9, "city": "Pushed"}]
+        if globex:
+            assert table_rows(stack, home, table) is None
+
+
 def test_matrix_covers_every_documented_operation():
     documented = {
         (method.upper(), path.removeprefix("/api/v1"))
@@ -931,7 +1084,7 @@ def test_a_globex_kernel_cannot_read_acme_sources(carnet_stack, created):
 
 
 # -- every handler method carries a permission, and the OpenAPI document matches the routes ------------------
-EXEMPT = (*PUBLIC_HANDLERS, HubOAuthCallbackHandler, NotFoundHandler)
+EXEMPT = (*PUBLIC_HANDLERS, *PUSH_HANDLERS, HubOAuthCallbackHandler, NotFoundHandler)
 
 
 def implemented_methods(handler) -> list[str]:

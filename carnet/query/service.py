@@ -29,7 +29,7 @@ from carnet.errors import NotFound, QueryFailed, QueryTimeout, RowLimitExceeded,
 from carnet.query.placeholders import SourceSql, parse_source_sql
 from carnet.query.spec import QuerySpec, parse_spec, quote_identifier, to_duckdb
 from carnet.sources import ReadLimits, source_context, source_kinds, variables_for
-from carnet.warehouse import check_identifier
+from carnet.warehouse import check_identifier, open_cursor
 
 # How deep sources may read sources (a derived source over derived sources...).
 MAX_DEPTH = 5
@@ -180,26 +180,18 @@ def memory_duckdb():
 
 @contextmanager
 def warehouse_duckdb(path, tables: dict[str, str]):
-    """An in-memory DuckDB where each marker is a view of a table of the org's warehouse (attached read-only),
-    then locked like ``memory_duckdb``: no file access, no extensions, no configuration change."""
-    if not path.exists():
-        raise NotFound("This organization's warehouse is empty")
-    con = duckdb.connect(
-        ":memory:", config={"autoload_known_extensions": False, "autoinstall_known_extensions": False}
-    )
-    try:
-        literal = "'" + str(path).replace("'", "''") + "'"
-        con.execute(f"ATTACH {literal} AS carnet_warehouse (READ_ONLY)")
+    """A cursor on the process's one instance of the org's warehouse (``carnet.warehouse.open_cursor``: a
+    second instance of the file in this process is refused by DuckDB, and sharing it gives snapshot reads
+    during loads) where each marker is a temporary view of a table. That instance is locked like
+    ``memory_duckdb``: no file access, no extensions, no configuration change."""
+    with open_cursor(path) as (con, _write_lock):
+        # Temporary views belong to this cursor and go with it.
         for marker, table in tables.items():
             con.execute(
                 f"CREATE TEMP VIEW {quote_identifier(marker)} AS "  # noqa: S608 - identifiers quoted
-                f"SELECT * FROM carnet_warehouse.main.{quote_identifier(check_identifier(table))}"
+                f"SELECT * FROM main.{quote_identifier(check_identifier(table))}"
             )
-        con.execute("SET enable_external_access = false")
-        con.execute("SET lock_configuration = true")
         yield con
-    finally:
-        con.close()
 
 
 def run_duckdb(con, sql: str, params: list, limits: ReadLimits, restore=lambda text: text) -> pa.Table:

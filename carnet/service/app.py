@@ -26,11 +26,13 @@ from carnet.service.api import (
     keys,
     meta,
     org,
+    push,
     query,
     source_cache,
     sources,
     uploads,
     users,
+    warehouse,
 )
 from carnet.service.api.base import NotFoundHandler
 from carnet.settings import CarnetSettings
@@ -41,6 +43,7 @@ HANDLER_MODULES += [connections]
 HANDLER_MODULES += [source_cache]
 HANDLER_MODULES += [uploads]
 HANDLER_MODULES += [query]
+HANDLER_MODULES += [warehouse, push]
 HANDLER_MODULES += [admin_page, admin_groups, admin_settings]
 
 

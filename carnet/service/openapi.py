@@ -219,6 +219,97 @@ PATHS = {
             requestBody=UPLOAD_BODY,
         )
     },
+    "/api/v1/warehouse/tables": {
+        "get": _op(
+            "Tables of the organization's warehouse: {tables: [{name, rows, columns}]}", "warehouse:read"
+        )
+    },
+    "/api/v1/warehouse/tables/{table}": {
+        "get": _op("One warehouse table: {name, rows, columns: [{name, type}]}", "warehouse:read")
+    },
+    "/api/v1/warehouse/tables/{table}/preview": {
+        "get": _op(
+            "The first rows of a table as JSON values: {table, columns, rows}",
+            "warehouse:read",
+            parameters=[{"name": "limit", "in": "query", "schema": {**INT, "minimum": 1, "maximum": 1000}}],
+        )
+    },
+    "/api/v1/warehouse/tables/{table}/loads": {
+        "get": _op(
+            "Load history of a table, newest first: who, when, mode, rows in/out, status, error",
+            "warehouse:read",
+            parameters=[{"name": "limit", "in": "query", "schema": {**INT, "minimum": 1, "maximum": 1000}}],
+        )
+    },
+    "/api/v1/warehouse/tables/{table}/load": {
+        "post": _op(
+            "Load the body (Arrow IPC stream, Parquet, or CSV/TSV/Excel parsed like an upload) into the "
+            "table: replace (atomic swap), append, upsert or delete by key; type.<column>=int|float|decimal|"
+            "decimal(p,s)|bool|date|datetime|datetime_tz|text forces a type. 200 {load_id, table, mode, "
+            "status, rows_in, rows_out, duration_seconds}; a bad value is a 400 naming the column and row, "
+            "the table unchanged; over upload_max_bytes a 413. Sources over the table get a new version",
+            "warehouse:load",
+            parameters=[
+                {
+                    "name": "format",
+                    "in": "query",
+                    "schema": {"enum": ["arrow", "parquet", "csv", "tsv", "xlsx"]},
+                },
+                {
+                    "name": "mode",
+                    "in": "query",
+                    "schema": {"enum": ["replace", "append", "upsert", "delete"]},
+                },
+                {"name": "key", "in": "query", "schema": STR, "description": "key columns, a,b"},
+            ],
+            requestBody={
+                "required": True,
+                "content": {
+                    "application/vnd.apache.arrow.stream": {"schema": {"type": "string", "format": "binary"}},
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                },
+            },
+        )
+    },
+    "/api/v1/warehouse/tables/{table}/batch": {
+        "post": _op(
+            "Insert, upsert and delete rows by key in one transaction (all or nothing): 200 as /load",
+            "warehouse:load",
+            body=_obj(
+                ["key", "operations"],
+                key={"type": "array", "items": STR},
+                operations={
+                    "type": "array",
+                    "items": _obj(
+                        ["op", "rows"],
+                        op={"enum": ["insert", "upsert", "delete"]},
+                        rows={"type": "array", "items": OBJ},
+                    ),
+                },
+            ),
+        )
+    },
+    "/api/v1/warehouse/tables/{table}/push-endpoints": {
+        "get": _op("Push endpoints of a table (never their secret)", "warehouse:load"),
+        "post": _op(
+            "Make a push endpoint: 201 with its secret url, shown this once",
+            "warehouse:load",
+            ok="201",
+            body=_obj([], name=STR, mode={"enum": ["append", "upsert"]}, key={"type": "array", "items": STR}),
+        ),
+    },
+    "/api/v1/warehouse/tables/{table}/push-endpoints/{endpoint_id}": {
+        "delete": _op("Revoke a push endpoint: its URL answers 404 from now on", "warehouse:load", ok="204")
+    },
+    "/api/v1/push/{token}": {
+        "post": _op(
+            "Rows from an outside system, through a push endpoint's secret URL (the credential; no other "
+            'auth): {"rows": [{...}]} or a JSON list, at most push_max_rows rows and push_max_bytes bytes; '
+            "appended or upserted as the endpoint says. Unknown or revoked: 404",
+            None,
+            body={"type": ["object", "array"]},
+        )
+    },
     "/api/v1/apps": {
         "get": _op("Apps the caller may open", "apps:list"),
         "post": _op(

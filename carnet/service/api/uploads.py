@@ -9,18 +9,16 @@ ever being held in memory. ``/uploads/preview`` parses the same way and stores n
 from __future__ import annotations
 
 import asyncio
-import os
-import tempfile
-from pathlib import Path
 
 from sqlalchemy import select
 from tornado import web
 
 from carnet.db.models import DataSource, utcnow
-from carnet.errors import Conflict, PermissionDenied, UploadTooLarge, ValidationError
+from carnet.errors import Conflict
 from carnet.service.api.base import API_PREFIX, BaseHandler, authorized
 from carnet.service.api.serialize import source_json
 from carnet.service.api.sources import check_source_name
+from carnet.service.api.streamed_body import StreamedBodyMixin
 from carnet.uploads import (
     columns_json,
     options_from_query,
@@ -31,86 +29,29 @@ from carnet.uploads import (
 from carnet.warehouse import check_identifier
 
 ACTION = "sources:create"
-OCTET_STREAM = "application/octet-stream"
-# Tornado itself drops a connection whose body runs this far past the cap (a chunked body has no
-# Content-Length to refuse up front); between the cap and this, the answer is our JSON 413.
-BODY_SLACK = 1024 * 1024
 
 
 @web.stream_request_body
-class UploadHandler(BaseHandler):
+class UploadHandler(StreamedBodyMixin, BaseHandler):
     """POST the raw file; query arguments name the format, the table, the source and parser overrides."""
 
     preview = False
 
     def prepare(self):
-        self._path: Path | None = None
-        self._handle = None
-        self._received = 0
-        self._too_large = False
-        # Refuse before the body arrives: who is calling, what they ask, and a declared size over the cap.
-        principal = self.principal()
-        if not principal.can(ACTION):
-            raise PermissionDenied(f"Your role ({principal.role}) does not allow {ACTION}")
-        content_type = self.request.headers.get("Content-Type", OCTET_STREAM).split(";")[0].strip().lower()
-        if content_type.startswith("multipart/"):
-            raise ValidationError(
-                "Send the file itself as the body (Content-Type: application/octet-stream), not a form",
-                field="Content-Type",
-            )
+        self.check_caller(ACTION)
         self.options = options_from_query(
             lambda name: self.get_query_argument(name, None), self.get_query_arguments
         )
         if not self.preview:
             self.table = check_identifier(self.get_query_argument("table", None) or "", field="table")
             self.source_name = check_source_name(self.get_query_argument("source", None) or self.table)
-        cap = self.settings_obj.upload_max_bytes
-        declared = self.request.headers.get("Content-Length")
-        if declared is not None and declared.isdigit() and int(declared) > cap:
-            raise UploadTooLarge(f"The file is larger than the upload limit of {cap} bytes", limit=cap)
-        connection = self.request.connection
-        if hasattr(connection, "set_max_body_size"):
-            connection.set_max_body_size(cap + BODY_SLACK)
-        folder = self.settings_obj.org_dir(principal.org_id) / "uploads"
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd, name = tempfile.mkstemp(prefix="upload-", dir=folder)
-        self._path, self._handle = Path(name), os.fdopen(fd, "wb")
-
-    def data_received(self, chunk: bytes) -> None:
-        self._received += len(chunk)
-        if self._too_large or self._handle is None:
-            return  # refused already (in prepare, or over the cap): the rest is drained, not kept
-        if self._received > self.settings_obj.upload_max_bytes:
-            # Stop writing at once; the answer (413) is given when the body has ended.
-            self._too_large = True
-            self._cleanup()
-            return
-        self._handle.write(chunk)
-
-    def _cleanup(self) -> None:
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
-        if self._path is not None:
-            for leftover in self._path.parent.glob(self._path.name + "*"):
-                leftover.unlink(missing_ok=True)
-            self._path = None
-
-    def on_finish(self):
-        self._cleanup()
-
-    def on_connection_close(self):
-        self._cleanup()
+        self.start_body()
 
     async def _parse(self):
-        if self._too_large:
-            cap = self.settings_obj.upload_max_bytes
-            raise UploadTooLarge(f"The file is larger than the upload limit of {cap} bytes", limit=cap)
-        self._handle.close()
-        self._handle = None
+        path = self.finish_body()
         try:
             return await asyncio.to_thread(
-                parse_upload, self._path, self.options, self.settings_obj.upload_max_bytes
+                parse_upload, path, self.options, self.settings_obj.upload_max_bytes
             )
         finally:
             # Before any answer is sent: the client never sees one while the file is still on disk.

@@ -1,0 +1,324 @@
+"""Loads into an org's warehouse table: replace, append, upsert and delete by key, and batches of them.
+
+Every load is ONE DuckDB transaction on the process's one instance of the file (``open_cursor``): the data
+goes to a staging table, is checked (column set, types with the failing row and value, keys), then the
+table is changed (replace: drop + rename the staging table) and committed. Readers on other cursors keep
+their snapshot until the commit, so they see the old or the new table, never a part of it; an error or a
+killed process rolls everything back, the previous table untouched. Loads of one file take turns (the
+instance's write lock). Other processes must not open the file while the service runs: they load through
+the service's REST API.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from dataclasses import dataclass
+
+import duckdb
+
+from carnet.errors import CarnetError, LoadFailed, NotFound, ValidationError
+from carnet.loads import history
+from carnet.loads.types import (
+    ROW_COLUMN,
+    check_column_names,
+    check_conversions,
+    duckdb_type,
+    numbered,
+    quote_column,
+    to_arrow,
+)
+from carnet.warehouse import STAGING_PREFIX, check_identifier, open_cursor, quote
+
+MODES = ("replace", "append", "upsert", "delete")
+BATCH_OPS = {"insert": "append", "upsert": "upsert", "delete": "delete"}
+
+
+@dataclass
+class LoadResult:
+    load_id: int | None
+    table: str
+    mode: str
+    rows_in: int
+    rows_out: int
+    duration_seconds: float
+    status: str
+
+
+def load_table(
+    settings,
+    org_id: int,
+    table: str,
+    data,
+    *,
+    mode: str = "replace",
+    key: list[str] | None = None,
+    types: dict[str, str] | None = None,
+    actor_id: int | None = None,
+    actor: str = "",
+    origin: str = "api",
+) -> LoadResult:
+    """Load ``data`` (Arrow table or record batch reader, pandas DataFrame, list of dicts) into ``table``."""
+    if mode not in MODES:
+        raise ValidationError(f"Unknown mode {mode!r} (known: {', '.join(MODES)})", field="mode")
+    return _load(settings, org_id, table, mode, [(mode, data)], key, types, actor_id, actor, origin)
+
+
+def batch(
+    settings,
+    org_id: int,
+    table: str,
+    operations: list[dict],
+    *,
+    key: list[str],
+    actor_id=None,
+    actor="",
+    origin="api",
+) -> LoadResult:
+    """Apply ``[{"op": "insert"|"upsert"|"delete", "rows": ...}, ...]`` in order, in one transaction."""
+    if not isinstance(operations, list) or not operations:
+        raise ValidationError("A batch needs a non-empty list of operations", field="operations")
+    steps = []
+    for index, operation in enumerate(operations):
+        op = operation.get("op") if isinstance(operation, dict) else None
+        if op not in BATCH_OPS:
+            raise ValidationError(
+                f"Operation {index + 1}: op must be insert, upsert or delete", field=f"operations[{index}].op"
+            )
+        steps.append((BATCH_OPS[op], operation.get("rows")))
+    return _load(settings, org_id, table, "batch", steps, key, None, actor_id, actor, origin)
+
+
+def _load(settings, org_id, table, mode, steps, key, types, actor_id, actor, origin) -> LoadResult:
+    check_identifier(table, field="table")
+    if table.startswith(STAGING_PREFIX):
+        raise ValidationError(f"Table names starting with {STAGING_PREFIX!r} are reserved", field="table")
+    key = _check_key(key, required=any(step[0] in ("upsert", "delete") for step in steps))
+    forced = {column: duckdb_type(name, column) for column, name in (types or {}).items()}
+    started = time.monotonic()
+    load_id = history.start(settings, org_id, table, mode, actor_id, actor, origin)
+    rows_in = 0
+    try:
+        rows_in, rows_out = _run(settings.warehouse_path(org_id), table, steps, key, forced, types or {})
+    except CarnetError as error:
+        history.finish(settings, load_id, "failed", rows_in, None, error.message)
+        raise
+    except duckdb.Error as error:
+        failure = LoadFailed(f"The load into {table!r} failed: {str(error).splitlines()[0][:500]}")
+        history.finish(settings, load_id, "failed", rows_in, None, failure.message)
+        raise failure from None
+    except BaseException as error:
+        history.finish(settings, load_id, "failed", rows_in, None, f"{type(error).__name__}: {error}")
+        raise
+    history.finish(settings, load_id, "succeeded", rows_in, rows_out, None)
+    return LoadResult(
+        load_id, table, mode, rows_in, rows_out, round(time.monotonic() - started, 3), "succeeded"
+    )
+
+
+def _check_key(key, required: bool) -> list[str]:
+    if key is None or key == []:
+        if required:
+            raise ValidationError("Upsert and delete need the key columns (key=[...])", field="key")
+        return []
+    if isinstance(key, str):
+        key = [key]
+    if not isinstance(key, list) or not all(isinstance(name, str) and name for name in key):
+        raise ValidationError("key must be a list of column names", field="key")
+    check_column_names(key)
+    return key
+
+
+def _run(path, table, steps, key, forced, type_names) -> tuple[int, int]:
+    with open_cursor(path, create=True) as (con, write_lock), write_lock:
+        con.execute("BEGIN TRANSACTION")
+        try:
+            rows_in = sum(_apply(con, table, mode, data, key, forced, type_names) for mode, data in steps)
+            rows_out = con.execute(f"SELECT count(*) FROM {quote(table)}").fetchone()[0]  # noqa: S608
+            con.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(duckdb.Error):  # a failed COMMIT already ended the transaction
+                con.execute("ROLLBACK")
+            raise
+    return rows_in, rows_out
+
+
+def _columns(con, table: str) -> dict[str, str] | None:
+    rows = con.execute(
+        "SELECT column_name, data_type FROM information_schema.columns "
+        "WHERE table_schema = 'main' AND table_name = ? ORDER BY ordinal_position",
+        [table],
+    ).fetchall()
+    return {name: dtype for name, dtype in rows} or None
+
+
+def _apply(con, table, mode, data, key, forced, type_names) -> int:
+    incoming = to_arrow(data, type_names)
+    names = list(incoming.schema.names)
+    if not names:
+        raise ValidationError("The data has no columns", field="data")
+    check_column_names(names)
+    unknown = sorted(set(forced) - set(names))
+    if unknown:
+        raise ValidationError(f"Type given for unknown column {unknown[0]!r}", field=unknown[0])
+    staging = f'"{STAGING_PREFIX}{uuid.uuid4().hex}"'
+    view = f"incoming_{uuid.uuid4().hex}"
+    con.register(view, numbered(incoming))
+    try:
+        con.execute(f"CREATE TABLE {staging} AS SELECT * FROM {view}")  # noqa: S608 - generated names
+    finally:
+        con.unregister(view)
+    rows = con.execute(f"SELECT count(*) FROM {staging}").fetchone()[0]  # noqa: S608
+    existing = _columns(con, table)
+    if mode == "replace" or (existing is None and mode in ("append", "upsert")):
+        _check_conversions(con, staging, forced, type_names)
+        targets = {name: forced.get(name) for name in names}
+        if mode == "upsert":
+            _check_keys(con, staging, key, targets, unique=True)
+        if existing is not None:
+            con.execute(f"DROP TABLE {quote(table)}")
+        if any(targets.values()):
+            con.execute(
+                f"CREATE TABLE {quote(table)} AS "  # noqa: S608 - quoted or generated names
+                f"SELECT {_select(targets)} FROM {staging} ORDER BY {ROW_COLUMN}"
+            )
+        else:  # nothing to convert: the staging table becomes the table
+            con.execute(f"ALTER TABLE {staging} DROP COLUMN {ROW_COLUMN}")
+            con.execute(f"ALTER TABLE {staging} RENAME TO {quote(table)}")
+            return rows
+    elif existing is None:
+        raise NotFound(f"No table {table!r} in the warehouse")
+    else:
+        targets = _targets(con, existing, names, key, mode, forced)
+        _check_conversions(con, staging, targets, type_names)
+        if mode in ("upsert", "delete"):
+            _check_keys(con, staging, key, targets, unique=mode == "upsert")
+            match = " AND ".join(
+                f"t.{quote_column(k)} = CAST(s.{quote_column(k)} AS {targets[k]})" for k in key
+            )
+            con.execute(
+                f"DELETE FROM {quote(table)} t WHERE EXISTS (SELECT 1 FROM {staging} s WHERE {match})"
+            )  # noqa: S608
+        if mode in ("append", "upsert"):
+            columns = ", ".join(quote_column(name) for name in targets)
+            con.execute(
+                f"INSERT INTO {quote(table)} ({columns}) "  # noqa: S608 - quoted or generated names
+                f"SELECT {_select(targets)} FROM {staging} ORDER BY {ROW_COLUMN}"
+            )
+    con.execute(f"DROP TABLE IF EXISTS {staging}")
+    return rows
+
+
+def _select(targets: dict[str, str | None]) -> str:
+    return ", ".join(
+        quote_column(name)
+        if target is None
+        else f"CAST({quote_column(name)} AS {target}) AS {quote_column(name)}"
+        for name, target in targets.items()
+    )
+
+
+def _check_conversions(con, staging, targets, type_names) -> None:
+    wanted = {name: target for name, target in targets.items() if target is not None}
+    try:
+        check_conversions(con, staging, wanted, type_names)
+    except duckdb.Error:
+        # No conversion between the two types at all (a date column to int): name the first such column.
+        for name, target in wanted.items():
+            try:
+                check_conversions(con, staging, {name: target}, type_names)
+            except duckdb.Error:
+                raise ValidationError(
+                    f"Column {name!r} cannot be converted to {target}", field=name
+                ) from None
+        raise
+
+
+def _targets(con, existing: dict[str, str], names, key, mode, forced) -> dict[str, str]:
+    """Incoming column -> the existing column's type; the column sets must match (delete: the key only)."""
+    lower = {name.lower(): name for name in existing}
+    incoming = {name.lower(): name for name in names}
+    for k in key:
+        if k.lower() not in lower:
+            raise ValidationError(f"Key column {k!r} is not a column of the table", field=k)
+        if k.lower() not in incoming:
+            raise ValidationError(f"Key column {k!r} is missing from the data", field=k)
+    if mode == "delete":
+        used = [incoming[k.lower()] for k in key]
+    else:
+        extra = sorted(name for low, name in incoming.items() if low not in lower)
+        missing = sorted(name for low, name in lower.items() if low not in incoming)
+        if extra or missing:
+            parts = [
+                f"unknown columns {extra}" if extra else "",
+                f"missing columns {missing}" if missing else "",
+            ]
+            raise ValidationError(
+                "The data's columns differ from the table's: " + "; ".join(p for p in parts if p),
+                field=(extra or missing)[0],
+            )
+        used = names
+    targets = {}
+    for name in used:
+        target = existing[lower[name.lower()]]
+        if name in forced and _same_type(con, forced[name], target) is False:
+            raise ValidationError(
+                f"Column {name!r} is {target} in the table, not {forced[name]}: "
+                "reload the table to change it",
+                field=name,
+            )
+        targets[name] = target
+    return targets
+
+
+def _same_type(con, first: str, second: str) -> bool:
+    row = con.execute(f"SELECT typeof(CAST(NULL AS {first})) = typeof(CAST(NULL AS {second}))").fetchone()
+    return bool(row[0])
+
+
+def _check_keys(con, staging, key, targets, unique: bool) -> None:
+    for k in key:
+        row = con.execute(
+            f"SELECT {ROW_COLUMN} FROM {staging} "  # noqa: S608 - quoted or generated names
+            f"WHERE {quote_column(k)} IS NULL ORDER BY {ROW_COLUMN} LIMIT 1"
+        ).fetchone()
+        if row:
+            raise ValidationError(f"Key column {k!r} is empty (NULL) in row {row[0]}", field=k, row=row[0])
+    if not unique:
+        return
+    # Duplicates are refused rather than "last wins": two versions of a row in one upsert is most often a bug
+    # upstream, and silently keeping one would hide it.
+    cast = ", ".join(
+        quote_column(k) if targets.get(k) is None else f"CAST({quote_column(k)} AS {targets[k]})" for k in key
+    )
+    row = con.execute(
+        f"SELECT {cast}, list({ROW_COLUMN} ORDER BY {ROW_COLUMN}) FROM {staging} "  # noqa: S608
+        f"GROUP BY ALL HAVING count(*) > 1 ORDER BY min({ROW_COLUMN}) LIMIT 1"
+    ).fetchone()
+    if row:
+        values = ", ".join(f"{k}={v!r}" for k, v in zip(key, row[:-1], strict=True))
+        raise ValidationError(
+            f"Duplicate key ({values}) in rows {', '.join(map(str, row[-1][:5]))}",
+            field=key[0],
+            rows=row[-1][:5],
+        )
+
+
+def warehouse_tables(settings, org_id: int) -> list[dict]:
+    """[{name, rows, columns: [{name, type}]}] of the org's warehouse tables."""
+    path = settings.warehouse_path(org_id)
+    if not path.exists():
+        return []
+    with open_cursor(path) as (con, _lock):
+        tables = con.execute(
+            "SELECT table_name, estimated_size FROM duckdb_tables() WHERE schema_name = 'main' "
+            "AND NOT starts_with(table_name, ?) ORDER BY 1",
+            [STAGING_PREFIX],
+        ).fetchall()
+        result = []
+        for name, _estimate in tables:
+            rows = con.execute(f"SELECT count(*) FROM {quote_column(name)}").fetchone()[0]  # noqa: S608
+            columns = [{"name": c, "type": t} for c, t in (_columns(con, name) or {}).items()]
+            result.append({"name": name, "rows": rows, "columns": columns})
+        return result

@@ -1,0 +1,91 @@
+"""A request body streamed to a temporary file in the organization's data directory, counted as it arrives.
+
+Shared by the upload routes (carnet/service/api/uploads.py) and the warehouse load route
+(carnet/service/api/warehouse.py): a body over ``upload_max_bytes`` is refused (413) without ever being
+held in memory, and the file is removed before any answer is sent.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from carnet.errors import PermissionDenied, UploadTooLarge, ValidationError
+
+OCTET_STREAM = "application/octet-stream"
+# Tornado itself drops a connection whose body runs this far past the cap (a chunked body has no
+# Content-Length to refuse up front); between the cap and this, the answer is our JSON 413.
+BODY_SLACK = 1024 * 1024
+
+
+class StreamedBodyMixin:
+    """For a ``@web.stream_request_body`` BaseHandler: from ``prepare``, ``check_caller(action)`` (before
+    reading the query: an outsider learns nothing from its validation), then ``start_body()``; in the method,
+    ``finish_body()`` returns the file's path."""
+
+    _path: Path | None = None
+    _handle = None
+    _received = 0
+    _too_large = False
+
+    def check_caller(self, action: str) -> None:
+        # Refuse before the body arrives: who is calling, what they send, and (start_body) its declared size.
+        principal = self.principal()
+        if not principal.can(action):
+            raise PermissionDenied(f"Your role ({principal.role}) does not allow {action}")
+        content_type = self.request.headers.get("Content-Type", OCTET_STREAM).split(";")[0].strip().lower()
+        if content_type.startswith("multipart/"):
+            raise ValidationError(
+                "Send the file itself as the body (Content-Type: application/octet-stream), not a form",
+                field="Content-Type",
+            )
+
+    def start_body(self, prefix: str = "upload-") -> None:
+        principal = self.principal()
+        cap = self.settings_obj.upload_max_bytes
+        declared = self.request.headers.get("Content-Length")
+        if declared is not None and declared.isdigit() and int(declared) > cap:
+            raise UploadTooLarge(f"The file is larger than the upload limit of {cap} bytes", limit=cap)
+        connection = self.request.connection
+        if hasattr(connection, "set_max_body_size"):
+            connection.set_max_body_size(cap + BODY_SLACK)
+        folder = self.settings_obj.org_dir(principal.org_id) / "uploads"
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd, name = tempfile.mkstemp(prefix=prefix, dir=folder)
+        self._path, self._handle = Path(name), os.fdopen(fd, "wb")
+
+    def data_received(self, chunk: bytes) -> None:
+        self._received += len(chunk)
+        if self._too_large or self._handle is None:
+            return  # refused already (in prepare, or over the cap): the rest is drained, not kept
+        if self._received > self.settings_obj.upload_max_bytes:
+            # Stop writing at once; the answer (413) is given when the body has ended.
+            self._too_large = True
+            self._cleanup()
+            return
+        self._handle.write(chunk)
+
+    def finish_body(self) -> Path:
+        """The complete body on disk (413 if it went over the cap). Call ``_cleanup`` when done with it."""
+        if self._too_large:
+            cap = self.settings_obj.upload_max_bytes
+            raise UploadTooLarge(f"The file is larger than the upload limit of {cap} bytes", limit=cap)
+        self._handle.close()
+        self._handle = None
+        return self._path
+
+    def _cleanup(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+        if self._path is not None:
+            for leftover in self._path.parent.glob(self._path.name + "*"):
+                leftover.unlink(missing_ok=True)
+            self._path = None
+
+    def on_finish(self):
+        self._cleanup()
+
+    def on_connection_close(self):
+        self._cleanup()
