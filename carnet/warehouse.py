@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -58,14 +59,29 @@ _instances: dict[str, _Instance] = {}
 _instances_lock = threading.Lock()
 
 
+# How long to wait for another process (an operator's DuckDB shell, a test) to let go of the file.
+LOCK_WAIT_SECONDS = 10.0
+
+
+def connect_waiting(path: Path, wait: float = LOCK_WAIT_SECONDS, **kwargs) -> duckdb.DuckDBPyConnection:
+    """``duckdb.connect(path, **kwargs)``, retried while another process holds the file's lock (its reads are
+    short); Conflict (409) if it still does after ``wait`` seconds."""
+    deadline, pause = time.monotonic() + wait, 0.02
+    while True:
+        try:
+            return duckdb.connect(str(path), **kwargs)
+        except duckdb.IOException as error:
+            if "lock" not in str(error).lower():
+                raise
+            if time.monotonic() >= deadline:
+                raise Conflict("The warehouse is in use by another process; try again") from None
+        time.sleep(pause)
+        pause = min(pause * 2, 0.25)
+
+
 def _open_instance(path: Path) -> duckdb.DuckDBPyConnection:
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        con = duckdb.connect(str(path), config=_CONFIG)
-    except duckdb.IOException as error:
-        if "lock" in str(error).lower():
-            raise Conflict("The warehouse is in use by another process; try again") from None
-        raise
+    con = connect_waiting(path, config=_CONFIG)
     # A load killed before its commit leaves nothing behind (one transaction); drop staging tables that a
     # crash of an older layout might have committed, so that they never show up as tables.
     for (name,) in con.execute(

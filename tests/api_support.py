@@ -82,6 +82,21 @@ class Created:
         with session_scope(self.stack.settings.db_url) as session:
             return session.scalar(select(User.id).where(User.email == email))
 
+    def kernel_token(self, email: str, org_slug: str, kind=None, ttl_seconds: int = 600) -> str:
+        """A Carnet token of ``email`` in ``org_slug`` as a kernel holds one (default: a Studio kernel's)."""
+        from carnet.db.models import TokenKind
+        from carnet.tokens import mint_token
+
+        user_id, org_id = self.user_id(email), self.org_id(org_slug)
+        with session_scope(self.stack.settings.db_url) as session:
+            return mint_token(
+                session,
+                kind=kind or TokenKind.studio_kernel,
+                user_id=user_id,
+                org_id=org_id,
+                ttl_seconds=ttl_seconds,
+            )
+
     def publish_app(self, org_slug: str, slug: str | None = None, title: str = "Test app") -> int:
         """Publish a tiny app straight into the database (for orgs without any author)."""
         with session_scope(self.stack.settings.db_url) as session:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 
-import duckdb
 import pyarrow as pa
 import pytest
 import requests
@@ -28,7 +27,7 @@ from carnet.service.api.push import PUBLIC_HANDLERS as PUSH_HANDLERS
 from carnet.service.app import all_handlers
 from carnet.service.openapi import openapi_document
 from carnet.tokens import mint_token
-from carnet.warehouse import Warehouse
+from carnet.warehouse import Warehouse, connect_waiting
 from tests.api_support import (
     NEVER_CRON,
     UNKNOWN_ID,
@@ -405,7 +404,7 @@ def create_connection(stack, token, created, settings) -> dict:
 
 
 def warehouse_rows(stack) -> int:
-    with duckdb.connect(str(stack.settings.warehouse_path(1)), read_only=True) as con:
+    with connect_waiting(stack.settings.warehouse_path(1), read_only=True) as con:
         return con.execute(f"SELECT count(*) FROM {DEMO_TABLE}").fetchone()[0]  # noqa: S608
 
 
@@ -1067,14 +1066,7 @@ def test_acme_analyst_cannot_schedule_a_globex_app(carnet_stack, tokens, globex)
 
 
 def test_a_globex_kernel_cannot_read_acme_sources(carnet_stack, created):
-    with session_scope(carnet_stack.settings.db_url) as session:
-        token = mint_token(
-            session,
-            kind=TokenKind.viewer_kernel,
-            user_id=created.user_id(GLOBEX_VIEWER),
-            org_id=created.org_id("globex"),
-            ttl_seconds=600,
-        )
+    token = created.kernel_token(GLOBEX_VIEWER, "globex", TokenKind.viewer_kernel)
     assert get(carnet_stack, token, "sources").json() == {"sources": []}
     for path in (f"sources/{DEMO_SOURCE}", f"sources/{DEMO_SOURCE}/data"):
         theirs, unknown = get(carnet_stack, token, path), get(carnet_stack, token, "sources/nope")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime, timedelta
 
-import duckdb
 import pandas as pd
 import pytest
 import requests
@@ -19,6 +18,7 @@ from carnet.db import session_scope
 from carnet.db.models import ApiKey, AuditEvent, Membership, Role, User
 from carnet.demo import DEMO_SOURCE, DEMO_TABLE
 from carnet.errors import PermissionDenied
+from carnet.warehouse import connect_waiting
 from tests.api_support import UNKNOWN_ID, api_url, assert_json_error, auth, unique
 from tests.helpers import wait_until
 
@@ -64,7 +64,7 @@ def listed(stack, admin) -> dict[int, dict]:
 
 
 def warehouse_rows(stack) -> int:
-    with duckdb.connect(str(stack.settings.warehouse_path(1)), read_only=True) as con:
+    with connect_waiting(stack.settings.warehouse_path(1), read_only=True) as con:
         return con.execute(f"SELECT count(*) FROM {DEMO_TABLE}").fetchone()[0]  # noqa: S608
 
 

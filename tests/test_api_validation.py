@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from datetime import datetime
 
-import duckdb
 import pyarrow as pa
 import pytest
 import requests
 
 from carnet.demo import DEMO_APP, DEMO_SOURCE, DEMO_TABLE
+from carnet.warehouse import connect_waiting
 from tests.api_support import (
     NEVER_CRON,
     UNKNOWN_ID,
@@ -91,7 +91,7 @@ def valid_job(stack, **overrides) -> dict:
 
 
 def warehouse_rows(stack) -> int:
-    with duckdb.connect(str(stack.settings.warehouse_path(1)), read_only=True) as con:
+    with connect_waiting(stack.settings.warehouse_path(1), read_only=True) as con:
         return con.execute(f"SELECT count(*) FROM {DEMO_TABLE}").fetchone()[0]  # noqa: S608
 
 

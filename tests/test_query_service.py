@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import uuid
 
-import duckdb
 import pandas as pd
 import pyarrow as pa
 import pytest
@@ -25,7 +24,7 @@ from carnet.errors import CarnetError, QueryTimeout, RowLimitExceeded
 from carnet.permissions import Principal
 from carnet.query.placeholders import parse_source_sql, substitute_placeholders
 from carnet.query.service import run_query, run_sql
-from carnet.warehouse import Warehouse
+from carnet.warehouse import Warehouse, connect_waiting
 from tests.api_support import api_url, assert_json_error, auth, unique
 from tests.helpers import execute_in_kernel, start_server, stop_server, user_path
 
@@ -35,7 +34,7 @@ CONTINENTS_TABLE = "h2_continents"
 
 
 def warehouse_df(stack, sql: str, params=None) -> pd.DataFrame:
-    with duckdb.connect(str(stack.settings.warehouse_path(1)), read_only=True) as con:
+    with connect_waiting(stack.settings.warehouse_path(1), read_only=True) as con:
         return con.execute(sql, params or []).df()
 
 

@@ -8,7 +8,6 @@ import re
 import time
 from urllib.parse import quote
 
-import duckdb
 import pytest
 import requests
 from pypdf import PdfReader
@@ -18,6 +17,7 @@ from carnet.db import session_scope
 from carnet.db.models import Role, User
 from carnet.demo import DEMO_SOURCE, DEMO_TABLE, DEMO_USERS
 from carnet.isolation import accounts_enabled
+from carnet.warehouse import connect_waiting
 from tests.helpers import execute_in_kernel, start_server, user_path, wait_until
 
 ACME_VIEWER = "viewer@acme.example"
@@ -27,7 +27,7 @@ AUTHORS = [email for _, email, role in DEMO_USERS if role != Role.viewer]
 
 def warehouse_frame(stack, sql: str):
     path = stack.settings.warehouse_path(1)
-    with duckdb.connect(str(path), read_only=True) as con:
+    with connect_waiting(path, read_only=True) as con:
         return con.sql(sql).df()
 
 

@@ -31,7 +31,6 @@ from carnet.demo import DEMO_SOURCE, DEMO_TABLE
 from carnet.service.api.base import API_PREFIX
 from carnet.service.api.uploads import UploadHandler
 from carnet.settings import CarnetSettings
-from carnet.tokens import mint_token
 from carnet.warehouse import Warehouse
 from tests.api_support import api_url, assert_json_error, auth, unique
 
@@ -286,14 +285,7 @@ def test_analysts_cannot_upload_and_another_org_never_sees_the_table(carnet_stac
     assert_json_error(refused, 403)
     assert table not in Warehouse(carnet_stack.settings.warehouse_path(1)).tables()
     created_upload(carnet_stack, studio, created, b"secret\n42\n", format="csv", table=table)
-    with session_scope(carnet_stack.settings.db_url) as session:
-        token = mint_token(
-            session,
-            kind=TokenKind.viewer_kernel,
-            user_id=created.user_id(GLOBEX_VIEWER),
-            org_id=created.org_id("globex"),
-            ttl_seconds=600,
-        )
+    token = created.kernel_token(GLOBEX_VIEWER, "globex", TokenKind.viewer_kernel)
     response = requests.get(api_url(carnet_stack, f"sources/{table}/data"), headers=auth(token), timeout=30)
     assert assert_json_error(response, 404)["message"] == f"No source named {table!r}"
     globex = Warehouse(carnet_stack.settings.warehouse_path(created.org_id("globex")))
@@ -331,14 +323,7 @@ def capped_service(carnet_stack):
 
 
 def test_uploads_over_the_cap_are_a_413_while_streaming(carnet_stack, capped_service, created):
-    with session_scope(carnet_stack.settings.db_url) as session:
-        token = mint_token(
-            session,
-            kind=TokenKind.studio_kernel,
-            user_id=created.user_id(STUDIO),
-            org_id=created.org_id("acme"),
-            ttl_seconds=600,
-        )
+    token = created.kernel_token(STUDIO, "acme", TokenKind.studio_kernel)
     headers = {**auth(token), "Content-Type": "application/octet-stream"}
     big, big_table, small_table = b"a\n" + b"1\n" * 600, table_name("big"), table_name("small")  # 1202 bytes
     declared = requests.post(

@@ -349,14 +349,7 @@ def test_the_python_client(carnet_stack, studio_key, studio, created, tmp_path):
 def test_kernel_helper_writes_with_the_kernel_token(carnet_stack, created, monkeypatch):
     import carnet.kernel_helpers as helpers
 
-    with session_scope(carnet_stack.settings.db_url) as session:
-        token = mint_token(
-            session,
-            kind=TokenKind.studio_kernel,
-            user_id=created.user_id(STUDIO),
-            org_id=created.org_id("acme"),
-            ttl_seconds=600,
-        )
+    token = created.kernel_token(STUDIO, "acme", TokenKind.studio_kernel)
     monkeypatch.setenv("CARNET_API_URL", f"{carnet_stack.url}/services/carnet/")
     monkeypatch.setenv("CARNET_TOKEN", token)
     monkeypatch.setattr(helpers, "warehouse", helpers.Warehouse())  # a fresh one reads the variables

@@ -34,6 +34,7 @@ from carnet.tokens import TOKEN_PREFIX, resolve_token
 API_PREFIX = "api/v1/"
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 ARROW_BATCH_ROWS = 65_536
+ARROW_STREAM_ABOVE_BYTES = 16 * 1024 * 1024
 
 
 class BaseHandler(HubOAuthenticated, web.RequestHandler):
@@ -175,6 +176,13 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
         """Answer ``table`` as an Arrow IPC stream, batch by batch: the client starts reading while the rest
         is written, and the whole result is never copied into one more buffer."""
         self.set_header("Content-Type", ARROW_STREAM)
+        if table.nbytes <= ARROW_STREAM_ABOVE_BYTES:
+            # Small answers in one piece, with a Content-Length (no chunked encoding to get wrong).
+            sink = pa.BufferOutputStream()
+            with pa.ipc.new_stream(sink, table.schema) as writer:
+                writer.write_table(table)
+            self.finish(sink.getvalue().to_pybytes())
+            return
         chunks = _Chunks()
         with pa.ipc.new_stream(pa.PythonFile(chunks, mode="w"), table.schema) as writer:
             for batch in table.to_batches(max_chunksize=ARROW_BATCH_ROWS):
