@@ -7,6 +7,7 @@ dropdown changes. It also checks that the page shows no code and that closing th
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -32,6 +33,11 @@ SCREENSHOT = Path("/tmp/carnet-viewer.png")  # noqa: S108
 ACME_VIEWER = "viewer@acme.example"
 CHARTS = ".js-plotly-plot"
 CHART_TITLES = f"[...document.querySelectorAll('{CHARTS} .gtitle')].map(e => e.textContent)"
+# What a person sees: charts laid out on the page (a replaced Output's old node may linger hidden).
+VISIBLE_CHART_TITLES = (
+    f"[...document.querySelectorAll('{CHARTS}')].filter(c => c.offsetParent !== null)"
+    ".map(c => c.querySelector('.gtitle')?.textContent)"
+)
 # Fragments of the demo notebook's code (carnet.demo.demo_notebook): none may be on screen.
 CODE_FRAGMENTS = (
     "import carnet",
@@ -130,9 +136,17 @@ def test_viewer_uses_the_demo_app_in_a_browser(browser, carnet_stack, hub_token)
         )
         changed = time.monotonic()
         # clear_output(wait=True) keeps the old scatter until the new one is drawn: then it is replaced.
-        page.wait_for_function(f"document.querySelectorAll('{CHARTS}').length == 2", timeout=5_000)
-        # The static chart is plain output of the render: it stays on the report's continent.
-        assert page.evaluate(CHART_TITLES) == ["Life expectancy in Europe", "Wealth and health in Asia"]
+        # The static chart is plain output of the render: it stays on the report's continent. (Waited for:
+        # plotly may draw the new scatter a moment before the old one's node is gone.)
+        expected = ["Life expectancy in Europe", "Wealth and health in Asia"]
+        expected_json = json.dumps(json.dumps(expected, separators=(",", ":")))  # as JSON.stringify writes it
+        same_titles = f"JSON.stringify({VISIBLE_CHART_TITLES}) == {expected_json}"
+        try:
+            page.wait_for_function(same_titles, timeout=10_000, polling=100)
+        except Exception:
+            raise AssertionError(
+                f"charts: {page.evaluate(CHART_TITLES)}, visible: {page.evaluate(VISIBLE_CHART_TITLES)}"
+            ) from None
 
         # The kernel behind the page is the viewer's and still running.
         token = hub_token(ACME_VIEWER)
