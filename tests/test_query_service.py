@@ -7,7 +7,10 @@ never from Carnet's own code.
 
 from __future__ import annotations
 
+import gc
 import json
+import subprocess
+import sys
 import uuid
 
 import pandas as pd
@@ -338,6 +341,20 @@ def acme_analyst(stack, created) -> Principal:
     )
 
 
+def assert_warehouse_file_free(settings) -> None:
+    """Another process can open the org's warehouse file now. A query stopped by an error must let go of it at
+    once, although the test still holds the error (its traceback and frames) and no garbage collection ran."""
+    gc.disable()
+    try:
+        probe = "import sys, duckdb; duckdb.connect(sys.argv[1]).close()"  # fails at once while locked
+        opened = subprocess.run(
+            [sys.executable, "-c", probe, str(settings.warehouse_path(1))], capture_output=True, text=True
+        )
+        assert opened.returncode == 0, opened.stderr[-500:]
+    finally:
+        gc.enable()
+
+
 def test_past_the_row_limit_is_413_and_within_it_the_rows_come(carnet_stack, created):
     settings = stack_settings(carnet_stack, source_max_rows=100)
     principal = acme_analyst(carnet_stack, created)
@@ -350,6 +367,7 @@ def test_past_the_row_limit_is_413_and_within_it_the_rows_come(carnet_stack, cre
             with pytest.raises(RowLimitExceeded) as refused:
                 read()
             assert refused.value.status == 413 and refused.value.fields["max_rows"] == 100
+            assert_warehouse_file_free(settings)
         assert run_query(session, settings, principal, DEMO_SOURCE, {"limit": 100}).num_rows == 100
         grouped = run_query(session, settings, principal, DEMO_SOURCE, {"group_by": ["continent"]})
         assert grouped.num_rows == 5  # the limit is on what is returned, not on what is scanned
@@ -367,6 +385,7 @@ def test_past_the_time_limit_is_504(carnet_stack, created):
             "SELECT sum(a.pop * b.year + c.pop) FROM {gapminder} a, {gapminder} b, {gapminder} c",
         )
     assert slow.value.status == 504
+    assert_warehouse_file_free(settings)
 
 
 # -- derived sources ---------------------------------------------------------------------------------------
@@ -379,8 +398,9 @@ def test_a_derived_source_reads_like_any_other_and_refuses_cycles(
     )
     derived, response = create_source(carnet_stack, studio, created, "derived", {"sql": join})
     assert response.status_code == 201, response.text
-    columns = requests.get(api_url(carnet_stack, f"sources/{derived}"), headers=analyst, timeout=60).json()
-    assert [c["name"] for c in columns["columns"]] == ["country", "year", "pop", "code"]
+    described = requests.get(api_url(carnet_stack, f"sources/{derived}"), headers=analyst, timeout=60)
+    assert described.status_code == 200, described.text
+    assert [c["name"] for c in described.json()["columns"]] == ["country", "year", "pop", "code"]
     body = {
         "group_by": ["code"],
         "aggregates": {"pop": "max"},

@@ -198,6 +198,7 @@ def run_duckdb(con, sql: str, params: list, limits: ReadLimits, restore=lambda t
     """Run ``sql``, stopping at the time limit (interrupt) and past ``limits.max_rows`` rows."""
     timer = threading.Timer(limits.timeout_seconds, con.interrupt)
     timer.start()
+    reader = None
     try:
         reader = con.sql(sql, params=params or None).to_arrow_reader(_BATCH_ROWS)
         batches, rows = [], 0
@@ -214,6 +215,11 @@ def run_duckdb(con, sql: str, params: list, limits: ReadLimits, restore=lambda t
         raise QueryFailed(f"The query failed: {message[:500]}", field="sql") from None
     finally:
         timer.cancel()
+        # A live result keeps the DuckDB instance (and a warehouse file's lock) open; the traceback of an
+        # error raised here would keep it alive until the garbage collector breaks the cycle.
+        if reader is not None:
+            reader.close()
+        reader = None
 
 
 # -- SQL over sources ------------------------------------------------------------------------------------
