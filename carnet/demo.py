@@ -17,7 +17,7 @@ from carnet.passwords import generate_password, hash_password
 from carnet.publishing import publish
 from carnet.scheduler.cron import next_fire_time
 from carnet.settings import CarnetSettings
-from carnet.warehouse import Warehouse
+from carnet.warehouse import open_warehouse
 
 DEMO_USERS = [
     ("acme", "admin@acme.example", Role.admin),
@@ -126,10 +126,11 @@ def demo_notebook() -> dict:
 def load_demo_data(settings: CarnetSettings, org_id: int) -> int:
     import plotly.data
 
-    warehouse = Warehouse(settings.warehouse_path(org_id))
-    if DEMO_TABLE in warehouse.tables():
+    from carnet.loads import load_table  # noqa: PLC0415 - the load engine imports the warehouse modules
+
+    if DEMO_TABLE in open_warehouse(settings, org_id).tables():
         return 0
-    return warehouse.replace_table(DEMO_TABLE, plotly.data.gapminder())
+    return load_table(settings, org_id, DEMO_TABLE, plotly.data.gapminder(), origin="demo").rows_out
 
 
 def seed_demo(settings: CarnetSettings) -> DemoResult:

@@ -6,6 +6,7 @@ traitlets config (``c.CarnetSettings.x = ...`` in any Jupyter/Hub config file), 
 """
 
 import os
+import re
 from pathlib import Path
 
 from traitlets import Float, Integer, List, Unicode, default, validate
@@ -36,6 +37,45 @@ class CarnetSettings(Configurable):
     @default("db_url")
     def _default_db_url(self):
         return os.environ.get("CARNET_DB_URL") or f"sqlite:///{Path(self.data_dir) / 'carnet.sqlite'}"
+
+    warehouse_url = Unicode(
+        help="""Where organizations' warehouses live. Empty (the default): one DuckDB file per organization
+        in its data directory (embedded, nothing to run). A PostgreSQL URL,
+        postgresql+psycopg://user:password@host:5432/dbname (pip install carnet[postgres]): one schema per
+        organization in that database, named carnet_org_<id>; same loads, reads and API. The database
+        user needs CREATE on the database. Environment: CARNET_WAREHOUSE_URL.""",
+    ).tag(config=True)
+
+    @default("warehouse_url")
+    def _default_warehouse_url(self):
+        return os.environ.get("CARNET_WAREHOUSE_URL", "")
+
+    @validate("warehouse_url")
+    def _postgres_warehouse_url(self, proposal):
+        value = proposal["value"].strip()
+        if value and not value.startswith(("postgresql://", "postgresql+psycopg://")):
+            raise ValueError(
+                "warehouse_url must be empty (DuckDB files) or a postgresql+psycopg:// URL, "
+                f"not {value.split(':', 1)[0]!r}"
+            )
+        return value.replace("postgresql://", "postgresql+psycopg://", 1)
+
+    warehouse_schema_prefix = Unicode(
+        help="""With a PostgreSQL warehouse (warehouse_url), the org with id N has the schema <prefix>N.
+        Two Carnet installations may share one database with different prefixes. Letters, digits and
+        underscores, starting with a letter. Environment: CARNET_WAREHOUSE_SCHEMA_PREFIX.
+        Default: carnet_org_.""",
+    ).tag(config=True)
+
+    @default("warehouse_schema_prefix")
+    def _default_warehouse_schema_prefix(self):
+        return os.environ.get("CARNET_WAREHOUSE_SCHEMA_PREFIX", "carnet_org_")
+
+    @validate("warehouse_schema_prefix")
+    def _identifier_prefix(self, proposal):
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{0,39}", proposal["value"]):
+            raise ValueError("warehouse_schema_prefix must be letters, digits and underscores (at most 40)")
+        return proposal["value"]
 
     api_url = Unicode(
         help="""Base URL of the Carnet service as seen from the machine's own processes (kernels, the
@@ -412,6 +452,10 @@ class CarnetSettings(Configurable):
 
     def warehouse_path(self, org_id: int) -> Path:
         return self.org_dir(org_id) / "warehouse.duckdb"
+
+    def warehouse_schema(self, org_id: int) -> str:
+        """The org's schema when the warehouse is PostgreSQL (``warehouse_url``)."""
+        return f"{self.warehouse_schema_prefix}{int(org_id)}"
 
     @property
     def published_dir(self) -> Path:

@@ -23,7 +23,7 @@ import pyarrow as pa
 
 from carnet.errors import ValidationError
 from carnet.settings import CarnetSettings
-from carnet.warehouse import Warehouse, check_identifier
+from carnet.warehouse import check_identifier, open_warehouse
 
 
 @dataclass(frozen=True)
@@ -121,8 +121,8 @@ class WarehouseTableKind(SourceKind):
             raise ValidationError(f"Unknown option {unknown[0]!r}", field=f"options.{unknown[0]}")
         return {"table": check_identifier(table, field="options.table")}
 
-    def _warehouse(self, ctx: SourceContext) -> Warehouse:
-        return Warehouse(ctx.settings.warehouse_path(ctx.org_id))
+    def _warehouse(self, ctx: SourceContext):
+        return open_warehouse(ctx.settings, ctx.org_id)
 
     def columns(self, ctx):
         return self._warehouse(ctx).columns(ctx.options["table"])

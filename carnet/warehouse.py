@@ -169,6 +169,23 @@ class Warehouse:
             sql, params = to_duckdb(spec, table)
             return con.sql(sql, params=params).to_arrow_table()
 
+    def table_stats(self) -> list[dict]:
+        """[{name, rows, columns: [{name, type}]}] of every table, by name."""
+        if not self.path.exists():
+            return []
+        with self._connect(read_only=True) as con:
+            result = []
+            for name in sorted(self._table_names(con)):
+                rows = con.execute(f"SELECT count(*) FROM {quote(name)}").fetchone()[0]  # noqa: S608
+                columns = con.execute(
+                    "SELECT column_name, data_type FROM information_schema.columns "
+                    "WHERE table_schema = 'main' AND table_name = ? ORDER BY ordinal_position",
+                    [name],
+                ).fetchall()
+                described = [{"name": c, "type": t} for c, t in columns]
+                result.append({"name": name, "rows": rows, "columns": described})
+            return result
+
     @staticmethod
     def _table_names(con) -> set[str]:
         rows = con.execute(
@@ -184,6 +201,17 @@ class Warehouse:
             con.execute(f"CREATE OR REPLACE TABLE {quote(table)} AS SELECT * FROM incoming")
             con.unregister("incoming")
             return con.execute(f"SELECT count(*) FROM {quote(table)}").fetchall()[0][0]  # noqa: S608
+
+
+def open_warehouse(settings, org_id: int):
+    """The org's warehouse: its DuckDB file, or its schema in the PostgreSQL database named by
+    ``CarnetSettings.warehouse_url`` (carnet/warehouse_pg.py). Both answer the same read calls (tables,
+    columns, read_arrow, query_arrow, table_stats); loads go through carnet.loads for both."""
+    if settings.warehouse_url:
+        from carnet.warehouse_pg import PostgresWarehouse  # noqa: PLC0415 - needs the postgres extra
+
+        return PostgresWarehouse(settings, org_id)
+    return Warehouse(settings.warehouse_path(org_id))
 
 
 def write(data, table: str, mode: str = "replace", key=None, types: dict | None = None) -> dict:

@@ -15,6 +15,9 @@ Index (session-scoped unless noted):
 - ``admin`` (module): request headers of acme's admin (a Hub API token).
 - ``pg_url`` / ``mysql_url``: server URLs from CARNET_TEST_PG_URL / CARNET_TEST_MYSQL_URL (set by
   scripts/test, which starts private servers when none answer); tests needing them fail if unset in CI.
+- ``pg_warehouse_url``: a database ``carnet_test_warehouse`` on that PostgreSQL (created once) for the
+  PostgreSQL warehouse option; ``warehouse_backend`` (function, parametrized "duckdb"/"postgresql") sets
+  CARNET_WAREHOUSE_URL and a schema prefix of its own for in-process tests, dropping its schemas after.
 """
 
 from __future__ import annotations
@@ -126,6 +129,45 @@ def _server_url(variable: str) -> str:
 @pytest.fixture(scope="session")
 def pg_url():
     return _server_url("CARNET_TEST_PG_URL")
+
+
+@pytest.fixture(scope="session")
+def pg_warehouse_url(pg_url):
+    import sqlalchemy as sa
+
+    server = sa.engine.make_url(pg_url)
+    engine = sa.create_engine(server, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        exists = conn.exec_driver_sql("SELECT 1 FROM pg_database WHERE datname = 'carnet_test_warehouse'")
+        if exists.scalar() is None:
+            conn.exec_driver_sql("CREATE DATABASE carnet_test_warehouse")
+    engine.dispose()
+    return server.set(database="carnet_test_warehouse").render_as_string(hide_password=False)
+
+
+@pytest.fixture(params=["duckdb", "postgresql"])
+def warehouse_backend(request, settings_env):
+    """Which warehouse in-process tests run against; the PostgreSQL one in schemas of this test only."""
+    if request.param == "duckdb":
+        yield "duckdb"
+        return
+    import uuid
+
+    import sqlalchemy as sa
+
+    url = request.getfixturevalue("pg_warehouse_url")
+    prefix = f"t{uuid.uuid4().hex[:12]}_org_"
+    os.environ["CARNET_WAREHOUSE_URL"] = url
+    os.environ["CARNET_WAREHOUSE_SCHEMA_PREFIX"] = prefix
+    yield "postgresql"
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        schemas = conn.exec_driver_sql(
+            "SELECT nspname FROM pg_namespace WHERE starts_with(nspname, %(p)s)", {"p": prefix}
+        ).scalars()
+        for schema in list(schemas):
+            conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+    engine.dispose()
 
 
 @pytest.fixture(scope="session")

@@ -25,11 +25,13 @@ from carnet.errors import NotFound, ValidationError
 from carnet.loads import batch, load_history, load_table, warehouse_tables
 from carnet.query.service import warehouse_duckdb
 from carnet.settings import CarnetSettings
-from carnet.warehouse import STAGING_PREFIX, Warehouse
+from carnet.warehouse import STAGING_PREFIX, open_warehouse
 
 
 @pytest.fixture
-def settings(settings_env):
+def settings(warehouse_backend):
+    """A fresh platform database and org 1, with the warehouse of ``warehouse_backend``: every test here runs
+    against the DuckDB files and against the PostgreSQL option."""
     settings = CarnetSettings()
     upgrade(settings.db_url)
     with session_scope(settings.db_url) as session:
@@ -40,8 +42,14 @@ def settings(settings_env):
 ORG = 1
 
 
-def warehouse(settings) -> Warehouse:
-    return Warehouse(settings.warehouse_path(ORG))
+def warehouse(settings):
+    return open_warehouse(settings, ORG)
+
+
+@pytest.fixture
+def duckdb_only(settings):
+    if settings.warehouse_url:
+        pytest.skip("about the DuckDB warehouse file")
 
 
 def rows(settings, table: str, order: str = "id") -> list[dict]:
@@ -74,9 +82,12 @@ def test_readers_see_one_whole_version_during_failing_and_successful_reloads(set
     problems: list[str] = []
 
     def read(index: int) -> pa.Table:
-        # Half the readers use the Warehouse class, half the query service's SQL path.
+        # Half the readers read the table whole, half through the query service's paths (DuckDB: SQL on the
+        # file's instance; PostgreSQL: a query spec run by the server).
         if index % 2:
             return warehouse(settings).read_arrow("versions")
+        if settings.warehouse_url:
+            return warehouse(settings).query_arrow("versions", {"order_by": ["row"]})
         with warehouse_duckdb(path, {"v": "versions"}) as con:
             return con.sql("SELECT * FROM v").to_arrow_table()
 
@@ -92,6 +103,7 @@ def test_readers_see_one_whole_version_during_failing_and_successful_reloads(set
                 problems.append(f"reader {index}: {table.num_rows} rows of versions {sorted(versions)[:5]}")
                 return
             seen[index] |= versions
+            time.sleep(0.005)  # 20 threads reading back to back would starve the loading thread of the GIL
 
     threads = [threading.Thread(target=reader, args=(i,)) for i in range(20)]
     for thread in threads:
@@ -129,53 +141,92 @@ SLOW_LOAD = textwrap.dedent(
     from carnet.loads import load_table
     from carnet.settings import CarnetSettings
 
-    marker = sys.argv[1]
+    marker, pause = sys.argv[1], float(sys.argv[2])
     schema = pa.schema([("id", pa.int64()), ("name", pa.string()), ("score", pa.int64())])
 
     def batches():
-        for i in range(10_000):
+        for i in range(10_000 if pause else 300):
             ids = list(range(i * 10_000, (i + 1) * 10_000))
             yield pa.record_batch([ids, ["x"] * len(ids), ids], schema=schema)
             if i == 3:
-                open(marker, "w").close()  # DuckDB is writing the staging table now
-            time.sleep(0.01)
+                open(marker, "w").close()  # the load is staging rows now
+            time.sleep(pause)
 
     load_table(CarnetSettings(), 1, "people", pa.RecordBatchReader.from_batches(schema, batches()))
     """
 )
 
 
+def copying_into_postgres(url: str) -> bool:
+    """True while some session runs a COPY into the warehouse (the killed load's write phase)."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return bool(
+                conn.exec_driver_sql(
+                    "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE 'COPY %%'"
+                ).scalar()
+            )
+    finally:
+        engine.dispose()
+
+
+def stored_table_names(settings) -> list[str]:
+    """Every table the warehouse holds, staging ones included (what a killed load could leave)."""
+    if settings.warehouse_url:
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(settings.warehouse_url)
+        try:
+            with engine.connect() as conn:
+                return list(
+                    conn.exec_driver_sql(
+                        "SELECT table_name FROM information_schema.tables WHERE table_schema = %(s)s",
+                        {"s": settings.warehouse_schema(ORG)},
+                    ).scalars()
+                )
+        finally:
+            engine.dispose()
+    with duckdb.connect(str(settings.warehouse_path(ORG)), read_only=True) as con:
+        return [r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()]
+
+
 def test_killed_load_leaves_the_previous_table_intact(settings, tmp_path):
     people(settings)
     before = rows(settings, "people")
     marker = tmp_path / "staging-started"
+    # DuckDB: killed while it stages (slow batches). PostgreSQL: killed while the rows are COPYed in, inside
+    # the transaction that would replace the table (3M rows, no pauses).
+    pause = "0" if settings.warehouse_url else "0.01"
     child = subprocess.Popen(  # noqa: S603 - our own script
-        [sys.executable, "-c", SLOW_LOAD, str(marker)], env=dict(os.environ), stderr=subprocess.PIPE
+        [sys.executable, "-c", SLOW_LOAD, str(marker), pause], env=dict(os.environ), stderr=subprocess.PIPE
     )
     try:
-        deadline = time.monotonic() + 60
-        while not marker.exists():
+        deadline = time.monotonic() + 120
+        while not (
+            copying_into_postgres(settings.warehouse_url) if settings.warehouse_url else marker.exists()
+        ):
             assert child.poll() is None, child.stderr.read().decode()
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        time.sleep(0.5)
+        time.sleep(0.2 if settings.warehouse_url else 0.5)
         child.send_signal(signal.SIGKILL)
     finally:
         child.wait(30)
     assert child.returncode == -signal.SIGKILL
-    # This process opens the file again, as a restarted service would.
+    # This process opens the warehouse again, as a restarted service would.
     assert warehouse(settings).tables() == ["people"]
     assert rows(settings, "people") == before
-    with duckdb.connect(str(settings.warehouse_path(ORG)), read_only=True) as con:
-        names = [r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()]
-    assert names == ["people"]
+    assert stored_table_names(settings) == ["people"]
     # The killed load's history row stays "running" (nobody finished it); later loads work.
     assert load_history(settings, ORG, "people")[0]["status"] == "running"
     load_table(settings, ORG, "people", pa.table({"id": [7], "name": ["gus"], "score": [1]}), mode="append")
     assert len(rows(settings, "people")) == 4
 
 
-def test_staging_leftovers_are_dropped_when_the_file_is_opened(settings):
+def test_staging_leftovers_are_dropped_when_the_file_is_opened(settings, duckdb_only):
     people(settings)
     path = settings.warehouse_path(ORG)
     with duckdb.connect(str(path)) as con:  # what a crash of a committed staging table would leave
@@ -466,7 +517,7 @@ def test_hostile_table_names_are_refused(settings, name):
     assert [h["table"] for h in load_history(settings, ORG)] == ["people"]
 
 
-def test_warehouse_reopens_while_a_result_outlives_its_cursor(settings):
+def test_warehouse_reopens_while_a_result_outlives_its_cursor(settings, duckdb_only):
     people(settings)
     path = settings.warehouse_path(ORG)
     with warehouse_duckdb(path, {"p": "people"}) as con:

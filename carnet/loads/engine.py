@@ -11,7 +11,6 @@ the service's REST API.
 
 from __future__ import annotations
 
-import contextlib
 import time
 import uuid
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import duckdb
 
 from carnet.errors import CarnetError, LoadFailed, NotFound, ValidationError
 from carnet.loads import history
+from carnet.loads.targets import load_target
 from carnet.loads.types import (
     ROW_COLUMN,
     check_column_names,
@@ -29,7 +29,7 @@ from carnet.loads.types import (
     quote_column,
     to_arrow,
 )
-from carnet.warehouse import STAGING_PREFIX, check_identifier, open_cursor, quote
+from carnet.warehouse import STAGING_PREFIX, check_identifier, open_warehouse
 
 MODES = ("replace", "append", "upsert", "delete")
 BATCH_OPS = {"insert": "append", "upsert": "upsert", "delete": "delete"}
@@ -100,7 +100,7 @@ def _load(settings, org_id, table, mode, steps, key, types, actor_id, actor, ori
     load_id = history.start(settings, org_id, table, mode, actor_id, actor, origin)
     rows_in = 0
     try:
-        rows_in, rows_out = _run(settings.warehouse_path(org_id), table, steps, key, forced, types or {})
+        rows_in, rows_out = _run(settings, org_id, table, steps, key, forced, types or {})
     except CarnetError as error:
         history.finish(settings, load_id, "failed", rows_in, None, error.message)
         raise
@@ -130,30 +130,14 @@ def _check_key(key, required: bool) -> list[str]:
     return key
 
 
-def _run(path, table, steps, key, forced, type_names) -> tuple[int, int]:
-    with open_cursor(path, create=True) as (con, write_lock), write_lock:
-        con.execute("BEGIN TRANSACTION")
-        try:
-            rows_in = sum(_apply(con, table, mode, data, key, forced, type_names) for mode, data in steps)
-            rows_out = con.execute(f"SELECT count(*) FROM {quote(table)}").fetchone()[0]  # noqa: S608
-            con.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(duckdb.Error):  # a failed COMMIT already ended the transaction
-                con.execute("ROLLBACK")
-            raise
-    return rows_in, rows_out
+def _run(settings, org_id, table, steps, key, forced, type_names) -> tuple[int, int]:
+    with load_target(settings, org_id) as target:
+        rows_in = sum(_apply(target, table, mode, data, key, forced, type_names) for mode, data in steps)
+        return rows_in, target.count(table)
 
 
-def _columns(con, table: str) -> dict[str, str] | None:
-    rows = con.execute(
-        "SELECT column_name, data_type FROM information_schema.columns "
-        "WHERE table_schema = 'main' AND table_name = ? ORDER BY ordinal_position",
-        [table],
-    ).fetchall()
-    return {name: dtype for name, dtype in rows} or None
-
-
-def _apply(con, table, mode, data, key, forced, type_names) -> int:
+def _apply(target, table, mode, data, key, forced, type_names) -> int:
+    con = target.con
     incoming = to_arrow(data, type_names)
     names = list(incoming.schema.names)
     if not names:
@@ -170,23 +154,13 @@ def _apply(con, table, mode, data, key, forced, type_names) -> int:
     finally:
         con.unregister(view)
     rows = con.execute(f"SELECT count(*) FROM {staging}").fetchone()[0]  # noqa: S608
-    existing = _columns(con, table)
+    existing = target.existing(table)
     if mode == "replace" or (existing is None and mode in ("append", "upsert")):
         _check_conversions(con, staging, forced, type_names)
         targets = {name: forced.get(name) for name in names}
         if mode == "upsert":
             _check_keys(con, staging, key, targets, unique=True)
-        if existing is not None:
-            con.execute(f"DROP TABLE {quote(table)}")
-        if any(targets.values()):
-            con.execute(
-                f"CREATE TABLE {quote(table)} AS "  # noqa: S608 - quoted or generated names
-                f"SELECT {_select(targets)} FROM {staging} ORDER BY {ROW_COLUMN}"
-            )
-        else:  # nothing to convert: the staging table becomes the table
-            con.execute(f"ALTER TABLE {staging} DROP COLUMN {ROW_COLUMN}")
-            con.execute(f"ALTER TABLE {staging} RENAME TO {quote(table)}")
-            return rows
+        target.replace(table, staging, targets, exists=existing is not None)
     elif existing is None:
         raise NotFound(f"No table {table!r} in the warehouse")
     else:
@@ -194,29 +168,11 @@ def _apply(con, table, mode, data, key, forced, type_names) -> int:
         _check_conversions(con, staging, targets, type_names)
         if mode in ("upsert", "delete"):
             _check_keys(con, staging, key, targets, unique=mode == "upsert")
-            match = " AND ".join(
-                f"t.{quote_column(k)} = CAST(s.{quote_column(k)} AS {targets[k]})" for k in key
-            )
-            con.execute(
-                f"DELETE FROM {quote(table)} t WHERE EXISTS (SELECT 1 FROM {staging} s WHERE {match})"
-            )  # noqa: S608
+            target.delete_matching(table, staging, key, targets)
         if mode in ("append", "upsert"):
-            columns = ", ".join(quote_column(name) for name in targets)
-            con.execute(
-                f"INSERT INTO {quote(table)} ({columns}) "  # noqa: S608 - quoted or generated names
-                f"SELECT {_select(targets)} FROM {staging} ORDER BY {ROW_COLUMN}"
-            )
+            target.insert(table, staging, targets)
     con.execute(f"DROP TABLE IF EXISTS {staging}")
     return rows
-
-
-def _select(targets: dict[str, str | None]) -> str:
-    return ", ".join(
-        quote_column(name)
-        if target is None
-        else f"CAST({quote_column(name)} AS {target}) AS {quote_column(name)}"
-        for name, target in targets.items()
-    )
 
 
 def _check_conversions(con, staging, targets, type_names) -> None:
@@ -307,18 +263,4 @@ def _check_keys(con, staging, key, targets, unique: bool) -> None:
 
 def warehouse_tables(settings, org_id: int) -> list[dict]:
     """[{name, rows, columns: [{name, type}]}] of the org's warehouse tables."""
-    path = settings.warehouse_path(org_id)
-    if not path.exists():
-        return []
-    with open_cursor(path) as (con, _lock):
-        tables = con.execute(
-            "SELECT table_name, estimated_size FROM duckdb_tables() WHERE schema_name = 'main' "
-            "AND NOT starts_with(table_name, ?) ORDER BY 1",
-            [STAGING_PREFIX],
-        ).fetchall()
-        result = []
-        for name, _estimate in tables:
-            rows = con.execute(f"SELECT count(*) FROM {quote_column(name)}").fetchone()[0]  # noqa: S608
-            columns = [{"name": c, "type": t} for c, t in (_columns(con, name) or {}).items()]
-            result.append({"name": name, "rows": rows, "columns": columns})
-        return result
+    return open_warehouse(settings, org_id).table_stats()

@@ -238,7 +238,7 @@ def sql_over_sources(session, settings, org_id: int, sql, variables=None, *, par
     if table is not None:
         return table
     limits = ReadLimits.from_settings(settings)
-    if all(row.kind == "warehouse_table" for row in sources.values()):
+    if not settings.warehouse_url and all(row.kind == "warehouse_table" for row in sources.values()):
         # Every input is in the org's warehouse: DuckDB reads the tables where they are (no copy).
         tables = {parsed.markers[name]: row.options["table"] for name, row in sources.items()}
         with warehouse_duckdb(settings.warehouse_path(org_id), tables) as con:
