@@ -141,10 +141,12 @@ def seed_demo(settings: CarnetSettings) -> DemoResult:
         users = {
             email: ensure_user(session, orgs[org], email, role, result) for org, email, role in DEMO_USERS
         }
-        acme, studio = orgs["acme"], users["studio@acme.example"]
-
-        if load_demo_data(settings, acme.id):
-            result.created.append(f"warehouse table {DEMO_TABLE}")
+        acme_id, studio_id = orgs["acme"].id, users["studio@acme.example"].id
+    # Between two transactions: a load writes its history in transactions of its own (SQLite has one writer).
+    if load_demo_data(settings, acme_id):
+        result.created.append(f"warehouse table {DEMO_TABLE}")
+    with session_scope(settings.db_url) as session:
+        acme, studio = session.get(Organization, acme_id), session.get(User, studio_id)
         if (
             session.scalar(
                 select(DataSource).where(DataSource.org_id == acme.id, DataSource.name == DEMO_SOURCE)

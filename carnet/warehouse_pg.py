@@ -20,7 +20,12 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import sqlalchemy as sa
 
-from carnet.errors import ConnectionFailed, LoadFailed, MissingDriver, NotFound
+try:
+    import psycopg
+except ImportError:  # the postgres extra is not installed: engine_for says which to install
+    psycopg = None
+
+from carnet.errors import ConnectionFailed, LoadFailed, MissingDriver, NotFound, ValidationError
 from carnet.loads.targets import key_match, select_list
 from carnet.loads.types import ROW_COLUMN, quote_column
 from carnet.query.spec import parse_spec, to_sqlalchemy
@@ -105,10 +110,8 @@ def engine_for(url: str) -> sa.Engine:
     """One pooled engine per warehouse URL for the process."""
     with _engines_lock:
         if url not in _engines:
-            try:
-                import psycopg  # noqa: F401, PLC0415 - only this option needs it
-            except ImportError:
-                raise MissingDriver("psycopg", "postgres") from None
+            if psycopg is None:
+                raise MissingDriver("psycopg", "postgres")
             _engines[url] = sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=30)
         return _engines[url]
 
@@ -331,7 +334,7 @@ def postgres_target(settings, org_id: int):
     from carnet.query.service import memory_duckdb  # noqa: PLC0415 - the query service imports carnet.loads
 
     schema = settings.warehouse_schema(org_id)
-    engine = engine_for(settings.warehouse_url)
+    engine = engine_for(settings.warehouse_url)  # psycopg is there once this returns
     try:
         with memory_duckdb() as con, engine.begin() as conn:
             conn.exec_driver_sql("SET LOCAL TIME ZONE 'UTC'")
@@ -339,7 +342,15 @@ def postgres_target(settings, org_id: int):
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": f"carnet:{schema}"})
             conn.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {quote_column(schema)}")
             yield PostgresTarget(con, conn, schema)
-    except sa.exc.OperationalError as error:
-        raise LoadFailed(f"The warehouse database failed: {str(error.orig).splitlines()[0][:500]}") from None
-    except sa.exc.DBAPIError as error:
-        raise LoadFailed(f"The warehouse refused the load: {str(error.orig).splitlines()[0][:500]}") from None
+    except (sa.exc.DBAPIError, psycopg.Error) as error:
+        raise _load_error(error) from None
+
+
+def _load_error(error: Exception) -> Exception:
+    # COPY runs on the driver's cursor, so its errors arrive unwrapped by SQLAlchemy.
+    original = getattr(error, "orig", None) or error
+    detail = str(original).splitlines()[0][:500] if str(original) else type(original).__name__
+    if isinstance(original, psycopg.DataError | psycopg.IntegrityError):
+        # The data itself (a NUL character in text, a number too large for the column): the caller's to fix.
+        return ValidationError(f"The warehouse refused the data: {detail}", field="data")
+    return LoadFailed(f"The warehouse database failed the load: {detail}")

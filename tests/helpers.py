@@ -82,7 +82,7 @@ class SmtpCatcher:
 class CarnetStack:
     """JupyterHub (+ proxy, Carnet service, Viewer, scheduler) started with ``carnet hub``."""
 
-    def __init__(self, data_dir: Path, smtp: SmtpCatcher | None = None):
+    def __init__(self, data_dir: Path, smtp: SmtpCatcher | None = None, env: dict | None = None):
         self.data_dir = Path(data_dir)
         self.ports = {name: free_port() for name in ("HUB", "HUB_API", "PROXY_API", "SERVICE", "VIEWER")}
         self.url = f"http://127.0.0.1:{self.ports['HUB']}"
@@ -106,6 +106,8 @@ class CarnetStack:
         }
         if smtp:
             self.env.update(CARNET_SMTP_HOST="127.0.0.1", CARNET_SMTP_PORT=str(smtp.port))
+        self.extra_env = dict(env or {})  # e.g. CARNET_WAREHOUSE_URL: a stack on the PostgreSQL warehouse
+        self.env.update(self.extra_env)
         self.process: subprocess.Popen | None = None
         self.log_path = self.data_dir / "stack.log"
         self.passwords: dict[str, str] = {}
@@ -114,8 +116,12 @@ class CarnetStack:
 
     @property
     def settings(self) -> CarnetSettings:
+        warehouse = {
+            "warehouse_url": self.extra_env.get("CARNET_WAREHOUSE_URL", ""),
+            "warehouse_schema_prefix": self.extra_env.get("CARNET_WAREHOUSE_SCHEMA_PREFIX", "carnet_org_"),
+        }
         return CarnetSettings(
-            data_dir=str(self.data_dir), db_url=f"sqlite:///{self.data_dir / 'carnet.sqlite'}"
+            data_dir=str(self.data_dir), db_url=f"sqlite:///{self.data_dir / 'carnet.sqlite'}", **warehouse
         )
 
     def seed(self):

@@ -15,6 +15,7 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
@@ -527,3 +528,33 @@ def test_warehouse_reopens_while_a_result_outlives_its_cursor(settings, duckdb_o
     load_table(settings, ORG, "people", pa.table({"id": [4], "name": ["dan"], "score": [4]}), mode="append")
     assert len(rows(settings, "people")) == 4
     del pending
+
+
+def test_data_the_warehouse_cannot_store_is_a_clear_400_and_changes_nothing(settings):
+    people(settings)
+    before = rows(settings, "people")
+    half_floats = pa.array(np.array([1.5, 2.5, 3.5], dtype=np.float16))
+    with pytest.raises(ValidationError) as unreadable:
+        load_table(
+            settings,
+            ORG,
+            "people",
+            pa.table({"id": [1, 2, 3], "name": ["a", "b", "c"], "score": half_floats}),
+        )
+    assert unreadable.value.status == 400 and unreadable.value.fields["field"] == "data"
+    assert "cannot be loaded into 'people'" in unreadable.value.message
+    if settings.warehouse_url:
+        # DuckDB keeps a NUL character in text; PostgreSQL refuses it: still the data's fault, still a 400.
+        with pytest.raises(ValidationError) as refused:
+            load_table(
+                settings,
+                ORG,
+                "people",
+                pa.table({"id": [9], "name": ["a\x00b"], "score": [1]}),
+                mode="append",
+            )
+        assert refused.value.status == 400 and "refused the data" in refused.value.message
+    assert rows(settings, "people") == before
+    failures = 2 if settings.warehouse_url else 1
+    statuses = [h["status"] for h in load_history(settings, ORG, "people")]
+    assert statuses == ["failed"] * failures + ["succeeded"]

@@ -105,7 +105,7 @@ def _load(settings, org_id, table, mode, steps, key, types, actor_id, actor, ori
         history.finish(settings, load_id, "failed", rows_in, None, error.message)
         raise
     except duckdb.Error as error:
-        failure = LoadFailed(f"The load into {table!r} failed: {str(error).splitlines()[0][:500]}")
+        failure = _load_error(table, error)
         history.finish(settings, load_id, "failed", rows_in, None, failure.message)
         raise failure from None
     except BaseException as error:
@@ -115,6 +115,26 @@ def _load(settings, org_id, table, mode, steps, key, types, actor_id, actor, ori
     return LoadResult(
         load_id, table, mode, rows_in, rows_out, round(time.monotonic() - started, 3), "succeeded"
     )
+
+
+# DuckDB errors that come from the data itself (a type DuckDB cannot read, a value it cannot convert): the
+# caller's to fix, so a 400; anything else (disk, memory, a bug) is the warehouse's failure, a 500.
+_INPUT_ERRORS = (
+    duckdb.ConversionException,
+    duckdb.InvalidInputException,
+    duckdb.NotImplementedException,
+    duckdb.OutOfRangeException,
+    duckdb.TypeMismatchException,
+    duckdb.ConstraintException,
+    duckdb.BinderException,
+)
+
+
+def _load_error(table: str, error: duckdb.Error) -> CarnetError:
+    detail = str(error).splitlines()[0][:500] if str(error) else type(error).__name__
+    if isinstance(error, _INPUT_ERRORS):
+        return ValidationError(f"The data cannot be loaded into {table!r}: {detail}", field="data")
+    return LoadFailed(f"The load into {table!r} failed: {detail}")
 
 
 def _check_key(key, required: bool) -> list[str]:
