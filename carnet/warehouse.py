@@ -221,3 +221,11 @@ def write(data, table: str, mode: str = "replace", key=None, types: dict | None 
     from carnet.kernel_helpers import warehouse
 
     return warehouse.write(data, table, mode=mode, key=key, types=types)
+
+
+def sync(source: str, table: str, mode: str = "replace", key=None, types=None, variables=None) -> dict:
+    """``carnet.warehouse.sync("orders", "orders_copy")`` in a kernel, whichever module holds the name
+    (see ``write``)."""
+    from carnet.kernel_helpers import warehouse
+
+    return warehouse.sync(source, table, mode=mode, key=key, types=types, variables=variables)

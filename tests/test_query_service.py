@@ -532,6 +532,41 @@ def test_sql_over_sources_of_one_server_runs_there_as_one_query(carnet_stack, an
     same(arrow_df(sql(carnet_stack, analyst, text)), expected)
 
 
+def test_a_query_on_a_sql_source_connects_once_and_sees_columns_added_since(carnet_stack, created, pg_shop):
+    """The spec is checked against column names remembered per source definition (no extra connection per
+    query); a column the memo does not know yet makes it ask the server again."""
+    customers = pg_shop["sources"]["customers"]
+    settings = stack_settings(carnet_stack)
+    principal = acme_analyst(carnet_stack, created)
+    connections: list[str] = []
+
+    def connected(dbapi_connection, record):
+        connections.append("connect")
+
+    sa.event.listen(sa.pool.Pool, "connect", connected)
+    try:
+        with session_scope(settings.db_url) as session:
+            first = run_query(session, settings, principal, customers, {"order_by": ["id"]})
+            opened_first = len(connections)
+            again = run_query(session, settings, principal, customers, {"where": [["country", "=", "FR"]]})
+            opened_again = len(connections) - opened_first
+    finally:
+        sa.event.remove(sa.pool.Pool, "connect", connected)
+    assert first.column("country").to_pylist() == ["FR", "DE", "FR"] and again.num_rows == 2
+    assert opened_first >= 1 and opened_again == 1  # the second query: its read only
+
+    shop = sa.create_engine(pg_shop["url"])
+    with shop.begin() as con:
+        con.exec_driver_sql("ALTER TABLE customers ADD COLUMN region text DEFAULT 'west'")
+    shop.dispose()
+    with session_scope(settings.db_url) as session:
+        regions = run_query(session, settings, principal, customers, {"columns": ["id", "region"]})
+        assert regions.column("region").to_pylist() == ["west"] * 3
+        with pytest.raises(CarnetError) as unknown:
+            run_query(session, settings, principal, customers, {"columns": ["nope"]})
+    assert unknown.value.status == 400 and unknown.value.fields["field"] == "columns"
+
+
 def test_sql_across_sources_hands_each_source_only_its_own_variables(carnet_stack, analyst, created, pg_shop):
     """Two query sources declaring different variables, one call giving both: each gets its own (a source
     refuses variables it does not declare), pushed down or not."""

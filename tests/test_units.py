@@ -696,3 +696,24 @@ def test_warehouse_refuses_hostile_names_and_keeps_its_tables(tmp_path):
     assert warehouse.tables() == ["gapminder"]
     assert warehouse.read_arrow("gapminder").num_rows == 2
     assert warehouse.read_arrow("gapminder", limit=1).num_rows == 1
+
+
+def test_carnet_warehouse_module_forwards_kernel_calls_to_the_helper(monkeypatch):
+    """Once carnet/warehouse.py is imported it holds the name carnet.warehouse: write and sync must still
+    reach the kernel helper (which calls the REST API with the kernel's token)."""
+    import carnet.warehouse as module
+    from carnet.kernel_helpers import warehouse as helper
+
+    calls = []
+    monkeypatch.setattr(
+        helper, "sync", lambda *args, **kwargs: calls.append(("sync", args, kwargs)) or {"ok": 1}
+    )
+    monkeypatch.setattr(
+        helper, "write", lambda *args, **kwargs: calls.append(("write", args, kwargs)) or {"ok": 2}
+    )
+    assert module.sync("orders_pg", "orders", mode="upsert", key="id") == {"ok": 1}
+    assert module.write([{"a": 1}], "t", mode="append") == {"ok": 2}
+    assert calls == [
+        ("sync", ("orders_pg", "orders"), {"mode": "upsert", "key": "id", "types": None, "variables": None}),
+        ("write", ([{"a": 1}], "t"), {"mode": "append", "key": None, "types": None}),
+    ]

@@ -17,6 +17,7 @@ import dataclasses
 import json
 import re
 import threading
+import time
 from contextlib import contextmanager
 from contextvars import ContextVar
 
@@ -116,7 +117,7 @@ def _query(kind, ctx, source, spec_raw) -> pa.Table:
         )
 
     if kind.pushes_down:
-        spec = capped(parse_spec(spec_raw, [c["name"] for c in kind.columns(ctx)]), max_rows)
+        spec = capped(checked_spec(kind, ctx, source, spec_raw), max_rows)
         table = cached(spec, lambda: kind.read(ctx, spec))
     else:
         # The raw rows are cached once for every spec; the spec itself is cheap to apply in DuckDB.
@@ -125,6 +126,37 @@ def _query(kind, ctx, source, spec_raw) -> pa.Table:
         table = raw if spec == QuerySpec() else apply_spec(raw, capped(spec, max_rows), ctx.limits)
     check_rows(table, max_rows)
     return table
+
+
+# Column names of pushed-down sources, per source definition and variables, for a while: a spec is checked
+# against them before each read, and asking the server every time cost one more connection per query, even
+# when the answer then came from the result cache. A column the memo does not know asks again (one added
+# since); a column dropped since is the server's error on the read itself.
+COLUMNS_MEMO_SECONDS = 60.0
+_columns_memo: dict[str, tuple[float, list[str]]] = {}
+_columns_memo_lock = threading.Lock()
+
+
+def checked_spec(kind, ctx, source, spec_raw) -> QuerySpec:
+    definition = json.dumps(
+        [source.id, source.version, source.connection_id, source.options, ctx.variables],
+        sort_keys=True,
+        default=str,
+    )
+    now = time.monotonic()
+    with _columns_memo_lock:
+        memo = _columns_memo.get(definition)
+    if memo is not None and now - memo[0] < COLUMNS_MEMO_SECONDS:
+        try:
+            return parse_spec(spec_raw, memo[1])
+        except ValidationError:
+            pass  # perhaps a column added since: ask the source
+    names = [c["name"] for c in kind.columns(ctx)]
+    with _columns_memo_lock:
+        if len(_columns_memo) > 10_000:  # many variable values: start over rather than grow without bound
+            _columns_memo.clear()
+        _columns_memo[definition] = (now, names)
+    return parse_spec(spec_raw, names)
 
 
 def request_key(spec: QuerySpec | None, variables: dict) -> str:
