@@ -249,11 +249,6 @@ class PostgresWarehouse:
                 result.append({"name": name, "rows": rows, "columns": columns})
             return result
 
-    def drop_schema(self) -> None:
-        """Erase the organization's warehouse (all its tables)."""
-        with engine_for(self.settings.warehouse_url).begin() as conn:
-            conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {quote_column(self.schema)} CASCADE")
-
 
 class PostgresTarget:
     """Load target: staged rows in ``con`` (in-memory DuckDB), changes in ``conn``'s transaction."""

@@ -4,7 +4,9 @@ both read-only layers (parser, then the server's read-only transaction), limits,
 from __future__ import annotations
 
 import functools
+from decimal import Decimal
 
+import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 
@@ -77,6 +79,33 @@ def test_the_default_ten_million_row_cap_reads_with_and_without_a_spec(server):
     assert read_arrow(server.ro, TableRead("orders", spec={"limit": 2}), limits=big).num_rows == 2
     spec = {"where": [["region", "=", "north"]]}
     assert read_arrow(server.ro, SqlRead("SELECT * FROM orders", spec), limits=big).num_rows == 2
+
+
+def test_results_keep_the_servers_column_types_even_when_empty_or_null(server):
+    """Types come from the server's description of the result, not from the values: a declared decimal
+    keeps its precision, an all-NULL column and an empty result still have their columns' types."""
+    with server.engine.begin() as con:
+        con.execute(sa.text("DROP TABLE IF EXISTS typed"))
+        con.execute(
+            sa.text(
+                "CREATE TABLE typed (id INTEGER, price DECIMAL(10,2), day DATE, note VARCHAR(20), n BIGINT)"
+            )
+        )
+        con.execute(sa.text("INSERT INTO typed VALUES (1, 88.25, NULL, NULL, 5), (2, NULL, NULL, 'x', NULL)"))
+        if server.kind == "pg":
+            con.execute(sa.text(f"GRANT SELECT ON typed TO {server.reader}"))
+    scale = {"pg": 10, "mariadb": 38}[server.kind]  # pymysql reports no precision: 38 digits hold it
+    table = read_arrow(server.ro, TableRead("typed", spec={"order_by": ["id"]}))
+    assert table.schema.field("price").type == pa.decimal128(scale, 2)
+    assert table.schema.field("day").type == pa.date32()  # every value NULL, still a date column
+    assert table.schema.field("n").type == pa.int64() and table.schema.field("note").type == pa.string()
+    assert table.column("price").to_pylist() == [Decimal("88.25"), None]
+    empty = read_arrow(server.ro, SqlRead("SELECT id, price, day FROM typed WHERE id > 100"))
+    assert empty.num_rows == 0 and empty.schema.field("day").type == pa.date32()
+    assert empty.schema.field("price").type == pa.decimal128(scale, 2)
+    # An aggregate's width is not declared: its values decide (and a sum may outgrow numeric(10,2)).
+    total = read_arrow(server.ro, TableRead("typed", spec={"aggregates": {"price": "sum"}}))
+    assert total.column("price").to_pylist() == [Decimal("88.25")]
 
 
 def test_aggregates_run_on_the_server(server, sent_sql):

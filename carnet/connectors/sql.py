@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
 
 from carnet.connectors.read_only_sql import SQLGLOT_DIALECTS, check_read_only
+from carnet.connectors.result_types import arrow_types, typed_array
 from carnet.connectors.sql_settings import (
     VARIABLE,
     ConnectionSettings,
@@ -186,6 +187,7 @@ def _statement(connection, read, text, limits: Limits):
 def _fetch(connection, statement, limits: Limits) -> pa.Table:
     result = connection.execution_options(stream_results=True).execute(statement)
     names = list(result.keys())
+    types = arrow_types(connection.dialect.name.replace("mariadb", "mysql"), result.cursor.description)
     rows: list = []
     while batch := result.fetchmany(_BATCH):
         rows.extend(batch)
@@ -196,7 +198,10 @@ def _fetch(connection, statement, limits: Limits) -> pa.Table:
                 max_rows=limits.max_rows,
             )
     columns = list(zip(*rows, strict=True)) if rows else [[] for _ in names]
-    return pa.Table.from_arrays([pa.array(list(c)) for c in columns], names=names)
+    types = types if len(types) == len(names) else [None] * len(names)
+    return pa.Table.from_arrays(
+        [typed_array(list(c), t) for c, t in zip(columns, types, strict=True)], names=names
+    )
 
 
 def _message(error: sa.exc.DBAPIError) -> str:

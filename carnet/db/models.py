@@ -109,6 +109,9 @@ class Membership(Base):
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     org_id: Mapped[int] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
     role: Mapped[Role] = mapped_column(Enum(Role, native_enum=False, length=16))
+    # Row-level security: {"region": ["EU", "US"]}, per organization (set by its admins). Each value is a
+    # list of strings; an attribute a source's rule names but the person lacks means no rows.
+    attributes: Mapped[dict] = mapped_column(default=dict, server_default="{}")
     user: Mapped[User] = relationship(back_populates="memberships")
     org: Mapped[Organization] = relationship()
 
@@ -138,6 +141,9 @@ class DataSource(Base):
     # invalidated by hand).
     cache_policy: Mapped[str] = mapped_column(String(16), default="none", server_default="none")
     cache_ttl_seconds: Mapped[int | None]
+    # Row-level security: [{"column": "region", "attribute": "region"}, ...]: every query by a person keeps
+    # only rows whose column is in that person's attribute values (all rules apply).
+    row_rules: Mapped[list] = mapped_column(default=list, server_default="[]")
     created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime | None]
@@ -176,6 +182,10 @@ class App(Base):
     # every member and, once the Viewer serves public links, anyone with the app's public link
     # (studio/admin only, and only if the org allows it).
     visibility: Mapped[str] = mapped_column(String(16), default="org")
+    # Free labels for the gallery's search and filters (lowercase, deduplicated).
+    tags: Mapped[list] = mapped_column(default=list, server_default="[]")
+    # A PNG/JPEG under CarnetSettings.published_dir (e.g. "1/3/thumbnail.png"), shown in the gallery.
+    thumbnail_path: Mapped[str | None] = mapped_column(String(500))
     current_version: Mapped[int] = mapped_column(Integer, default=0)
     published_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -193,6 +203,8 @@ class AppVersion(Base):
     version: Mapped[int] = mapped_column(Integer)
     # Path of the snapshot under CarnetSettings.published_dir, e.g. "1/3/v2.ipynb".
     notebook_path: Mapped[str] = mapped_column(String(500))
+    # What the publisher said of this version ("fixed the EU totals"), shown in the versions list.
+    note: Mapped[str] = mapped_column(Text, default="", server_default="")
     created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     app: Mapped[App] = relationship(back_populates="versions")
@@ -393,3 +405,14 @@ class PushEndpoint(Base):
     created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None]
+
+
+class AppFavourite(Base):
+    """An app a person marked as a favourite (the gallery lists favourites first)."""
+
+    __tablename__ = "app_favourites"
+    __table_args__ = (UniqueConstraint("app_id", "user_id"), NO_ID_REUSE)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    app_id: Mapped[int] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
