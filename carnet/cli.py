@@ -6,6 +6,7 @@ carnet hub                  start the Hub (and through it the Carnet service, Vi
 carnet run-job ORG JOB      queue a run of a job now (the scheduler picks it up)
 carnet set-password EMAIL   give a user a new random password, printed once
 carnet load ORG TABLE FILE   load a file into a warehouse table through the REST API (progress on stderr)
+carnet sync ORG TABLE --source NAME   copy what a source answers into a warehouse table (server-side)
 carnet warehouse ls|describe TABLE|preview TABLE   the warehouse's tables (same --url/--api-key)
 """
 

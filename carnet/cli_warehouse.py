@@ -1,4 +1,5 @@
-"""``carnet load`` and ``carnet warehouse ls|describe|preview``: the warehouse from a shell, via the REST API.
+"""``carnet load``, ``carnet sync`` and ``carnet warehouse ls|describe|preview``: the warehouse from a shell,
+via the REST API.
 
 Connection: ``--url`` and ``--api-key`` (an org API key ``cak_...``, studio role to load), or the environment
 variables CARNET_URL and CARNET_API_KEY. ``carnet load`` streams the file (never read whole into memory) and
@@ -90,6 +91,27 @@ def cmd_load(args) -> int:
     return 0
 
 
+def cmd_sync(args) -> int:
+    client = _client(args)
+    me = client.me()
+    if me["org"] != args.org:
+        raise CarnetError(f"This API key belongs to organization {me['org']!r}, not {args.org!r}")
+    variables = {}
+    for item in args.var or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise CarnetError(f"--var takes name=value, not {item!r}")
+        variables[name] = value
+    answer = client.sync_source_to_table(
+        args.source, args.table, mode=args.mode, key=args.key, variables=variables or None
+    )
+    print(
+        f"Synced {answer['rows_in']} rows of {args.source} into {args.table} ({args.mode}); the table has "
+        f"{answer['rows_out']} rows. Load {answer['load_id']}."
+    )
+    return 0
+
+
 def cmd_warehouse(args) -> int:
     client = _client(args)
     if args.action == "ls":
@@ -133,6 +155,15 @@ def add_commands(commands) -> None:
     )
     connection(load)
     load.set_defaults(func=cmd_load)
+    sync = commands.add_parser("sync", help="copy what a source answers into a warehouse table (server-side)")
+    sync.add_argument("org", help="the organization (its slug); the API key must belong to it")
+    sync.add_argument("table")
+    sync.add_argument("--source", required=True, help="the source to read (any kind)")
+    sync.add_argument("--mode", default="replace", choices=("replace", "append", "upsert", "delete"))
+    sync.add_argument("--key", nargs="+", metavar="COLUMN", help="key columns (upsert, delete)")
+    sync.add_argument("--var", action="append", metavar="NAME=VALUE", help="a variable of the source")
+    connection(sync)
+    sync.set_defaults(func=cmd_sync)
     warehouse = commands.add_parser("warehouse", help="list, describe or preview warehouse tables")
     warehouse.add_argument("action", choices=("ls", "describe", "preview"))
     warehouse.add_argument("table", nargs="?")

@@ -138,7 +138,8 @@ class Client:
     ``carnet.sources[name]`` in a notebook: ``.df(...)``, ``.query(...)``, ``.sql(...)``, ``.columns``),
     ``client.sql("... {orders} ...")`` (DataFrames). Writing (a studio-role key):
     ``source.reload_from_dataframe(df)``, ``.reload_from_file(path)``, ``.batch(...)``,
-    ``.invalidate_cache()``; ``client.get_or_create_table(name)`` and ``client.warehouse``
+    ``.invalidate_cache()``; ``client.sync_source_to_table(source, table, mode=...)``;
+    ``client.get_or_create_table(name)`` and ``client.warehouse``
     (``.write(df, "sales", mode=...)``, ``.tables()``).
     """
 
@@ -181,6 +182,19 @@ class Client:
         from carnet.kernel_helpers.warehouse import Warehouse
 
         return Warehouse(self._api)
+
+    def sync_source_to_table(
+        self,
+        source: str,
+        table: str,
+        mode: str = "replace",
+        key=None,
+        types: dict | None = None,
+        variables: dict | None = None,
+    ) -> dict:
+        """Copy what ``source`` answers into the warehouse table ``table`` (server-side; studio-role key):
+        the load's result {load_id, rows_in, rows_out, ...}."""
+        return self.warehouse.sync(source, table, mode=mode, key=key, types=types, variables=variables)
 
     def get_or_create_table(self, name: str, data=None, key=None, types: dict | None = None):
         """A warehouse table (``.load``, ``.describe``, ``.preview``, ``.history``). A table exists once

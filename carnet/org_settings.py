@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from carnet.branding import check_color, check_custom_css
 from carnet.db.models import Organization
 from carnet.errors import NotFound, ValidationError
 from carnet.validation import refuse_hidden_characters
@@ -26,7 +27,7 @@ NOT_SETTINGS = frozenset({"id", "slug", "org_id", "created_at", "settings"})
 @dataclass(frozen=True)
 class Setting:
     key: str
-    kind: str  # "text", "timezone", "bool" or "int": how the admin page shows it and reads its form field
+    kind: str  # "text", "timezone", "bool", "int", "color" or "css": how the admin page shows and reads it
     default: Any
     description: str
     check: Callable[[str, Any], Any] | None = None  # (key, value) -> value to store; else ValidationError
@@ -95,6 +96,21 @@ SETTINGS: dict[str, Setting] = {
             "Days an invitation link stays valid (until set: the platform's CARNET_INVITATION_DAYS).",
             low=1,
             high=90,
+        ),
+        Setting(
+            "primary_color",
+            "color",
+            "",
+            "Brand colour of the Viewer's pages and the gallery, #RRGGBB (empty: Carnet's own).",
+            check_color,
+        ),
+        Setting(
+            "custom_css",
+            "css",
+            "",
+            "CSS added to the Viewer's pages and the gallery (max 20 KB; no @import, no URLs but data: "
+            "images, no '<', no backslash escapes, no expression() or javascript:).",
+            check_custom_css,
         ),
     )
 }

@@ -172,6 +172,10 @@ class AppHandler(TornadoVoilaHandler):
     @web.authenticated
     async def get(self, app_id):
         session = await request_viewer_session(self.current_user.username, app_id)
+        # The page shows the branding of the app's organization, as the service read it from the platform
+        # database (Voila hands page_config to the template; the template keeps it out of the page's JSON).
+        branding = session.get("branding") or {}
+        self.page_config_hook = lambda page_config, **_: {**page_config, "carnetBranding": branding}
         token = _kernel_request.set(
             KernelRequest(
                 owner=self.current_user.username, token=session["token"], user_id=session["user"]["id"]

@@ -81,6 +81,20 @@ class Table:
         keys = [key] if isinstance(key, str) else list(key)
         return self._client.post_json(f"{self._path}/batch", {"key": keys, "operations": ops})
 
+    def sync(
+        self, source: str, mode: str = "replace", key=None, types: dict | None = None, variables=None
+    ) -> dict:
+        """Load what the source ``source`` answers (read on the server, with its ``variables``) into this
+        table; same modes and answer as ``load``."""
+        body = {"source": source, "mode": mode}
+        if key:
+            body["key"] = [key] if isinstance(key, str) else list(key)
+        if types:
+            body["types"] = types
+        if variables:
+            body["variables"] = variables
+        return self._client.post_json(f"{self._path}/sync", body)
+
     def describe(self) -> dict:
         return self._client.get_json(self._path)
 
@@ -113,6 +127,19 @@ class Warehouse:
 
     def write(self, data, table: str, mode: str = "replace", key=None, types: dict | None = None) -> dict:
         return Table(self._client, table).load(data, mode=mode, key=key, types=types)
+
+    def sync(
+        self,
+        source: str,
+        table: str,
+        mode: str = "replace",
+        key=None,
+        types: dict | None = None,
+        variables: dict | None = None,
+    ) -> dict:
+        """``carnet.warehouse.sync("orders_pg", "orders", mode="upsert", key="id")``: the source's rows into
+        the table, copied by the service (the data never passes through the kernel)."""
+        return Table(self._client, table).sync(source, mode=mode, key=key, types=types, variables=variables)
 
     def tables(self) -> list[dict]:
         return self._client.get_json("api/v1/warehouse/tables")["tables"]

@@ -53,6 +53,19 @@ def tiny_notebook(text: str = "hello") -> dict:
     return notebook
 
 
+def tiny_png() -> bytes:
+    """A valid 1x1 PNG, built by hand (no imaging library needed)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)
+    pixels = zlib.compress(b"\x00\xff\x80\x00")
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+
+
 def assert_json_error(response: requests.Response, status: int) -> dict:
     """The response is ``status`` with a JSON body {status, message, ...}."""
     assert response.status_code == status, (response.status_code, response.text[:500])

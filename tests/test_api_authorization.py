@@ -17,7 +17,7 @@ from sqlalchemy import delete, func, select
 from tornado import web
 
 from carnet.db import session_scope
-from carnet.db.models import DataSource, Membership, Role, Token, TokenKind, User
+from carnet.db.models import App, AppFavourite, DataSource, Membership, Role, Token, TokenKind, User
 from carnet.demo import DEMO_SOURCE, DEMO_TABLE
 from carnet.passwords import hash_password
 from carnet.permissions import ACTION_MIN_ROLE
@@ -35,6 +35,7 @@ from tests.api_support import (
     assert_json_error,
     auth,
     tiny_notebook,
+    tiny_png,
     unique,
 )
 from tests.helpers import hub_login, make_hub_token
@@ -54,6 +55,9 @@ KEY_ROLES = {"key-viewer": "viewer", "key-analyst": "analyst", "key-studio": "st
 ROLES = ("anonymous", "viewer", "analyst", "studio", "admin", "viewer-kernel", "globex-admin", *KEY_ROLES)
 
 WH = "/warehouse/tables/{table}"
+RESTORE = "/apps/{app_id}/versions/{version}/restore"
+THUMBNAIL = "/apps/{app_id}/thumbnail"
+FAVOURITE = "/apps/{app_id}/favourite"
 # Columns: anonymous, the acme people (viewer, analyst, studio, admin), an acme viewer's app kernel, an admin
 # of *another* org (globex: acme's objects are unknown to them, their own lists are empty of acme's), and
 # acme API keys (made by acme's admin) of each ceiling: a key acts with its ceiling's role, except that keys
@@ -87,8 +91,11 @@ MATRIX = [
     ("GET", WH + "/loads", 401, 403, 200, 200, 200, 403, 404, 403, 200, 200, 200),
     ("POST", WH + "/load", 401, 403, 403, 200, 200, 403, 200, 403, 403, 200, 200),
     ("POST", WH + "/batch", 401, 403, 403, 200, 200, 403, 200, 403, 403, 200, 200),
+    # A sync of acme's demo source into a fresh table: a load (studio's); acme's source is unknown to globex.
+    ("POST", WH + "/sync", 401, 403, 403, 200, 200, 403, 404, 403, 403, 200, 200),
     ("GET", WH + "/push-endpoints", 401, 403, 403, 200, 200, 403, 404, 403, 403, 200, 200),
-    ("POST", WH + "/push-endpoints", 401, 403, 403, 201, 201, 403, 404, 403, 403, 201, 201),
+    # The table need not exist yet (the first push creates it): globex's admin makes one in globex.
+    ("POST", WH + "/push-endpoints", 401, 403, 403, 201, 201, 403, 201, 403, 403, 201, 201),
     ("DELETE", WH + "/push-endpoints/{endpoint_id}", 401, 403, 403, 204, 204, 403, 404, 403, 403, 204, 204),
     ("POST", "/push/{token}", 200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200),
     # The result cache of a source: its policy (on a fresh source) and dropping its entries are studio's.
@@ -109,6 +116,17 @@ MATRIX = [
     ("DELETE", "/apps/{app_id}", 401, 403, 204, 204, 204, 403, 404, 403, 204, 204, 204),
     ("GET", "/apps/{app_id}/sharing", 401, 403, 200, 200, 200, 403, 404, 403, 200, 200, 200),
     ("PUT", "/apps/{app_id}/sharing", 401, 403, 200, 200, 200, 403, 404, 403, 200, 200, 200),
+    # Publishing: metadata, versions, rollback and thumbnails are the authors' (analyst and up), each case
+    # that changes something on a fresh app; whoever may open an app sees its thumbnail and marks it as one
+    # of their own favourites (viewers and viewer keys too, never an app kernel).
+    ("PATCH", "/apps/{app_id}", 401, 403, 200, 200, 200, 403, 404, 403, 200, 200, 200),
+    ("GET", "/apps/{app_id}/versions", 401, 403, 200, 200, 200, 403, 404, 403, 200, 200, 200),
+    ("POST", RESTORE, 401, 403, 201, 201, 201, 403, 404, 403, 201, 201, 201),
+    ("GET", THUMBNAIL, 401, 200, 200, 200, 200, 403, 404, 200, 200, 200, 200),
+    ("PUT", THUMBNAIL, 401, 403, 200, 200, 200, 403, 404, 403, 200, 200, 200),
+    ("DELETE", THUMBNAIL, 401, 403, 204, 204, 204, 403, 404, 403, 204, 204, 204),
+    ("PUT", FAVOURITE, 401, 200, 200, 200, 200, 403, 404, 200, 200, 200, 200),
+    ("DELETE", FAVOURITE, 401, 200, 200, 200, 200, 403, 404, 200, 200, 200, 200),
     ("GET", "/jobs", 401, 403, 200, 200, 200, 403, 200, 403, 200, 200, 200),
     # The globex admin may create jobs, but not on acme's app: it is unknown to them.
     ("POST", "/jobs", 401, 403, 201, 201, 201, 403, 404, 403, 201, 201, 201),
@@ -130,6 +148,14 @@ MATRIX = [
     ("POST", "/users/{user_id}/password", 401, 403, 403, 403, 200, 403, 404, 403, 403, 403, 200),
     # A new invitation link for the person (200: the person exists already; the link is the answer).
     ("POST", "/users/{user_id}/invitation", 401, 403, 403, 403, 200, 403, 404, 403, 403, 403, 200),
+    # Row-level security: members' attributes are the admins' (like the rest of people management); a
+    # source's row rules are studio's (like the source). The reload reads a table of the caller's own org
+    # (globex has no such table: 404).
+    ("GET", "/users/{user_id}/attributes", 401, 403, 403, 403, 200, 403, 404, 403, 403, 403, 200),
+    ("PUT", "/users/{user_id}/attributes", 401, 403, 403, 403, 200, 403, 404, 403, 403, 403, 200),
+    ("POST", "/user-attributes/reload", 401, 403, 403, 403, 200, 403, 404, 403, 403, 403, 200),
+    ("GET", "/sources/{name}/row-rules", 401, 403, 403, 200, 200, 403, 404, 403, 403, 200, 200),
+    ("PUT", "/sources/{name}/row-rules", 401, 403, 403, 200, 200, 403, 404, 403, 403, 200, 200),
     ("GET", "/groups", 401, 403, 403, 403, 200, 403, 200, 403, 403, 403, 200),
     ("POST", "/groups", 401, 403, 403, 403, 201, 403, 201, 403, 403, 403, 201),
     ("GET", "/groups/{group_id}", 401, 403, 403, 403, 200, 403, 404, 403, 403, 403, 200),
@@ -140,6 +166,11 @@ MATRIX = [
     # here to the value they hold already (UTC in both orgs), so the matrix leaves them as seeded.
     ("GET", "/org", 401, 200, 200, 200, 200, 403, 200, 200, 200, 200, 200),
     ("PATCH", "/org", 401, 403, 403, 403, 200, 403, 200, 403, 403, 403, 200),
+    # The org's logo: every member reads it (acme's is set before each case; globex has none: 404); admins
+    # set and remove their own org's (each case ends with both orgs without a logo, as seeded).
+    ("GET", "/org/logo", 401, 200, 200, 200, 200, 403, 404, 200, 200, 200, 200),
+    ("PUT", "/org/logo", 401, 403, 403, 403, 200, 403, 200, 403, 403, 403, 200),
+    ("DELETE", "/org/logo", 401, 403, 403, 403, 204, 403, 204, 403, 403, 403, 204),
     # People may change their own password (here: a wrong current password, so nothing changes); kernels
     # and keys not.
     ("POST", "/me/password", 401, 400, 400, 400, 400, 403, 400, 403, 403, 403, 403),
@@ -330,6 +361,8 @@ UPLOAD_CSV = b"city;amount\nLyon;1,5\nNantes;2\n"
 LOAD_ROWS = pa.table({"id": [1, 2], "city": ["Lyon", "Nantes"]})
 # Routes that write into the caller's own org (or, for a push, the URL's): no "unknown object" to compare.
 OWN_ORG_WRITES = {("POST", WH + "/load"), ("POST", WH + "/batch"), ("POST", "/push/{token}")}
+# A push endpoint may come before its table, so making one is also made in the caller's own org.
+OWN_ORG_CREATES = OWN_ORG_WRITES | {("POST", WH + "/push-endpoints")}
 
 
 def arrow_bytes(table: pa.Table) -> bytes:
@@ -344,6 +377,16 @@ def load_table(stack, token, table: str) -> None:
     response = requests.post(
         api_url(stack, f"warehouse/tables/{table}/load?format=arrow&mode=replace"),
         data=arrow_bytes(LOAD_ROWS),
+        headers={**auth(token), "Content-Type": ARROW_STREAM},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+
+
+def load_rows(stack, token, table: str, columns: dict) -> None:
+    response = requests.post(
+        api_url(stack, f"warehouse/tables/{table}/load?format=arrow&mode=replace"),
+        data=arrow_bytes(pa.table(columns)),
         headers={**auth(token), "Content-Type": ARROW_STREAM},
         timeout=60,
     )
@@ -403,6 +446,41 @@ def create_connection(stack, token, created, settings) -> dict:
     return response.json()
 
 
+# Two tiny valid PNG files (only their first bytes are checked; their digests differ).
+MATRIX_LOGO = b"\x89PNG\r\n\x1a\n" + b"matrix logo"
+MATRIX_LOGO_NEW = b"\x89PNG\r\n\x1a\n" + b"new matrix logo"
+
+
+def put_logo(stack, headers, data: bytes) -> None:
+    response = requests.put(
+        api_url(stack, "org/logo"), data=data, headers={**headers, "Content-Type": "image/png"}, timeout=30
+    )
+    assert response.status_code == 200, response.text
+
+
+def org_logo(stack, headers) -> bytes | None:
+    response = requests.get(api_url(stack, "org/logo"), headers=headers, timeout=30)
+    assert response.status_code in (200, 404), response.text
+    return response.content if response.status_code == 200 else None
+
+
+def check_logo_case(stack, method, response, ok, globex, home, admin) -> None:
+    """What a logo case did: only the caller's own org's logo changed, and only when allowed. Both orgs
+    end without a logo."""
+    acme_logo, home_logo = org_logo(stack, admin), org_logo(stack, home)
+    if method == "GET" and ok:
+        assert response.content == MATRIX_LOGO and response.headers["Content-Type"] == "image/png"
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+    elif method == "PUT":
+        assert acme_logo == (MATRIX_LOGO_NEW if ok and not globex else MATRIX_LOGO)
+        assert home_logo == (MATRIX_LOGO_NEW if ok else MATRIX_LOGO)
+    elif method == "DELETE":
+        assert acme_logo == (None if ok and not globex else MATRIX_LOGO)
+    for headers in (admin, home):
+        assert requests.delete(api_url(stack, "org/logo"), headers=headers, timeout=30).status_code == 204
+    assert org_logo(stack, admin) is None and org_logo(stack, home) is None
+
+
 def warehouse_rows(stack) -> int:
     with connect_waiting(stack.settings.warehouse_path(1), read_only=True) as con:
         return con.execute(f"SELECT count(*) FROM {DEMO_TABLE}").fetchone()[0]  # noqa: S608
@@ -411,6 +489,81 @@ def warehouse_rows(stack) -> int:
 def viewer_kernel_tokens(stack) -> int:
     with session_scope(stack.settings.db_url) as session:
         return session.scalar(select(func.count(Token.id)).where(Token.kind == TokenKind.viewer_kernel))
+
+
+# Publishing cases on a fresh app of their own (GET versions reads the demo app).
+FRESH_APP_CASES = {
+    ("PATCH", "/apps/{app_id}"),
+    ("POST", RESTORE),
+    ("GET", THUMBNAIL),
+    ("PUT", THUMBNAIL),
+    ("DELETE", THUMBNAIL),
+    ("PUT", FAVOURITE),
+    ("DELETE", FAVOURITE),
+}
+PUBLISHING_CASES = FRESH_APP_CASES | {("GET", "/apps/{app_id}/versions")}
+
+
+def acting_user_id(created, role: str) -> int | None:
+    """The person a column acts as: keys act as their creator (acme's admin), kernels as their viewer."""
+    if role == "anonymous":
+        return None
+    email = {"globex-admin": GLOBEX_ADMIN, "viewer-kernel": EMAILS["viewer"]}.get(role)
+    return created.user_id(email or EMAILS.get(role, EMAILS["admin"]))
+
+
+def app_row(stack, app_id: int) -> App:
+    with session_scope(stack.settings.db_url) as session:
+        app = session.get(App, app_id)
+        session.expunge(app)
+        return app
+
+
+def is_favourite(stack, user_id: int, app_id: int) -> bool:
+    with session_scope(stack.settings.db_url) as session:
+        found = select(AppFavourite.id).where(AppFavourite.app_id == app_id, AppFavourite.user_id == user_id)
+        return session.scalar(found) is not None
+
+
+def prepare_app_case(stack, tokens, created, method, route, user_id) -> int:
+    app_id = create_app(stack, tokens["studio"], created)
+    if route == THUMBNAIL and method != "PUT":
+        put = requests.put(
+            api_url(stack, f"apps/{app_id}/thumbnail"),
+            data=tiny_png(),
+            headers={**auth(tokens["studio"]), "Content-Type": "image/png"},
+            timeout=30,
+        )
+        assert put.status_code == 200, put.text
+    if (method, route) == ("DELETE", FAVOURITE) and user_id is not None:
+        with session_scope(stack.settings.db_url) as session:
+            session.add(AppFavourite(app_id=app_id, user_id=user_id))
+    return app_id
+
+
+def check_app_case(stack, method, route, response, ok, app_id, user_id) -> None:
+    """What a publishing call of the matrix did (or, refused, did not do), seen in the database."""
+    app = app_row(stack, app_id)
+    if (method, route) == ("PATCH", "/apps/{app_id}"):
+        assert (app.title == "Patched by the matrix") is ok
+        assert app.current_version == 1
+    elif route == "/apps/{app_id}/versions" and ok:
+        versions = response.json()["versions"]
+        assert versions[0]["version"] == app.current_version and versions[0]["current"] is True
+    elif route == RESTORE:
+        assert app.current_version == (2 if ok else 1)
+    elif (method, route) == ("GET", THUMBNAIL) and ok:
+        assert response.content == tiny_png() and response.headers["Content-Type"] == "image/png"
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+    elif (method, route) == ("PUT", THUMBNAIL):
+        assert (app.thumbnail_path is not None) is ok
+    elif (method, route) == ("DELETE", THUMBNAIL):
+        assert (app.thumbnail_path is None) is ok
+    elif route == FAVOURITE and user_id is not None:
+        # PUT marks, DELETE unmarks (it was marked before the call): refused, nothing changed.
+        assert is_favourite(stack, user_id, app_id) is ((method == "PUT") is ok)
+        if ok:
+            assert response.json()["favourite"] is (method == "PUT")
 
 
 # -- the matrix --------------------------------------------------------------------------------------------
@@ -424,10 +577,14 @@ def test_authorization_matrix(
     globex = role == "globex-admin"
     home = auth(tokens["globex-admin"]) if globex else admin
     job_id, key, app_id, source = shared_job, None, stack.app_id, DEMO_SOURCE
-    if (method, route) in (("PATCH", "/sources/{name}"), ("DELETE", "/sources/{name}"), ("PUT", CACHE)):
+    fresh_source_cases = (("PATCH", "/sources/{name}"), ("DELETE", "/sources/{name}"), ("PUT", CACHE))
+    if (method, route) in (*fresh_source_cases, ("PUT", "/sources/{name}/row-rules")):
         source = create_source(stack, tokens["studio"], created)
     if (method, route) in (("DELETE", "/apps/{app_id}"), ("PUT", "/apps/{app_id}/sharing")):
         app_id = create_app(stack, tokens["studio"], created)
+    user_id = acting_user_id(created, role) if (method, route) in PUBLISHING_CASES else None
+    if (method, route) in FRESH_APP_CASES:
+        app_id = prepare_app_case(stack, tokens, created, method, route, user_id)
     if (method, route) == ("DELETE", "/jobs/{job_id}"):
         job_id = create_job(stack, tokens["analyst"], tiny_app)["id"]
         created.jobs.add(job_id)
@@ -444,6 +601,8 @@ def test_authorization_matrix(
             load_table(stack, tokens["globex-admin" if globex else "studio"], table)
         elif route == "/push/{token}":
             load_table(stack, tokens["studio"], table)  # the endpoint's table is acme's, whoever calls
+    if route == WH + "/sync":
+        table = unique("authz_sync").replace("-", "_")
     if "{token}" in route or "{endpoint_id}" in route:
         endpoint = create_push(stack, tokens["studio"], table)
     connection = connection_settings and create_connection(
@@ -460,6 +619,7 @@ def test_authorization_matrix(
         table=table,
         endpoint_id=endpoint and endpoint["id"],
         token=endpoint and endpoint["url"].rsplit("/", 1)[-1],
+        version=1,
     )
     body, before, data = None, None, None
     if (method, route) == ("POST", "/sources"):
@@ -482,6 +642,8 @@ def test_authorization_matrix(
         body = {"name": unique("authz renamed conn")}
     elif (method, route) == ("POST", "/connections/{connection_id}/test"):
         body = {}
+    elif (method, route) == ("PATCH", "/apps/{app_id}"):
+        body = {"title": "Patched by the matrix"}
     elif (method, route) == ("POST", "/apps"):
         body = {"slug": unique("authz-app"), "title": "Authz app", "notebook": tiny_notebook()}
     elif (method, route) == ("POST", "/jobs"):
@@ -510,6 +672,10 @@ def test_authorization_matrix(
         body = {"users": [EMAILS["viewer"]]}
     elif (method, route) == ("PATCH", "/org"):
         body = {"timezone": "UTC"}
+    elif route == "/org/logo":
+        put_logo(stack, admin, MATRIX_LOGO)
+        if method == "PUT":
+            data = MATRIX_LOGO_NEW
     elif (method, route) == ("PUT", "/apps/{app_id}/sharing"):
         body = {"visibility": "restricted", "users": [EMAILS["viewer"]], "groups": []}
     elif route == "/me/password":
@@ -524,10 +690,29 @@ def test_authorization_matrix(
         }
     elif (method, route) == ("POST", WH + "/push-endpoints"):
         body = {"name": unique("authz push"), "mode": "append"}
+    elif route == WH + "/sync":
+        body = {"source": DEMO_SOURCE, "mode": "replace"}
     elif route == "/push/{token}":
         body = {"rows": [{"id": 9, "city": "Pushed"}]}
+    elif (method, route) == ("PUT", "/users/{user_id}/attributes"):
+        body = {"attributes": {"region": ["EU", "US"]}}
+    elif route == "/user-attributes/reload":
+        # A fresh acme table: the new person of this case in region EU (globex has no table of that name).
+        attributes_person = create_person(stack, tokens["admin"])
+        attributes_table = unique("authz_attrs").replace("-", "_")
+        load_rows(
+            stack,
+            tokens["studio"],
+            attributes_table,
+            {"email": [attributes_person["email"]], "region": ["EU"]},
+        )
+        body = {"table": attributes_table}
+    elif (method, route) == ("PUT", "/sources/{name}/row-rules"):
+        body = {"rules": [{"column": "continent", "attribute": "region"}]}
 
     headers = credentials(role, token)
+    if (method, route) == ("PUT", THUMBNAIL):
+        data, headers = tiny_png(), {**headers, "Content-Type": "image/png"}
     if route.startswith("/uploads"):
         # The raw file as the body (not JSON); the table is new, so what the call made can be found.
         upload_table = unique("authz_upload").replace("-", "_")
@@ -548,7 +733,7 @@ def test_authorization_matrix(
 
     # What the call did (or, refused, did not do).
     ok = response.status_code < 400
-    if globex and "{" in route and (method, route) not in OWN_ORG_WRITES:
+    if globex and "{" in route and (method, route) not in OWN_ORG_CREATES:
         # Another org's object answers exactly as an unknown one (same status, same body).
         unknown_name = unique("no-such-source")
         unknown_table = unknown_name.replace("-", "_")
@@ -562,6 +747,7 @@ def test_authorization_matrix(
             connection_id=UNKNOWN_ID,
             table=unknown_table,
             endpoint_id=UNKNOWN_ID,
+            version=1,
         )
         unknown = requests.request(
             method, api_url(stack, unknown_path), json=body, headers=headers, timeout=60
@@ -706,6 +892,8 @@ def test_authorization_matrix(
             assert body["slug"] in [a["slug"] for a in listed]
         else:
             assert body["slug"] not in [a["slug"] for a in listed]
+    elif (method, route) in PUBLISHING_CASES:
+        check_app_case(stack, method, route, response, ok, app_id, user_id)
     elif (method, route) == ("DELETE", "/apps/{app_id}"):
         after = requests.get(api_url(stack, f"apps/{app_id}"), headers=admin, timeout=30)
         assert after.status_code == (404 if ok else 200)
@@ -842,8 +1030,25 @@ def test_authorization_matrix(
             assert response.json()["slug"] == ("globex" if globex else "acme")
             assert response.json()["settings"]["timezone"] == "UTC"
             assert "allow_public_apps" in response.json()["settings"]
+    elif route == "/org/logo":
+        check_logo_case(stack, method, response, ok, globex, home, admin)
     elif (method, route) == ("GET", "/groups/{group_id}") and ok:
         assert response.json() == group
+    elif route == "/users/{user_id}/attributes":
+        stored = requests.get(api_url(stack, f"users/{person['id']}/attributes"), headers=admin, timeout=30)
+        expected_attributes = {"region": ["EU", "US"]} if ok and method == "PUT" else {}
+        assert stored.json()["attributes"] == expected_attributes
+    elif route == "/user-attributes/reload":
+        stored = requests.get(
+            api_url(stack, f"users/{attributes_person['id']}/attributes"), headers=admin, timeout=30
+        )
+        assert stored.json()["attributes"] == ({"region": ["EU"]} if ok else {})
+        if ok:
+            assert response.json()["attributes"] == ["region"] and response.json()["unknown_emails"] == []
+    elif route == "/sources/{name}/row-rules":
+        stored = requests.get(api_url(stack, f"sources/{source}/row-rules"), headers=admin, timeout=30)
+        changed = ok and method == "PUT"
+        assert stored.json()["rules"] == (body["rules"] if changed else [])
     if group is not None:
         after = requests.get(api_url(stack, f"groups/{group['id']}"), headers=admin, timeout=30)
         if (method, route) == ("DELETE", "/groups/{group_id}"):
@@ -894,16 +1099,28 @@ def check_warehouse_case(stack, method, route, response, ok, globex, home, admin
     elif route == WH + "/batch":
         after = [nantes, {"id": 3, "city": "Lille"}] if ok else [lyon, nantes]
         assert table_rows(stack, home, table) == after
+    elif route == WH + "/sync":
+        # Made in acme only, and only if allowed, with every row of the demo source.
+        made = requests.get(api_url(stack, f"warehouse/tables/{table}"), headers=admin, timeout=30)
+        assert made.status_code == (200 if ok else 404)
+        if ok:
+            assert made.json()["rows"] == response.json()["rows_in"] == warehouse_rows(stack)
+            assert response.json()["status"] == "succeeded" and response.json()["mode"] == "replace"
+        if globex:
+            home_table = requests.get(api_url(stack, f"warehouse/tables/{table}"), headers=home, timeout=30)
+            assert home_table.status_code == 404
     elif route == WH + "/push-endpoints" and method == "GET" and ok:
         assert all("url" not in e and "secret_hash" not in e for e in response.json()["push_endpoints"])
     elif route == WH + "/push-endpoints" and method == "POST":
-        listed = {e["name"]: e for e in push_endpoints(stack, admin, DEMO_TABLE)}
+        listed = {e["name"]: e for e in push_endpoints(stack, home, DEMO_TABLE)}  # the caller's own org
         assert (body["name"] in listed) is ok
+        if globex:  # never in acme's list
+            assert body["name"] not in {e["name"] for e in push_endpoints(stack, admin, DEMO_TABLE)}
         if ok:
             assert "/services/carnet/api/v1/push/" in response.json()["url"]
             gone = requests.delete(
                 api_url(stack, f"warehouse/tables/{DEMO_TABLE}/push-endpoints/{response.json()['id']}"),
-                headers=admin,
+                headers=home,
                 timeout=30,
             )
             assert gone.status_code == 204

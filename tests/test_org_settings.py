@@ -19,7 +19,14 @@ from tests.helpers import hub_login, make_hub_token
 ADMIN = "admin@acme.example"
 MEMBERS = ("viewer@acme.example", "analyst@acme.example", "studio@acme.example", ADMIN)
 GLOBEX_VIEWER = "viewer@globex.example"
-DEFAULTS = {"timezone": "UTC", "allow_public_apps": False, "api_key_max_days": 0, "invitation_days": 7}
+DEFAULTS = {
+    "timezone": "UTC",
+    "allow_public_apps": False,
+    "api_key_max_days": 0,
+    "invitation_days": 7,
+    "primary_color": "",
+    "custom_css": "",
+}
 
 
 @pytest.fixture(scope="module", autouse=True)

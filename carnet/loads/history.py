@@ -4,7 +4,7 @@ that a load in progress is visible to others."""
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from carnet.db import session_scope
 from carnet.db.models import WarehouseLoad, utcnow
@@ -39,6 +39,22 @@ def finish(
         row.rows_out = rows_out
         row.error = error[:2000] if error else None
         row.finished_at = utcnow()
+
+
+INTERRUPTED = "interrupted: the service stopped during the load"
+
+
+def fail_interrupted(settings) -> int:
+    """Mark every load still ``running`` as ``failed``; how many. Called once when the Carnet service starts,
+    before it serves anything: loads run only inside that one process, so a row still running then was left
+    by a process that died mid-load (its transaction rolled back: the previous table is intact)."""
+    with session_scope(settings.db_url) as session:
+        result = session.execute(
+            update(WarehouseLoad)
+            .where(WarehouseLoad.status == "running")
+            .values(status="failed", error=INTERRUPTED, finished_at=utcnow())
+        )
+        return result.rowcount or 0
 
 
 def as_dict(row: WarehouseLoad) -> dict:

@@ -29,6 +29,7 @@ from carnet.db.models import DataSource
 from carnet.errors import NotFound, QueryFailed, QueryTimeout, RowLimitExceeded, ValidationError
 from carnet.query.placeholders import SourceSql, parse_source_sql
 from carnet.query.spec import QuerySpec, parse_spec, quote_identifier, to_duckdb
+from carnet.row_security import RowContext, current_row_context, row_context_for, rule_conditions
 from carnet.sources import ReadLimits, source_context, source_kinds, variables_for
 from carnet.warehouse import check_identifier, open_cursor
 
@@ -63,9 +64,24 @@ def find_source(session, org_id: int, name: str) -> DataSource:
 
 
 # -- one source ----------------------------------------------------------------------------------------
-def run_query(session, settings, principal, source_name: str, spec_raw=None, variables=None) -> pa.Table:
-    """``source_name`` of the principal's org, queried by ``spec_raw`` (a query_spec mapping)."""
-    return plain_integers(query_source(session, settings, principal.org_id, source_name, spec_raw, variables))
+def run_query(
+    session, settings, principal, source_name: str, spec_raw=None, variables=None, *, row=None
+) -> pa.Table:
+    """``source_name`` of the principal's org, queried by ``spec_raw`` (a query_spec mapping), filtered by
+    the source's row rules for the principal (or the given ``row`` context: an admin's "as" preview)."""
+    with reading_as(row or row_context_for(session, principal)):
+        return plain_integers(
+            query_source(session, settings, principal.org_id, source_name, spec_raw, variables)
+        )
+
+
+@contextmanager
+def reading_as(row: RowContext):
+    token = current_row_context.set(row)
+    try:
+        yield
+    finally:
+        current_row_context.reset(token)
 
 
 def plain_integers(table: pa.Table) -> pa.Table:
@@ -105,27 +121,43 @@ def _query(kind, ctx, source, spec_raw) -> pa.Table:
 
     max_rows = ctx.limits.max_rows
 
-    def cached(spec: QuerySpec | None, compute) -> pa.Table:
+    def cached(spec: QuerySpec | None, row, compute) -> pa.Table:
         return cached_read(
             ctx.settings,
             ctx,
             policy=source.cache_policy or "none",
             ttl=source.cache_ttl_seconds,
             request_key=request_key(spec, ctx.variables),
-            row_context="",
+            row_context=row.cache_key(),
             compute=compute,
         )
 
+    row = current_row_context.get()
+    rules = rule_conditions(source.row_rules or [], row)
     if kind.pushes_down:
-        spec = capped(checked_spec(kind, ctx, source, spec_raw), max_rows)
-        table = cached(spec, lambda: kind.read(ctx, spec))
+        spec, names = checked_spec(kind, ctx, source, spec_raw)
+        spec = capped(with_rules(spec, rules, names, source.name), max_rows)
+        table = cached(spec, row, lambda: kind.read(ctx, spec))
     else:
         # The raw rows are cached once for every spec; the spec itself is cheap to apply in DuckDB.
-        raw = cached(None, lambda: kind.read(ctx, None))
-        spec = parse_spec(spec_raw, raw.column_names)
+        raw = cached(None, row, lambda: kind.read(ctx, None))
+        spec = with_rules(parse_spec(spec_raw, raw.column_names), rules, raw.column_names, source.name)
         table = raw if spec == QuerySpec() else apply_spec(raw, capped(spec, max_rows), ctx.limits)
     check_rows(table, max_rows)
     return table
+
+
+def with_rules(spec: QuerySpec, rules, names, source_name: str) -> QuerySpec:
+    """``spec`` narrowed by the row rules' conditions; no rows at all (limit 0) when a rule has no values."""
+    if rules is None:
+        return dataclasses.replace(spec, limit=0)
+    for condition in rules:
+        if condition.column not in names:
+            # Closed, not open: a rule that cannot be applied never means "every row".
+            raise QueryFailed(
+                f"The source {source_name!r} has a row rule on {condition.column!r}, which it does not have"
+            )
+    return dataclasses.replace(spec, where=spec.where + rules) if rules else spec
 
 
 # Column names of pushed-down sources, per source definition and variables, for a while: a spec is checked
@@ -137,7 +169,7 @@ _columns_memo: dict[str, tuple[float, list[str]]] = {}
 _columns_memo_lock = threading.Lock()
 
 
-def checked_spec(kind, ctx, source, spec_raw) -> QuerySpec:
+def checked_spec(kind, ctx, source, spec_raw) -> tuple[QuerySpec, list[str]]:
     definition = json.dumps(
         [source.id, source.version, source.connection_id, source.options, ctx.variables],
         sort_keys=True,
@@ -148,7 +180,7 @@ def checked_spec(kind, ctx, source, spec_raw) -> QuerySpec:
         memo = _columns_memo.get(definition)
     if memo is not None and now - memo[0] < COLUMNS_MEMO_SECONDS:
         try:
-            return parse_spec(spec_raw, memo[1])
+            return parse_spec(spec_raw, memo[1]), memo[1]
         except ValidationError:
             pass  # perhaps a column added since: ask the source
     names = [c["name"] for c in kind.columns(ctx)]
@@ -156,7 +188,7 @@ def checked_spec(kind, ctx, source, spec_raw) -> QuerySpec:
         if len(_columns_memo) > 10_000:  # many variable values: start over rather than grow without bound
             _columns_memo.clear()
         _columns_memo[definition] = (now, names)
-    return parse_spec(spec_raw, names)
+    return parse_spec(spec_raw, names), names
 
 
 def request_key(spec: QuerySpec | None, variables: dict) -> str:
@@ -255,9 +287,10 @@ def run_duckdb(con, sql: str, params: list, limits: ReadLimits, restore=lambda t
 
 
 # -- SQL over sources ------------------------------------------------------------------------------------
-def run_sql(session, settings, principal, sql: str, variables=None) -> pa.Table:
-    """SQL over the principal's org's sources, written ``{source name}``."""
-    return plain_integers(sql_over_sources(session, settings, principal.org_id, sql, variables))
+def run_sql(session, settings, principal, sql: str, variables=None, *, row=None) -> pa.Table:
+    """SQL over the principal's org's sources, written ``{source name}``, each filtered by its row rules."""
+    with reading_as(row or row_context_for(session, principal)):
+        return plain_integers(sql_over_sources(session, settings, principal.org_id, sql, variables))
 
 
 def sql_over_sources(session, settings, org_id: int, sql, variables=None, *, parsed: SourceSql | None = None):
@@ -266,11 +299,17 @@ def sql_over_sources(session, settings, org_id: int, sql, variables=None, *, par
     sources = {name: find_source(session, org_id, name) for name in parsed.names}
     from carnet.query.pushdown import pushed_down  # noqa: PLC0415 - it imports this module's neighbours
 
-    table = pushed_down(session, settings, parsed, sources, variables)
+    # Sources whose rows the reader may see only in part are read one by one, each through its rules.
+    whole = not current_row_context.get().restricted or not any(row.row_rules for row in sources.values())
+    table = pushed_down(session, settings, parsed, sources, variables) if whole else None
     if table is not None:
         return table
     limits = ReadLimits.from_settings(settings)
-    if not settings.warehouse_url and all(row.kind == "warehouse_table" for row in sources.values()):
+    if (
+        whole
+        and not settings.warehouse_url
+        and all(row.kind == "warehouse_table" for row in sources.values())
+    ):
         # Every input is in the org's warehouse: DuckDB reads the tables where they are (no copy).
         tables = {parsed.markers[name]: row.options["table"] for name, row in sources.items()}
         with warehouse_duckdb(settings.warehouse_path(org_id), tables) as con:

@@ -15,8 +15,10 @@ from traitlets.config import Application
 
 from carnet.db import upgrade
 from carnet.hub_auth import make_hub_auth
+from carnet.loads.history import fail_interrupted
 from carnet.service import admin_groups, admin_page, admin_settings, gallery
 from carnet.service.api import (
+    app_thumbnails,
     apps,
     audit,
     connections,
@@ -28,8 +30,10 @@ from carnet.service.api import (
     org,
     push,
     query,
+    row_rules,
     source_cache,
     sources,
+    sync,
     uploads,
     users,
     warehouse,
@@ -44,6 +48,9 @@ HANDLER_MODULES += [source_cache]
 HANDLER_MODULES += [uploads]
 HANDLER_MODULES += [query]
 HANDLER_MODULES += [warehouse, push]
+HANDLER_MODULES += [sync]
+HANDLER_MODULES += [app_thumbnails]
+HANDLER_MODULES += [row_rules]
 HANDLER_MODULES += [admin_page, admin_groups, admin_settings]
 
 
@@ -64,6 +71,15 @@ def all_handlers(prefix: str) -> list[tuple]:
     routes.append((url_path_join(prefix, "oauth_callback"), OAuthCallbackHandler))
     routes.append((url_path_join(prefix, "api/.*"), NotFoundHandler))
     return routes
+
+
+def prepare_state(settings: CarnetSettings, log=None) -> None:
+    """What the service does to its state before it serves: the schema upgrade, then the loads a killed
+    process left ``running`` (this process is the only one that loads) marked failed."""
+    upgrade(settings.db_url)
+    interrupted = fail_interrupted(settings)
+    if interrupted and log is not None:
+        log.warning("Marked %d interrupted warehouse load(s) as failed", interrupted)
 
 
 class CarnetService(Application):
@@ -113,7 +129,7 @@ class CarnetService(Application):
 
     def start(self):
         settings = CarnetSettings(parent=self)
-        upgrade(settings.db_url)
+        prepare_state(settings, self.log)
         app = self.make_app()
         app.listen(self.port, address="127.0.0.1")
         self.log.info("Carnet service listening on 127.0.0.1:%s%s", self.port, self.service_prefix)

@@ -1,4 +1,5 @@
-"""The Viewer's home page: the apps the signed-in person may open (server-rendered)."""
+"""The Viewer's home page: the apps the signed-in person may open (server-rendered), with the API's search,
+tag filter and favourites (``?q=``, ``?tag=``, ``?favourites=true``; the star is a small form)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,13 @@ from pathlib import Path
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from tornado import web
 
+from carnet.branding import branding
+from carnet.catalog import set_favourite
 from carnet.errors import CarnetError, OrganizationChoiceRequired
+from carnet.org_settings import get_org
 from carnet.service.api.apps import app_listing
 from carnet.service.api.base import BaseHandler, authorized
+from carnet.sharing import find_openable_app
 
 page_templates = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"), autoescape=select_autoescape()
@@ -49,16 +54,47 @@ class GalleryHandler(PageHandler):
         principal = self.principal()
         with self.db() as session:
             apps = app_listing(self, session, principal)
+            # The same branding as the Viewer's app pages of this organization (carnet/branding.py).
+            brand = branding(self.settings_obj.data_dir, get_org(session, principal.org_id))
         page = page_templates.get_template("gallery.html").render(
             apps=apps,
+            branding=brand,
             org=principal.org_slug,
             email=principal.email,
             hub_base_url=self.settings["hub_base_url"],
+            gallery_url=gallery_url(self),
+            q=self.get_query_argument("q", ""),
+            tags=self.get_query_arguments("tag"),
+            favourites_only=self.get_query_argument("favourites", "") in ("true", "1"),
+            xsrf=self.xsrf_token.decode() if isinstance(self.xsrf_token, bytes) else self.xsrf_token,
         )
         self.set_header("Content-Type", "text/html; charset=UTF-8")
         self.finish(page)
 
 
+def gallery_url(handler: BaseHandler) -> str:
+    return handler.settings["service_prefix"].rstrip("/") + "/viewer/"
+
+
+class GalleryFavouriteHandler(PageHandler):
+    """The gallery's star: a form posting ``on=1`` or ``on=0``, answered by going back to the gallery."""
+
+    @web.authenticated
+    @authorized("apps:read")
+    def post(self, app_id):
+        principal = self.principal()
+        on = self.get_body_argument("on", "1") == "1"
+        with self.db() as session:
+            app = find_openable_app(session, principal, app_id)
+            if set_favourite(session, principal.user_id, app, on):
+                self.audit(session, "app.favourite" if on else "app.unfavourite", f"app/{app.id}")
+        back = self.get_body_argument("back", "")
+        # Only a query string appended to the gallery's own path: never an address elsewhere.
+        query = back if back.startswith("?") and back.isprintable() else ""
+        self.redirect(gallery_url(self) + query, status=303)
+
+
 default_handlers = [
     (r"viewer/?", GalleryHandler),
+    (r"viewer/apps/(?P<app_id>[^/]+)/favourite", GalleryFavouriteHandler),
 ]

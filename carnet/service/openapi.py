@@ -37,6 +37,8 @@ def _obj(required: list[str], **props) -> dict:
 STR = {"type": "string"}
 INT = {"type": "integer"}
 OBJ = {"type": "object"}
+# Admins only: read as that member of the org (through that person's row rules); audited.
+AS_USER = [{"name": "as_user", "in": "query", "schema": {"type": "integer"}}]
 CONNECTION_SETTINGS = {
     "type": "object",
     "description": "{dialect, driver, host, port, database, username, options} or {url}; never the password",
@@ -123,6 +125,7 @@ PATHS = {
             "Query one source (filters, aggregates, order and limit run where the data lives when the source "
             "can): Arrow IPC stream; 413 past the row limit, 504 past the time limit",
             "sources:read_data",
+            parameters=AS_USER,
             body=_obj(
                 [],
                 columns={"type": "array", "items": STR},
@@ -142,6 +145,7 @@ PATHS = {
         "post": _op(
             "SQL over the organization's sources, named {source} (one read-only SELECT): Arrow IPC stream",
             "sources:read_data",
+            parameters=AS_USER,
             body=_obj(["sql"], sql=STR, variables={"type": "object"}),
         )
     },
@@ -246,7 +250,8 @@ PATHS = {
             "Load the body (Arrow IPC stream, Parquet, or CSV/TSV/Excel parsed like an upload) into the "
             "table: replace (atomic swap), append, upsert or delete by key; type.<column>=int|float|decimal|"
             "decimal(p,s)|bool|date|datetime|datetime_tz|text forces a type. 200 {load_id, table, mode, "
-            "status, rows_in, rows_out, duration_seconds}; a bad value is a 400 naming the column and row, "
+            "status, rows_in, rows_out, duration_seconds, renamed (csv/tsv/xlsx: warehouse column -> the "
+            "file's name)}; a header without rows is a 400; a bad value is a 400 naming the column and row, "
             "the table unchanged; over upload_max_bytes a 413. Sources over the table get a new version",
             "warehouse:load",
             parameters=[
@@ -289,10 +294,28 @@ PATHS = {
             ),
         )
     },
+    "/api/v1/warehouse/tables/{table}/sync": {
+        "post": _op(
+            "Load what one of the org's sources answers (read as POST sources/{name}/query with an empty "
+            "spec: same row cap, time limit and variables) into the table: 200 as /load, history origin "
+            "sync. An unknown source is a 404; a source that fails to read a 4xx/502/504, the table "
+            "unchanged; a warehouse_table source over the table itself a 400",
+            "warehouse:load",
+            body=_obj(
+                ["source"],
+                source=STR,
+                mode={"enum": ["replace", "append", "upsert", "delete"]},
+                key={"type": "array", "items": STR},
+                types={"type": "object", "additionalProperties": STR},
+                variables=OBJ,
+            ),
+        )
+    },
     "/api/v1/warehouse/tables/{table}/push-endpoints": {
         "get": _op("Push endpoints of a table (never their secret)", "warehouse:load"),
         "post": _op(
-            "Make a push endpoint: 201 with its secret url, shown this once",
+            "Make a push endpoint: 201 with its secret url, shown this once. The table need not exist yet: "
+            "the first push creates it",
             "warehouse:load",
             ok="201",
             body=_obj([], name=STR, mode={"enum": ["append", "upsert"]}, key={"type": "array", "items": STR}),
@@ -311,9 +334,22 @@ PATHS = {
         )
     },
     "/api/v1/apps": {
-        "get": _op("Apps the caller may open", "apps:list"),
+        "get": _op(
+            "Apps the caller may open, favourites first then by title; each with tags, thumbnail_url (or "
+            "null), favourite (the caller's) and versions (count). q matches title, description and tags "
+            "(case-insensitive); tag (repeatable) must all be among the app's tags; favourites=true keeps "
+            "the caller's favourites only",
+            "apps:list",
+            parameters=[
+                {"name": "q", "in": "query", "schema": {**STR, "maxLength": 200}},
+                {"name": "tag", "in": "query", "schema": {"type": "array", "items": STR}},
+                {"name": "favourites", "in": "query", "schema": {"type": "boolean", "default": False}},
+            ],
+        ),
         "post": _op(
-            "Publish a notebook as an app (creates it or adds a version)",
+            "Publish a notebook as an app (creates it or adds a version; sharing is unchanged). tags: "
+            "trimmed, lowercased, deduplicated, each 1-40 visible characters, at most 20; description and "
+            "tags left out keep the app's; note describes the version",
             "apps:publish",
             ok="201",
             body=_obj(
@@ -321,6 +357,8 @@ PATHS = {
                 slug=STR,
                 title=STR,
                 description=STR,
+                tags={"type": "array", "maxItems": 20, "items": {**STR, "maxLength": 40}},
+                note={**STR, "maxLength": 500},
                 notebook={"type": "object"},
             ),
         ),
@@ -336,6 +374,54 @@ PATHS = {
             ok="204",
             parameters=[{"name": "force", "in": "query", "schema": {"type": "boolean", "default": False}}],
         ),
+        "patch": _op(
+            "Change title, description and/or tags without a new version; any other field is a 400 naming it",
+            "apps:publish",
+            body={
+                **_obj(
+                    [],
+                    title=STR,
+                    description=STR,
+                    tags={"type": "array", "maxItems": 20, "items": {**STR, "maxLength": 40}},
+                ),
+                "additionalProperties": False,
+            },
+        ),
+    },
+    "/api/v1/apps/{app_id}/versions": {
+        "get": _op(
+            "The app's versions, newest first: version, created_at, created_by (email), note, current",
+            "apps:publish",
+        )
+    },
+    "/api/v1/apps/{app_id}/versions/{version}/restore": {
+        "post": _op(
+            "Roll back: a new version copying that version's snapshot becomes current (history stays "
+            "linear). 404 for an unknown version",
+            "apps:publish",
+            ok="201",
+            body={**_obj([], note={**STR, "maxLength": 500}), "additionalProperties": False},
+        )
+    },
+    "/api/v1/apps/{app_id}/thumbnail": {
+        "get": _op("The app's thumbnail (image/png or image/jpeg); 404 when it has none", "apps:read"),
+        "put": _op(
+            "Set the thumbnail: the body is a PNG or JPEG file (decided by its first bytes; SVG and other "
+            "formats are a 400), at most 1 MB (else 413)",
+            "apps:publish",
+            requestBody={
+                "required": True,
+                "content": {
+                    "image/png": {"schema": {"type": "string", "format": "binary"}},
+                    "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+                },
+            },
+        ),
+        "delete": _op("Remove the thumbnail (204 also when there is none)", "apps:publish", ok="204"),
+    },
+    "/api/v1/apps/{app_id}/favourite": {
+        "put": _op("Mark the app as one of the caller's favourites (idempotent)", "apps:read"),
+        "delete": _op("Unmark it (idempotent)", "apps:read"),
     },
     "/api/v1/apps/{app_id}/sharing": {
         "get": _op(
@@ -419,6 +505,36 @@ PATHS = {
             "users:manage",
         ),
     },
+    "/api/v1/users/{user_id}/attributes": {
+        "get": _op("A member's row-security attributes {name: [values]}", "users:manage"),
+        "put": _op(
+            "Replace a member's row-security attributes: {attributes: {name: [values]}} (names are "
+            "identifiers; values 1-200 characters, at most 500 per attribute)",
+            "users:manage",
+            body=_obj(["attributes"], attributes=OBJ),
+        ),
+    },
+    "/api/v1/user-attributes/reload": {
+        "post": _op(
+            "Every member's attributes from a warehouse table: first column the login email, one column per "
+            "attribute (rows of one email add up; a member the table does not list loses those attributes; "
+            "emails of nobody here are listed in unknown_emails, not created)",
+            "users:manage",
+            body=_obj(["table"], table=STR),
+        ),
+    },
+    "/api/v1/sources/{name}/row-rules": {
+        "get": _op("The source's row rules [{column, attribute}]", "sources:manage"),
+        "put": _op(
+            "Replace the source's row rules: viewers and analysts then see only rows whose column is one of "
+            "their values of the attribute (none without it); the source gets a new version",
+            "sources:manage",
+            body=_obj(
+                ["rules"],
+                rules={"type": "array", "items": _obj(["column", "attribute"], column=STR, attribute=STR)},
+            ),
+        ),
+    },
     "/api/v1/groups": {
         "get": _op("Viewer groups of the organization, with their members' emails", "groups:manage"),
         "post": _op(
@@ -452,7 +568,8 @@ PATHS = {
         "patch": _op(
             "Change organization settings (admins): name (1-200 characters), timezone (IANA, default of "
             "new jobs), allow_public_apps (bool), api_key_max_days (0-3650, 0 = no limit), invitation_days "
-            "(1-90). Unknown keys, id/slug/org_id and invalid values are a 400 naming the field; nothing "
+            "(1-90), primary_color (#RRGGBB or empty), custom_css (see the README's branding rules). "
+            "Unknown keys, id/slug/org_id and invalid values are a 400 naming the field; nothing "
             "is applied then. Audited as org.settings.change with each key's from/to",
             "org:manage",
             body={
@@ -463,9 +580,29 @@ PATHS = {
                     "allow_public_apps": {"type": "boolean"},
                     "api_key_max_days": {**INT, "minimum": 0, "maximum": 3650},
                     "invitation_days": {**INT, "minimum": 1, "maximum": 90},
+                    "primary_color": {**STR, "pattern": "^(#[0-9a-fA-F]{6})?$"},
+                    "custom_css": {**STR, "maxLength": 20480},
                 },
                 "additionalProperties": False,
             },
+        ),
+    },
+    "/api/v1/org/logo": {
+        "get": _op(
+            "The organization's logo (image/png or image/jpeg, nosniff); 404 when it has none", "org:read"
+        ),
+        "put": _op(
+            "Set the organization's logo (admins): the PNG or JPEG file as the raw body, at most 512 KB "
+            "(413 above); the type is read from the file's first bytes; SVG and anything else is a 400. "
+            "Audited as org.logo.change",
+            "org:manage",
+            requestBody={
+                "required": True,
+                "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+            },
+        ),
+        "delete": _op(
+            "Remove the organization's logo (admins); audited as org.logo.remove", "org:manage", ok="204"
         ),
     },
     "/api/v1/me/password": {

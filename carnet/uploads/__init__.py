@@ -1,8 +1,9 @@
 """Uploaded files (CSV/TSV, Excel .xlsx, Parquet) into an organization's warehouse.
 
 ``parse_upload`` turns a file already on disk into an Arrow table with warehouse-safe column names (and the
-mapping to the file's own names); ``store_upload`` replaces the warehouse table with it in one DuckDB
-statement, so a failure anywhere leaves the previous table as it was and creates nothing. The REST side
+mapping to the file's own names); ``store_upload`` replaces the warehouse table with it through the load
+engine (carnet.loads: one transaction, a load history row), so a failure anywhere leaves the previous table
+as it was and creates nothing. The REST side
 (streaming the body to disk under a size cap, the source row, the audit) is carnet/service/api/uploads.py.
 """
 
@@ -20,8 +21,10 @@ from pathlib import Path
 import pyarrow as pa
 
 from carnet.errors import ValidationError
+from carnet.loads import load_table
 from carnet.uploads.csv_files import CsvOptions, read_csv
-from carnet.warehouse import Warehouse, check_identifier
+from carnet.uploads.csv_stream import read_csv_fast
+from carnet.warehouse import check_identifier
 
 FORMATS = ("csv", "tsv", "xlsx", "parquet")
 PREVIEW_ROWS = 20
@@ -41,7 +44,7 @@ class UploadOptions:
 
 @dataclass
 class ParsedUpload:
-    table: pa.Table  # columns already renamed to warehouse identifiers
+    table: pa.Table | pa.RecordBatchReader  # columns renamed to warehouse identifiers; a reader: stream=True
     renamed: dict  # warehouse column -> the file's own name, for every column whose name changed
     settings: dict  # what was sniffed or given (encoding, delimiter, sheet...)
     sheets: list[str] | None = None
@@ -213,25 +216,61 @@ def read_parquet(path: Path) -> tuple:
 
 
 # -- the whole step ----------------------------------------------------------------------------------------
-def parse_upload(path: Path, options: UploadOptions, max_bytes: int) -> ParsedUpload:
-    """Parse the uploaded file at ``path`` (temporary files go beside it)."""
+def parse_upload(path: Path, options: UploadOptions, max_bytes: int, stream: bool = False) -> ParsedUpload:
+    """Parse the uploaded file at ``path`` (temporary files go beside it, named after it). ``stream``: a
+    CSV/TSV that takes the fast path comes back as a RecordBatchReader over a spooled Arrow file (``path``
+    + ``.arrow``), so that a load never holds the whole file in memory."""
     if path.stat().st_size == 0:
         raise ValidationError("The file is empty", field="file")
     sheets = None
     if options.format in ("csv", "tsv"):
         forced = "\t" if options.format == "tsv" else None
-        table, names, used = read_csv(path, path.parent, options.csv, forced)
+        spool = path.with_name(path.name + ".arrow") if stream else None
+        fast = read_csv_fast(path, options.csv, forced, spool)
+        table, names, used = fast or read_csv(path, path.parent, options.csv, forced)
     elif options.format == "xlsx":
         table, names, used, sheets = read_xlsx(path, options, max_bytes)
     else:
         table, names, used = read_parquet(path)
+    # (A reader, from the fast CSV path, has rows: a header-only file takes the slow path.)
+    if isinstance(table, pa.Table) and table.num_rows == 0 and options.format != "parquet":
+        # A text file's types come from its values: with none, every column would be text and later
+        # appends would quietly store numbers as text. Parquet has real types, so an empty one is a table.
+        raise ValidationError(
+            "The file has a header but no rows: nothing to load (an empty table with typed columns can be "
+            "loaded from Parquet or Arrow)",
+            field="file",
+        )
     columns, renamed = normalize_columns(names)
-    return ParsedUpload(table=table.rename_columns(columns), renamed=renamed, settings=used, sheets=sheets)
+    if isinstance(table, pa.RecordBatchReader):
+        table = _renamed_reader(table, columns)
+    else:
+        table = table.rename_columns(columns)
+    return ParsedUpload(table=table, renamed=renamed, settings=used, sheets=sheets)
 
 
-def store_upload(settings, org_id: int, table_name: str, parsed: ParsedUpload) -> int:
-    """Create or replace the warehouse table (one statement: all or nothing). Returns its row count."""
-    return Warehouse(settings.warehouse_path(org_id)).replace_table(table_name, parsed.table)
+def _renamed_reader(reader: pa.RecordBatchReader, names: list[str]) -> pa.RecordBatchReader:
+    schema = pa.schema([field.with_name(name) for field, name in zip(reader.schema, names, strict=True)])
+    batches = (pa.RecordBatch.from_arrays(batch.columns, schema=schema) for batch in reader)
+    return pa.RecordBatchReader.from_batches(schema, batches)
+
+
+def store_upload(
+    settings, org_id: int, table_name: str, parsed: ParsedUpload, *, actor_id=None, actor: str = ""
+) -> int:
+    """Create or replace the warehouse table through the load engine (one transaction: all or nothing, and
+    a load history row like every other load). Returns its row count."""
+    result = load_table(
+        settings,
+        org_id,
+        table_name,
+        parsed.table,
+        mode="replace",
+        actor_id=actor_id,
+        actor=actor,
+        origin="upload",
+    )
+    return result.rows_out
 
 
 def columns_json(table: pa.Table) -> list[dict]:

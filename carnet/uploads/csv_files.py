@@ -140,13 +140,18 @@ def _looks_like_value(cell: str) -> bool:
 
 
 def sniff_header(rows: list[list[str]]) -> bool:
-    """A first row of distinct, non-empty texts none of which looks like a number or a date is a header."""
+    """A first row of non-empty texts none of which looks like a number or a date is a header if its texts
+    are distinct, or, when some repeat (``id,name,id``: renamed ``id_2`` later), if a row below holds a
+    number or a date: the first row then differs in kind from the data. Repeated texts above text-only
+    rows stay data (``yes,yes,no``)."""
     if not rows:
         return False
     first = [cell.strip() for cell in rows[0]]
     if any(_looks_like_value(cell) for cell in first):
         return False
-    return len(set(first)) == len(first)
+    if len(set(first)) == len(first):
+        return True
+    return any(cell.strip() and _looks_like_value(cell) for row in rows[1:] for cell in row)
 
 
 def sniff_decimal(rows: list[list[str]], delimiter: str) -> str:

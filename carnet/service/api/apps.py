@@ -1,21 +1,23 @@
-"""/api/v1/apps: the apps a person may open, publishing notebooks as apps, sharing and unpublishing them.
+"""/api/v1/apps: the apps a person may open (search, tags, favourites), publishing notebooks as apps,
+their metadata, versions and rollback, sharing and unpublishing them. Thumbnails: ``app_thumbnails``.
 
 Who may open what is decided by ``carnet.sharing`` (one rule for the API, the gallery, the Viewer and jobs).
 """
 
 from __future__ import annotations
 
+from jupyterhub.utils import url_path_join
 from sqlalchemy import select
 
+from carnet.catalog import favourite_ids, gallery_apps, parse_filter, set_favourite, version_counts
 from carnet.db.models import App
-from carnet.errors import Conflict
-from carnet.publishing import publish
+from carnet.errors import Conflict, ValidationError
+from carnet.publishing import publish, restore_version, update_metadata, versions_json
 from carnet.service.api.base import API_PREFIX, BaseHandler, authorized
 from carnet.service.api.serialize import app_json
 from carnet.sharing import (
     find_openable_app,
     may_open,
-    openable_apps,
     parse_force,
     remove_folders,
     set_sharing,
@@ -28,10 +30,41 @@ def viewer_url(handler: BaseHandler, app_id: int) -> str:
     return f"{handler.settings['hub_base_url']}services/carnet-viewer/apps/{app_id}"
 
 
+def thumbnail_url(handler: BaseHandler, app: App) -> str | None:
+    if not app.thumbnail_path:
+        return None
+    # The file name changes with each upload, so browsers never show a replaced thumbnail from cache.
+    version = app.thumbnail_path.rsplit("/", 1)[-1].split(".")[0].removeprefix("thumbnail-")
+    path = url_path_join(handler.settings["service_prefix"], API_PREFIX, f"apps/{app.id}/thumbnail")
+    return f"{path}?v={version}"
+
+
+def app_answer(handler: BaseHandler, session, principal, app: App, favourites=None, counts=None) -> dict:
+    """One app as the API shows it to ``principal`` (``favourites``/``counts``: precomputed for lists)."""
+    favourites = favourite_ids(session, principal.user_id) if favourites is None else favourites
+    counts = version_counts(session, [app.id]) if counts is None else counts
+    return {
+        **app_json(
+            app,
+            favourite=app.id in favourites,
+            versions=counts.get(app.id, 0),
+            thumbnail_url=thumbnail_url(handler, app),
+        ),
+        "url": viewer_url(handler, app.id),
+    }
+
+
 def app_listing(handler: BaseHandler, session, principal) -> list[dict]:
-    """The apps ``principal`` may open, with their Viewer URLs (API and gallery alike)."""
-    apps = openable_apps(session, principal)
-    return [{**app_json(app), "url": viewer_url(handler, app.id)} for app in apps]
+    """The apps ``principal`` may open that match the request's ``q``, ``tag`` and ``favourites``
+    arguments, favourites first, with their Viewer URLs (API and gallery alike)."""
+    wanted = parse_filter(
+        handler.get_query_argument("q", None),
+        handler.get_query_arguments("tag"),
+        handler.get_query_argument("favourites", None),
+    )
+    apps, favourites = gallery_apps(session, principal, wanted)
+    counts = version_counts(session, [app.id for app in apps])
+    return [app_answer(handler, session, principal, app, favourites, counts) for app in apps]
 
 
 class AppListHandler(BaseHandler):
@@ -62,12 +95,21 @@ class AppListHandler(BaseHandler):
                 user_id=principal.user_id,
                 slug=body.get("slug"),
                 title=body.get("title"),
-                description=str(body.get("description", "")),
+                description=body.get("description"),
+                tags=body.get("tags"),
+                note=body.get("note"),
                 notebook=body.get("notebook"),
             )
-            self.audit(session, "app.publish", f"app/{app.id}", slug=app.slug, version=app.current_version)
+            self.audit(
+                session,
+                "app.publish",
+                f"app/{app.id}",
+                slug=app.slug,
+                version=app.current_version,
+                tags=app.tags,
+            )
             session.flush()
-            self.write_json({**app_json(app), "url": viewer_url(self, app.id)}, status=201)
+            self.write_json(app_answer(self, session, principal, app), status=201)
 
 
 class AppHandler(BaseHandler):
@@ -76,7 +118,20 @@ class AppHandler(BaseHandler):
         principal = self.principal()
         with self.db() as session:
             app = find_openable_app(session, principal, app_id)
-            self.write_json({**app_json(app), "url": viewer_url(self, app.id)})
+            self.write_json(app_answer(self, session, principal, app))
+
+    @authorized("apps:publish")
+    def patch(self, app_id):
+        """Title, description and tags, without a new version (the snapshot is unchanged)."""
+        principal = self.principal()
+        body = self.get_json_body()
+        with self.db() as session:
+            app = find_openable_app(session, principal, app_id)
+            changes = update_metadata(app, body)
+            if changes:
+                self.audit(session, "app.update", f"app/{app.id}", slug=app.slug, **changes)
+            session.flush()
+            self.write_json(app_answer(self, session, principal, app))
 
     @authorized("apps:unpublish")
     def delete(self, app_id):
@@ -114,8 +169,61 @@ class AppSharingHandler(BaseHandler):
             self.write_json(sharing_json(session, app))
 
 
+class AppVersionsHandler(BaseHandler):
+    @authorized("apps:publish")
+    def get(self, app_id):
+        with self.db() as session:
+            app = find_openable_app(session, self.principal(), app_id)
+            self.write_json({"app_id": app.id, "versions": versions_json(session, app)})
+
+
+class AppRestoreHandler(BaseHandler):
+    @authorized("apps:publish")
+    def post(self, app_id, version):
+        """Rollback: a new version copying ``version``'s snapshot becomes current (history stays linear)."""
+        principal = self.principal()
+        body = self.get_json_body()
+        unknown = sorted(set(body) - {"note"})
+        if unknown:
+            raise ValidationError(f"These fields cannot be set here: {', '.join(unknown)}", field=unknown[0])
+        with self.db() as session:
+            app = find_openable_app(session, principal, app_id)
+            new = restore_version(
+                session, self.settings_obj, app, version, principal.user_id, note=body.get("note")
+            )
+            self.audit(
+                session, "app.restore", f"app/{app.id}", slug=app.slug, restored=int(version), version=new
+            )
+            session.flush()
+            self.write_json(app_answer(self, session, principal, app), status=201)
+
+
+class AppFavouriteHandler(BaseHandler):
+    """Marking an app as a favourite is for anyone who may open it; the mark is the caller's own."""
+
+    def _set(self, app_id, on: bool):
+        principal = self.principal()
+        with self.db() as session:
+            app = find_openable_app(session, principal, app_id)
+            if set_favourite(session, principal.user_id, app, on):
+                self.audit(session, "app.favourite" if on else "app.unfavourite", f"app/{app.id}")
+            session.flush()
+            self.write_json(app_answer(self, session, principal, app))
+
+    @authorized("apps:read")
+    def put(self, app_id):
+        self._set(app_id, True)
+
+    @authorized("apps:read")
+    def delete(self, app_id):
+        self._set(app_id, False)
+
+
 default_handlers = [
     (API_PREFIX + r"apps", AppListHandler),
     (API_PREFIX + r"apps/(?P<app_id>[^/]+)", AppHandler),
     (API_PREFIX + r"apps/(?P<app_id>[^/]+)/sharing", AppSharingHandler),
+    (API_PREFIX + r"apps/(?P<app_id>[^/]+)/versions", AppVersionsHandler),
+    (API_PREFIX + r"apps/(?P<app_id>[^/]+)/versions/(?P<version>[^/]+)/restore", AppRestoreHandler),
+    (API_PREFIX + r"apps/(?P<app_id>[^/]+)/favourite", AppFavouriteHandler),
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from carnet.branding import branding
 from carnet.db.models import App, Organization, TokenKind
 from carnet.errors import NotFound, PasswordChangeRequired, PermissionDenied, ValidationError
 from carnet.publishing import current_notebook_path
@@ -60,6 +61,8 @@ class ViewerSessionHandler(BaseHandler):
                     "notebook_path": str(notebook.relative_to(self.settings_obj.published_dir)),
                     "app": {"id": app.id, "title": app.title, "version": app.current_version},
                     "user": {"id": principal.user_id, "email": principal.email, "role": principal.role.value},
+                    # The app's own organization's branding: the Viewer never takes it from the notebook.
+                    "branding": branding(self.settings_obj.data_dir, session.get(Organization, app.org_id)),
                 },
                 status=201,
             )

@@ -14,6 +14,7 @@ import json
 import secrets
 
 from sqlalchemy import select
+from tornado import web
 
 from carnet import loads
 from carnet.audit import client_address
@@ -21,6 +22,7 @@ from carnet.audit import record as audit_record
 from carnet.db.models import PushEndpoint, utcnow
 from carnet.errors import NotFound, UploadTooLarge, ValidationError
 from carnet.service.api.base import API_PREFIX, BaseHandler, authorized
+from carnet.service.api.streamed_body import StreamedBodyMixin
 from carnet.service.api.warehouse import (
     LOAD,
     TABLE,
@@ -55,13 +57,15 @@ class PushEndpointsHandler(BaseHandler):
     async def get(self, table):
         table = table_name(table)
         org_id = self.principal().org_id
-        await asyncio.to_thread(table_info, self.settings_obj, org_id, table)
         with self.db() as session:
             endpoints = session.scalars(
                 select(PushEndpoint)
                 .where(PushEndpoint.org_id == org_id, PushEndpoint.table_name == table)
                 .order_by(PushEndpoint.id)
             ).all()
+            # A table not pushed to yet has its live endpoints listed; otherwise an unknown table is a 404.
+            if all(e.revoked_at is not None for e in endpoints):
+                await asyncio.to_thread(table_info, self.settings_obj, org_id, table)
             self.write_json({"table": table, "push_endpoints": [endpoint_json(e) for e in endpoints]})
 
     @authorized(LOAD)
@@ -77,7 +81,8 @@ class PushEndpointsHandler(BaseHandler):
             raise ValidationError("name must be text of at most 200 characters", field="name")
         key = key_columns(body.get("key") or [])
         mode = check_mode(body.get("mode", "append"), key, PUSH_MODES)
-        await asyncio.to_thread(table_info, self.settings_obj, principal.org_id, table)
+        # The table need not exist yet: the first push creates it (append and upsert into a missing table
+        # create it in the engine), with the columns and types of those rows; the key is checked then.
         prefix, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
         with self.db() as session:
             endpoint = PushEndpoint(
@@ -139,11 +144,37 @@ def parse_rows(body: bytes, max_rows: int) -> list[dict]:
     return rows
 
 
-class PushHandler(BaseHandler):
-    """The secret URL itself is the credential: no person, key or token is looked at (nor needed)."""
+@web.stream_request_body
+class PushHandler(StreamedBodyMixin, BaseHandler):
+    """The secret URL itself is the credential: no person, key or token is looked at (nor needed).
+
+    The body streams to a file under the endpoint's organization, capped at ``push_max_bytes``: a declared
+    Content-Length over it is refused in ``prepare``, before Tornado reads any of the body, and a body
+    without one (chunked) is cut off while it arrives (streamed_body.py)."""
 
     def check_xsrf_cookie(self):
         return None  # no cookie is used here, so none can be forged
+
+    def body_limit(self) -> int:
+        return self.settings_obj.push_max_bytes
+
+    def too_large(self) -> UploadTooLarge:
+        cap = self.body_limit()
+        return UploadTooLarge(f"A push body may hold at most {cap} bytes", limit=cap)
+
+    def prepare(self):
+        # An unknown URL is a 404 whatever its body; only then is the body's size looked at.
+        with self.db() as session:
+            endpoint = self.find(session, self.path_kwargs["token"])
+            self.endpoint = {
+                "org_id": endpoint.org_id,
+                "table": endpoint.table_name,
+                "name": endpoint.name,
+                "mode": endpoint.mode,
+                "key": list(endpoint.key or []),
+                "id": endpoint.id,
+            }
+        self.start_body(prefix="push-", org_id=self.endpoint["org_id"])
 
     def find(self, session, token: str) -> PushEndpoint:
         prefix, _, secret = token.partition("_")
@@ -160,14 +191,20 @@ class PushHandler(BaseHandler):
 
     async def post(self, token):
         settings = self.settings_obj
-        with self.db() as session:
-            endpoint = self.find(session, token)
-            org_id, table, name = endpoint.org_id, endpoint.table_name, endpoint.name
-            mode, key, endpoint_id = endpoint.mode, list(endpoint.key or []), endpoint.id
-        if len(self.request.body) > settings.push_max_bytes:
-            cap = settings.push_max_bytes
-            raise UploadTooLarge(f"A push body may hold at most {cap} bytes", limit=cap)
-        rows = parse_rows(self.request.body, settings.push_max_rows)
+        endpoint = self.endpoint
+        org_id, table, name = endpoint["org_id"], endpoint["table"], endpoint["name"]
+        mode, key, endpoint_id = endpoint["mode"], endpoint["key"], endpoint["id"]
+        path = self.finish_body()
+        try:
+            body = path.read_bytes()  # at most push_max_bytes: the cap was enforced while it streamed
+        finally:
+            self._cleanup()
+        rows = parse_rows(body, settings.push_max_rows)
+        # The endpoint's key was not checked against a table that did not exist yet: check it on the rows.
+        names = {str(name).lower() for row in rows for name in row}
+        missing = [k for k in key if k.lower() not in names]
+        if missing:
+            raise ValidationError(f"Key column {missing[0]!r} is missing from the rows", field=missing[0])
         actor = f"push {name}".strip()
         result = await asyncio.to_thread(
             loads.load_table,

@@ -16,14 +16,21 @@ def source_json(source: DataSource, with_settings: bool) -> dict:
     return data
 
 
-def app_json(app: App) -> dict:
+def app_json(
+    app: App, *, favourite: bool = False, versions: int | None = None, thumbnail_url: str | None = None
+) -> dict:
+    """``favourite`` is the caller's own mark; ``thumbnail_url`` is None when the app has no thumbnail."""
     return {
         "id": app.id,
         "slug": app.slug,
         "title": app.title,
         "description": app.description,
+        "tags": list(app.tags or []),
         "visibility": app.visibility,
         "version": app.current_version,
+        "versions": app.current_version if versions is None else versions,
+        "thumbnail_url": thumbnail_url if app.thumbnail_path else None,
+        "favourite": favourite,
         "updated_at": app.updated_at.isoformat(),
     }
 

@@ -1,8 +1,9 @@
 """A request body streamed to a temporary file in the organization's data directory, counted as it arrives.
 
-Shared by the upload routes (carnet/service/api/uploads.py) and the warehouse load route
-(carnet/service/api/warehouse.py): a body over ``upload_max_bytes`` is refused (413) without ever being
-held in memory, and the file is removed before any answer is sent.
+Shared by the upload routes (carnet/service/api/uploads.py), the warehouse load route
+(carnet/service/api/warehouse.py) and push URLs (carnet/service/api/push.py, with their own cap): a body
+over the cap (``upload_max_bytes`` unless ``body_limit`` says otherwise) is refused (413) without ever
+being held in memory, and the file is removed before any answer is sent.
 """
 
 from __future__ import annotations
@@ -41,16 +42,25 @@ class StreamedBodyMixin:
                 field="Content-Type",
             )
 
-    def start_body(self, prefix: str = "upload-") -> None:
-        principal = self.principal()
-        cap = self.settings_obj.upload_max_bytes
+    def body_limit(self) -> int:
+        return self.settings_obj.upload_max_bytes
+
+    def too_large(self) -> UploadTooLarge:
+        cap = self.body_limit()
+        return UploadTooLarge(f"The file is larger than the upload limit of {cap} bytes", limit=cap)
+
+    def start_body(self, prefix: str = "upload-", org_id: int | None = None) -> None:
+        """``org_id``: whose data directory holds the file (default: the caller's organization)."""
+        cap = self.body_limit()
         declared = self.request.headers.get("Content-Length")
         if declared is not None and declared.isdigit() and int(declared) > cap:
-            raise UploadTooLarge(f"The file is larger than the upload limit of {cap} bytes", limit=cap)
+            raise self.too_large()
         connection = self.request.connection
         if hasattr(connection, "set_max_body_size"):
             connection.set_max_body_size(cap + BODY_SLACK)
-        folder = self.settings_obj.org_dir(principal.org_id) / "uploads"
+        if org_id is None:
+            org_id = self.principal().org_id
+        folder = self.settings_obj.org_dir(org_id) / "uploads"
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd, name = tempfile.mkstemp(prefix=prefix, dir=folder)
         self._path, self._handle = Path(name), os.fdopen(fd, "wb")
@@ -59,7 +69,7 @@ class StreamedBodyMixin:
         self._received += len(chunk)
         if self._too_large or self._handle is None:
             return  # refused already (in prepare, or over the cap): the rest is drained, not kept
-        if self._received > self.settings_obj.upload_max_bytes:
+        if self._received > self.body_limit():
             # Stop writing at once; the answer (413) is given when the body has ended.
             self._too_large = True
             self._cleanup()
@@ -69,8 +79,7 @@ class StreamedBodyMixin:
     def finish_body(self) -> Path:
         """The complete body on disk (413 if it went over the cap). Call ``_cleanup`` when done with it."""
         if self._too_large:
-            cap = self.settings_obj.upload_max_bytes
-            raise UploadTooLarge(f"The file is larger than the upload limit of {cap} bytes", limit=cap)
+            raise self.too_large()
         self._handle.close()
         self._handle = None
         return self._path

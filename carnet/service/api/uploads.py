@@ -19,6 +19,7 @@ from carnet.service.api.base import API_PREFIX, BaseHandler, authorized
 from carnet.service.api.serialize import source_json
 from carnet.service.api.sources import check_source_name
 from carnet.service.api.streamed_body import StreamedBodyMixin
+from carnet.service.api.warehouse import actor_name
 from carnet.uploads import (
     columns_json,
     options_from_query,
@@ -77,7 +78,13 @@ class UploadHandler(StreamedBodyMixin, BaseHandler):
                     field="source",
                 )
             rows = await asyncio.to_thread(
-                store_upload, self.settings_obj, principal.org_id, self.table, parsed
+                store_upload,
+                self.settings_obj,
+                principal.org_id,
+                self.table,
+                parsed,
+                actor_id=principal.user_id,
+                actor=actor_name(principal),
             )
             if source is None:
                 source = DataSource(

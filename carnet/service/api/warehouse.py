@@ -13,17 +13,16 @@ import asyncio
 from pathlib import Path
 
 import pyarrow as pa
-from sqlalchemy import select
 from tornado import web
 
 from carnet import loads
-from carnet.db.models import DataSource, utcnow
 from carnet.errors import NotFound, ValidationError
-from carnet.query.cache import forget_source
+from carnet.loads.invalidation import after_load, forget_all
+from carnet.row_security import refuse_ruled_table
 from carnet.service.api.base import API_PREFIX, BaseHandler, authorized
 from carnet.service.api.streamed_body import StreamedBodyMixin
 from carnet.uploads import options_from_query, parse_upload, preview_rows
-from carnet.warehouse import Warehouse, check_identifier
+from carnet.warehouse import check_identifier, open_warehouse
 
 READ, LOAD = "warehouse:read", "warehouse:load"
 MODES = ("replace", "append", "upsert", "delete")
@@ -73,52 +72,39 @@ def result_json(result) -> dict:
     }
 
 
-def after_load(session, settings, org_id: int, table: str) -> list[int]:
-    """Give every warehouse_table source over ``table`` a new version (part of every cache key); their ids,
-    whose stored answers the caller drops once this commits."""
-    sources = session.scalars(
-        select(DataSource).where(DataSource.org_id == org_id, DataSource.kind == "warehouse_table")
-    ).all()
-    bumped = []
-    for source in sources:
-        if (source.options or {}).get("table") == table:
-            source.version = (source.version or 1) + 1
-            source.updated_at = utcnow()
-            bumped.append(source.id)
-    return bumped
+def actor_name(principal) -> str:
+    """Who a load's history names: the person, or the API key (a program acting for its creator)."""
+    return f"api key {principal.key_name}" if principal.via == "api_key" else principal.email
 
 
-def forget_all(settings, org_id: int, source_ids: list[int]) -> None:
-    for source_id in source_ids:
-        forget_source(settings, org_id, source_id)
-
-
-def read_body(path: Path, fmt: str, options, max_bytes: int):
-    """The data of a load body on disk: a stream of batches for Arrow and Parquet (never the whole file in
-    memory), a parsed table for CSV/TSV/Excel."""
+def read_body(path: Path, fmt: str, options, max_bytes: int) -> tuple:
+    """(The data of a load body on disk, its renamed columns): a stream of batches for Arrow and Parquet
+    (never the whole file in memory), a parsed table for CSV/TSV/Excel, whose header names are made
+    warehouse identifiers (warehouse column -> the file's name, as an upload answers)."""
     try:
         if fmt == "arrow":
-            return pa.ipc.open_stream(pa.memory_map(str(path)))
+            return pa.ipc.open_stream(pa.memory_map(str(path))), {}
         if fmt == "parquet":
             import pyarrow.parquet as pq
 
             parquet = pq.ParquetFile(path)
-            return pa.RecordBatchReader.from_batches(parquet.schema_arrow, parquet.iter_batches())
+            return pa.RecordBatchReader.from_batches(parquet.schema_arrow, parquet.iter_batches()), {}
     except (pa.ArrowInvalid, OSError) as exc:
         raise ValidationError(f"The body is not a readable {fmt} stream: {exc}", field="body") from None
-    return parse_upload(path, options, max_bytes).table
+    parsed = parse_upload(path, options, max_bytes, stream=True)  # CSV: batches from disk, when it can
+    return parsed.table, parsed.renamed
 
 
 class WarehouseHandler(BaseHandler):
     def actor(self) -> tuple[int, str, str]:
         principal = self.principal()
-        name = f"api key {principal.key_name}" if principal.via == "api_key" else principal.email
+        name = actor_name(principal)
         origin = "kernel" if principal.via == "studio_kernel" else "api"
         if self.get_query_argument("origin", None) == "cli":
             origin = "cli"
         return principal.user_id, name, origin
 
-    def finish_load(self, table: str, result, **details) -> None:
+    def finish_load(self, table: str, result, answer: dict | None = None, **details) -> None:
         """Audit the load (never the data), bump the sources over the table, answer the result."""
         principal = self.principal()
         with self.db() as session:
@@ -134,7 +120,7 @@ class WarehouseHandler(BaseHandler):
                 load_id=result.load_id,
                 **details,
             )
-            self.write_json(result_json(result))
+            self.write_json({**result_json(result), **(answer or {})})
         forget_all(self.settings_obj, principal.org_id, bumped)
 
 
@@ -162,8 +148,10 @@ class PreviewHandler(WarehouseHandler):
         if not limit.isdigit() or not 1 <= int(limit) <= MAX_PREVIEW:
             raise ValidationError(f"limit must be a whole number from 1 to {MAX_PREVIEW}", field="limit")
         org_id = self.principal().org_id
+        with self.db() as session:
+            refuse_ruled_table(session, self.principal(), table)
         info = await asyncio.to_thread(table_info, self.settings_obj, org_id, table)
-        warehouse = Warehouse(self.settings_obj.warehouse_path(org_id))
+        warehouse = open_warehouse(self.settings_obj, org_id)
         data = await asyncio.to_thread(warehouse.read_arrow, table, int(limit))
         self.write_json({"table": table, "columns": info["columns"], "rows": preview_rows(data, int(limit))})
 
@@ -210,7 +198,7 @@ class LoadHandler(StreamedBodyMixin, WarehouseHandler):
 
     def _load(self, path: Path):
         actor_id, actor, origin = self.actor()
-        data = read_body(path, self.format, self.options, self.settings_obj.upload_max_bytes)
+        data, self.renamed = read_body(path, self.format, self.options, self.settings_obj.upload_max_bytes)
         return loads.load_table(
             self.settings_obj,
             self.principal().org_id,
@@ -231,7 +219,9 @@ class LoadHandler(StreamedBodyMixin, WarehouseHandler):
             result = await asyncio.to_thread(self._load, path)
         finally:
             self._cleanup()  # before any answer: the data never stays on disk outside the warehouse
-        self.finish_load(self.table, result, format=self.format, bytes=self._received)
+        # A parsed file says which of its column names became other warehouse names (duplicates: a_2).
+        answer = {"renamed": self.renamed} if self.options is not None else None
+        self.finish_load(self.table, result, answer, format=self.format, bytes=self._received)
 
 
 def batch_operations(body: dict) -> tuple[list[str], list[dict]]:

@@ -1,0 +1,316 @@
+"""Row-level security on the real stack: members' attributes (API and reload from a warehouse table), sources'
+row rules, and every read path a restricted person has (one source, SQL across sources, a derived source, the
+result cache, a Viewer kernel's token, an admin reading "as" someone, the warehouse preview)."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+import requests
+from sqlalchemy import select
+
+from carnet.db import session_scope
+from carnet.db.models import AuditEvent, TokenKind
+from tests.api_support import api_url, assert_json_error, auth, unique
+
+ARROW_STREAM = "application/vnd.apache.arrow.stream"
+ANALYST, VIEWER, STUDIO = "analyst@acme.example", "viewer@acme.example", "studio@acme.example"
+SALES = {
+    "region": ["EU", "EU", "US", "APAC", "US", "EU"],
+    "amount": [10, 20, 30, 40, 50, 60],
+}
+
+
+def arrow_body(columns: dict) -> bytes:
+    table = pa.table(columns)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def load(stack, headers, table: str, columns: dict) -> None:
+    response = requests.post(
+        api_url(stack, f"warehouse/tables/{table}/load?format=arrow"),
+        data=arrow_body(columns),
+        headers={**headers, "Content-Type": ARROW_STREAM},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+
+
+def rows(response) -> list[dict]:
+    assert response.status_code == 200, response.text[:500]
+    assert response.headers["Content-Type"] == ARROW_STREAM
+    return pa.ipc.open_stream(response.content).read_all().to_pylist()
+
+
+def query(stack, headers, source: str, body: dict | None = None, **params) -> requests.Response:
+    return requests.post(
+        api_url(stack, f"sources/{source}/query"), json=body or {}, headers=headers, params=params, timeout=60
+    )
+
+
+def sql(stack, headers, text: str, **params) -> requests.Response:
+    return requests.post(
+        api_url(stack, "query"), json={"sql": text}, headers=headers, params=params, timeout=60
+    )
+
+
+def set_attributes(stack, admin, user_id: int, attributes: dict) -> requests.Response:
+    return requests.put(
+        api_url(stack, f"users/{user_id}/attributes"),
+        json={"attributes": attributes},
+        headers=admin,
+        timeout=30,
+    )
+
+
+@pytest.fixture(scope="module")
+def people(carnet_stack, hub_token, created, admin):
+    """Headers of acme's analyst, studio and admin, and a Viewer kernel's token of acme's viewer. The analyst
+    is in region EU; the viewer has no attributes. Both are reset when the module ends."""
+    analyst_id, viewer_id = created.user_id(ANALYST), created.user_id(VIEWER)
+    assert set_attributes(carnet_stack, admin, analyst_id, {"region": ["EU"]}).status_code == 200
+    yield {
+        "analyst": auth(hub_token(ANALYST)),
+        "studio": auth(hub_token(STUDIO)),
+        "admin": admin,
+        "viewer_kernel": auth(created.kernel_token(VIEWER, "acme", TokenKind.viewer_kernel)),
+        "analyst_id": analyst_id,
+        "viewer_id": viewer_id,
+    }
+    for user_id in (analyst_id, viewer_id):
+        set_attributes(carnet_stack, admin, user_id, {})
+
+
+@pytest.fixture(scope="module")
+def sales(carnet_stack, people, created):
+    """A warehouse table of sales by region and a source over it whose rows are filtered by region."""
+    table, name = unique("rls_sales").replace("-", "_"), unique("rls-sales")
+    load(carnet_stack, people["studio"], table, SALES)
+    made = requests.post(
+        api_url(carnet_stack, "sources"),
+        json={"name": name, "kind": "warehouse_table", "options": {"table": table}},
+        headers=people["studio"],
+        timeout=30,
+    )
+    assert made.status_code == 201, made.text
+    created.sources.add(made.json()["id"])
+    ruled = requests.put(
+        api_url(carnet_stack, f"sources/{name}/row-rules"),
+        json={"rules": [{"column": "region", "attribute": "region"}]},
+        headers=people["studio"],
+        timeout=30,
+    )
+    assert ruled.status_code == 200, ruled.text
+    # Cached answers, so that one person's filtered answer could leak to the next if keys ignored the rules.
+    cached = requests.put(
+        api_url(carnet_stack, f"sources/{name}/cache"),
+        json={"policy": "ttl", "ttl_seconds": 600},
+        headers=people["studio"],
+        timeout=30,
+    )
+    assert cached.status_code == 200, cached.text
+    return {"table": table, "source": name}
+
+
+def amounts(answer: list[dict]) -> list[int]:
+    return sorted(row["amount"] for row in answer)
+
+
+def test_each_person_sees_only_the_rows_of_their_values_and_no_one_shares_a_cached_answer(
+    carnet_stack, people, sales
+):
+    source = sales["source"]
+    # The order matters: each answer is cached under its reader's context, none may serve the next one.
+    assert amounts(rows(query(carnet_stack, people["analyst"], source))) == [10, 20, 60]
+    assert amounts(rows(query(carnet_stack, people["studio"], source))) == [10, 20, 30, 40, 50, 60]
+    nothing = query(carnet_stack, people["viewer_kernel"], source)
+    assert rows(nothing) == []  # no attribute: no rows, not all rows
+    assert pa.ipc.open_stream(nothing.content).read_all().column_names == ["region", "amount"]
+    assert amounts(rows(query(carnet_stack, people["analyst"], source))) == [10, 20, 60]
+    # Filters and aggregates run over the person's rows only.
+    total = {"group_by": ["region"], "aggregates": {"amount": "sum"}, "order_by": ["region"]}
+    assert rows(query(carnet_stack, people["analyst"], source, total)) == [{"region": "EU", "amount": 90}]
+    everything = rows(query(carnet_stack, people["admin"], source, total))
+    assert everything == [
+        {"region": "APAC", "amount": 40},
+        {"region": "EU", "amount": 90},
+        {"region": "US", "amount": 80},
+    ]
+    # A filter of their own cannot widen what the rules give.
+    us_only = {"where": [["region", "=", "US"]]}
+    assert rows(query(carnet_stack, people["analyst"], source, us_only)) == []
+
+
+def test_sql_across_sources_and_derived_sources_keep_the_rules(carnet_stack, people, sales, created):
+    source = sales["source"]
+    text = f"SELECT region, sum(amount) AS total FROM {{{source}}} GROUP BY region ORDER BY region"
+    assert rows(sql(carnet_stack, people["analyst"], text)) == [{"region": "EU", "total": 90}]
+    assert len(rows(sql(carnet_stack, people["studio"], text))) == 3
+    assert rows(sql(carnet_stack, people["viewer_kernel"], text)) == []
+
+    derived = unique("rls-derived")
+    made = requests.post(
+        api_url(carnet_stack, "sources"),
+        json={
+            "name": derived,
+            "kind": "derived",
+            "options": {"sql": f"SELECT * FROM {{{source}}} WHERE amount > 15"},
+        },
+        headers=people["studio"],
+        timeout=30,
+    )
+    assert made.status_code == 201, made.text
+    created.sources.add(made.json()["id"])
+    assert amounts(rows(query(carnet_stack, people["analyst"], derived))) == [20, 60]
+    assert amounts(rows(query(carnet_stack, people["studio"], derived))) == [20, 30, 40, 50, 60]
+    assert rows(query(carnet_stack, people["viewer_kernel"], derived)) == []
+
+
+def test_an_admin_reads_as_a_member_on_the_record(carnet_stack, people, sales):
+    source = sales["source"]
+    seen = rows(query(carnet_stack, people["admin"], source, as_user=people["analyst_id"]))
+    assert amounts(seen) == [10, 20, 60]
+    assert (
+        rows(sql(carnet_stack, people["admin"], f"SELECT * FROM {{{source}}}", as_user=people["viewer_id"]))
+        == []
+    )
+    with session_scope(carnet_stack.settings.db_url) as session:
+        recorded = session.scalars(
+            select(AuditEvent.target)
+            .where(AuditEvent.action == "query.as_user")
+            .order_by(AuditEvent.id.desc())
+        ).all()
+    assert f"user/{people['viewer_id']}" == recorded[0] and f"user/{people['analyst_id']}" in recorded
+    # Only admins; an unknown or another org's person is not found.
+    refused = query(carnet_stack, people["studio"], source, as_user=people["analyst_id"])
+    assert assert_json_error(refused, 403)["message"] == "Only admins may read as another person"
+    assert_json_error(query(carnet_stack, people["admin"], source, as_user=999_999_999), 404)
+    assert_json_error(query(carnet_stack, people["admin"], source, as_user="x"), 404)
+
+
+def test_restricted_people_cannot_read_the_ruled_table_directly(carnet_stack, people, sales):
+    preview = f"warehouse/tables/{sales['table']}/preview"
+    refused = requests.get(api_url(carnet_stack, preview), headers=people["analyst"], timeout=30)
+    assert "row-level rules" in assert_json_error(refused, 403)["message"]
+    allowed = requests.get(api_url(carnet_stack, preview), headers=people["studio"], timeout=30)
+    assert allowed.status_code == 200 and len(allowed.json()["rows"]) == 6
+
+
+def test_attributes_reload_from_a_warehouse_table(carnet_stack, people, sales, created):
+    table = unique("rls_people").replace("-", "_")
+    load(
+        carnet_stack,
+        people["studio"],
+        table,
+        {"email": [ANALYST, ANALYST, "nobody@elsewhere.example"], "region": ["EU", "US", "EU"]},
+    )
+    # The viewer gets a region by hand first: the table, which does not list them, takes it away.
+    assert set_attributes(
+        carnet_stack, people["admin"], people["viewer_id"], {"region": ["APAC"], "team": ["a"]}
+    )
+    reloaded = requests.post(
+        api_url(carnet_stack, "user-attributes/reload"),
+        json={"table": table},
+        headers=people["admin"],
+        timeout=60,
+    )
+    assert reloaded.status_code == 200, reloaded.text
+    assert reloaded.json()["attributes"] == ["region"] and reloaded.json()["unknown_emails"] == [
+        "nobody@elsewhere.example"
+    ]
+
+    def attributes(user_id):
+        return requests.get(
+            api_url(carnet_stack, f"users/{user_id}/attributes"), headers=people["admin"], timeout=30
+        ).json()["attributes"]
+
+    assert attributes(people["analyst_id"]) == {"region": ["EU", "US"]}
+    assert attributes(people["viewer_id"]) == {"team": ["a"]}  # other attributes untouched
+    assert amounts(rows(query(carnet_stack, people["analyst"], sales["source"]))) == [10, 20, 30, 50, 60]
+    assert (
+        set_attributes(carnet_stack, people["admin"], people["analyst_id"], {"region": ["EU"]}).status_code
+        == 200
+    )
+    # Not a table of this shape: clear errors, nothing changed.
+    missing = requests.post(
+        api_url(carnet_stack, "user-attributes/reload"),
+        json={"table": "no_such_table"},
+        headers=people["admin"],
+        timeout=30,
+    )
+    assert_json_error(missing, 404)
+    load(carnet_stack, people["studio"], table, {"email": [1, 2], "region": ["EU", "US"]})
+    wrong = requests.post(
+        api_url(carnet_stack, "user-attributes/reload"),
+        json={"table": table},
+        headers=people["admin"],
+        timeout=30,
+    )
+    assert "login email" in assert_json_error(wrong, 400)["message"]
+    assert attributes(people["analyst_id"]) == {"region": ["EU"]}
+
+
+def test_a_rule_on_a_missing_column_fails_closed(carnet_stack, people, sales, created):
+    name = unique("rls-broken")
+    made = requests.post(
+        api_url(carnet_stack, "sources"),
+        json={"name": name, "kind": "warehouse_table", "options": {"table": sales["table"]}},
+        headers=people["studio"],
+        timeout=30,
+    )
+    created.sources.add(made.json()["id"])
+    requests.put(
+        api_url(carnet_stack, f"sources/{name}/row-rules"),
+        json={"rules": [{"column": "country", "attribute": "region"}]},
+        headers=people["studio"],
+        timeout=30,
+    )
+    broken = query(carnet_stack, people["analyst"], name)
+    assert "row rule on 'country'" in assert_json_error(broken, 400)["message"]
+    assert len(rows(query(carnet_stack, people["studio"], name))) == 6  # unrestricted readers are unaffected
+
+
+@pytest.mark.parametrize(
+    "attributes,field",
+    [
+        pytest.param("EU", "attributes", id="not an object"),
+        pytest.param({"re gion": ["EU"]}, "attributes", id="bad name"),
+        pytest.param({"region": [1]}, "attributes.region", id="not text"),
+        pytest.param({"region": [""]}, "attributes.region", id="empty value"),
+        pytest.param({"region": ["x" * 201]}, "attributes.region", id="long value"),
+        pytest.param({"region": ["E\u200bU"]}, "attributes.region", id="hidden character"),
+        pytest.param({"region": ["v"] * 501}, "attributes.region", id="too many values"),
+    ],
+)
+def test_bad_attributes_are_refused(carnet_stack, people, attributes, field):
+    refused = set_attributes(carnet_stack, people["admin"], people["viewer_id"], attributes)
+    assert assert_json_error(refused, 400)["field"] == field
+
+
+@pytest.mark.parametrize(
+    "rules,field",
+    [
+        pytest.param({"column": "region"}, "row_rules", id="not a list"),
+        pytest.param([{"column": "region"}], "row_rules[0]", id="no attribute"),
+        pytest.param([{"column": "region", "attribute": "region", "x": 1}], "row_rules[0]", id="extra key"),
+        pytest.param([{"column": "", "attribute": "region"}], "row_rules[0].column", id="empty column"),
+        pytest.param(
+            [{"column": "region", "attribute": "a b"}], "row_rules[0].attribute", id="bad attribute"
+        ),
+    ],
+)
+def test_bad_rules_are_refused_and_the_rules_stay(carnet_stack, people, sales, rules, field):
+    refused = requests.put(
+        api_url(carnet_stack, f"sources/{sales['source']}/row-rules"),
+        json={"rules": rules},
+        headers=people["studio"],
+        timeout=30,
+    )
+    assert assert_json_error(refused, 400)["field"] == field
+    kept = requests.get(
+        api_url(carnet_stack, f"sources/{sales['source']}/row-rules"), headers=people["studio"], timeout=30
+    )
+    assert kept.json()["rules"] == [{"column": "region", "attribute": "region"}]

@@ -1,0 +1,217 @@
+"""The Viewer's Voila template (voila_templates/carnet), rendered in-process by Voila's own exporter.
+
+The installed template is rendered exactly as the Viewer renders it (VoilaExporter, template "carnet", the
+lab template's cell loop), with the kernel replaced by cells whose outputs are given: what is checked is the
+page's structure (skeleton, tabs, filters bar, error message, branding), not the execution. The stack's
+Viewer and a real browser render it in tests/test_branding.py and tests/test_viewer_tabs_browser.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import nbformat
+import pytest
+from bs4 import BeautifulSoup
+from voila.exporter import VoilaExporter
+from voila.paths import collect_template_paths
+
+SECRET_PATH = "/srv/carnet/orgs/1/secret.csv"  # noqa: S108 - only text inside a fake traceback
+BRANDING = {
+    "org_name": "Acme",
+    "color": "#aa3300",
+    "custom_css": ".jp-RenderedHTMLCommon > h1 { letter-spacing: 1px }",
+    "logo": "data:image/png;base64,iVBORw0KGgo=",
+}
+
+
+def notebook(*cells) -> nbformat.NotebookNode:
+    nb = nbformat.v4.new_notebook(cells=list(cells))
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    return nb
+
+
+def code(source: str, *tags: str):
+    return nbformat.v4.new_code_cell(source, metadata={"tags": list(tags)} if tags else {})
+
+
+def markdown(source: str, *tags: str):
+    return nbformat.v4.new_markdown_cell(source, metadata={"tags": list(tags)} if tags else {})
+
+
+def output_of(cell) -> list:
+    """What the fake kernel answers: "fail" raises (with a path in its traceback), others display text."""
+    if cell.source == "fail":
+        return [
+            nbformat.v4.new_output(
+                "error",
+                ename="FileNotFoundError",
+                evalue=SECRET_PATH,
+                traceback=[f"Traceback (most recent call last): open({SECRET_PATH!r})"],
+            )
+        ]
+    return [nbformat.v4.new_output("display_data", data={"text/plain": f"output of {cell.source}"})]
+
+
+def render(nb, branding: dict | None = None) -> BeautifulSoup:
+    """The page Voila streams for ``nb`` with Carnet's template (all parts joined)."""
+
+    async def kernel_start(_nb):
+        return "kernel-1"
+
+    async def cell_generator(nb, _kernel_id):
+        for cell in nb.cells:
+            cell = cell.copy()
+            if cell.cell_type == "code":
+                cell.outputs = output_of(cell)
+            yield cell
+
+    async def generate() -> str:
+        exporter = VoilaExporter(
+            template_paths=collect_template_paths(["voila", "nbconvert"], "carnet"),
+            template_name="carnet",
+            base_url="/services/carnet-viewer/",
+        )
+        exporter.exclude_input = True  # the Viewer's strip_sources
+        parts = []
+        async for part, _ in exporter.generate_from_notebook_node(
+            nb,
+            resources={"base_url": "/services/carnet-viewer/", "theme": "light", "metadata": {"name": "t"}},
+            extra_context={
+                "frontend": "voila",
+                "main_js": "voila.js",
+                "kernel_start": kernel_start,
+                "cell_generator": cell_generator,
+            },
+            page_config={"carnetBranding": branding} if branding else {},
+        ):
+            parts.append(part)
+        return "".join(parts)
+
+    return BeautifulSoup(asyncio.run(generate()), "html.parser")
+
+
+def parts_of(page) -> list[tuple[str, str]]:
+    """(where, displayed text) of each cell in page order: "pre", "filters" or the tab's index."""
+    return [(c["data-carnet-part"], c.get_text(" ", strip=True)) for c in page.select(".carnet-cell")]
+
+
+def test_headings_start_tabs_and_the_filters_cell_goes_to_the_bar():
+    page = render(
+        notebook(
+            code("setup"),
+            code("filters widgets", "filters"),
+            markdown("# Sales\nBy month.\n```\n# a comment in a fence, not a tab\n```"),
+            code("sales chart"),
+            markdown("## A sub-heading stays in its tab"),
+            markdown("# Costs"),
+            code("costs chart"),
+        )
+    )
+    tabs = page.select('[role="tablist"] [role="tab"]')
+    assert [t.get_text(strip=True) for t in tabs] == ["Sales", "Costs"]
+    assert all(t.name == "button" and t["type"] == "button" for t in tabs)
+    assert [t["aria-selected"] for t in tabs] == ["true", "false"]
+    assert [t["tabindex"] for t in tabs] == ["0", "-1"]
+
+    panels = page.select('[role="tabpanel"]')
+    assert [p["data-carnet-tab"] for p in panels] == ["0", "1"]
+    assert [tab["aria-controls"] for tab in tabs] == [p["id"] for p in panels]
+    assert [p["aria-labelledby"] for p in panels] == ["carnet-tab-0", "carnet-tab-1"]
+    # The first tab is shown; the other is rendered (its outputs are in the page) but hidden.
+    assert "carnet-tab-hidden" not in panels[0]["class"] and "carnet-tab-hidden" in panels[1]["class"]
+    assert panels[1]["aria-hidden"] == "true"
+    assert "output of costs chart" in str(panels[1])  # outputs travel as JSON for the front end
+
+    assert parts_of(page)[:2] == [("pre", ""), ("filters", "")]
+    assert [p for p, _ in parts_of(page)[2:]] == ["0", "0", "0", "1", "1"]
+    assert "A sub-heading stays in its tab" in panels[0].get_text()
+    assert "a comment in a fence" in panels[0].get_text()
+    # The filters cell (its widget output) sits in the sticky bar, outside every tab.
+    (bar,) = page.select(".carnet-filters")
+    assert bar.find_parent(attrs={"role": "tabpanel"}) is None
+    assert "output of filters widgets" in str(bar)
+    # The tab bar comes before the tabs' content, all inside the page container.
+    container = page.select_one("#rendered_cells > .carnet-page")
+    assert container.select_one('[role="tablist"]').find_parent(class_="carnet-page") is container
+
+
+def test_tab_tags_gather_cells_wherever_they_are():
+    page = render(
+        notebook(
+            code("intro"),
+            code("map", "tab:Map"),
+            code("table", "tab:Table"),
+            code("legend", "tab:Map"),
+            markdown("# Ignored as a tab name", "tab:Table"),
+        )
+    )
+    tabs = page.select('[role="tab"]')
+    assert [t.get_text(strip=True) for t in tabs] == ["Map", "Table"]
+    segments = page.select('[role="tabpanel"]')
+    # Cells of one tab that are not contiguous are two segments of that tab; its button controls both.
+    assert [s["data-carnet-tab"] for s in segments] == ["0", "1", "0", "1"]
+    assert tabs[0]["aria-controls"].split() == [segments[0]["id"], segments[2]["id"]]
+    assert "output of legend" in str(segments[2])
+    assert [p for p, _ in parts_of(page)] == ["pre", "0", "1", "0", "1"]
+
+
+@pytest.mark.parametrize(
+    "cells",
+    [
+        [markdown("Just text"), code("chart"), markdown("## Only sub-headings")],
+        [markdown("# One title"), code("chart")],  # one tab is no choice
+    ],
+    ids=["no-heading-no-tag", "single-heading"],
+)
+def test_no_tab_bar_without_two_tabs(cells):
+    page = render(notebook(*cells))
+    assert page.select('[role="tablist"]') == [] and page.select('[role="tabpanel"]') == []
+    assert "output of chart" in str(page.select_one("#rendered_cells"))
+
+
+def test_skeleton_and_progress_are_there_from_the_first_bytes():
+    page = render(notebook(markdown("# A"), code("one"), markdown("# B"), code("two")))
+    skeleton = page.select_one("#loading.carnet-skeleton")
+    assert skeleton is not None and skeleton["role"] == "status"
+    assert skeleton.select_one("#loading_text").get_text(strip=True) == "Loading your dashboard…"
+    assert len(skeleton.select(".carnet-skeleton-block")) >= 3
+    # Shown before the cells (hidden until Voila shows them), and the script that updates and removes it
+    # is a file of the template, loaded after Voila's helpers (which it wraps).
+    assert page.select_one("#rendered_cells")["style"].replace(" ", "") == "display:none"
+    scripts = [s.get("src", "") for s in page.find_all("script")]
+    carnet_js = scripts.index("/services/carnet-viewer/voila/templates/carnet/static/carnet.js")
+    helpers = next(i for i, s in enumerate(page.find_all("script")) if "window.display_cells" in s.text)
+    assert helpers < carnet_js
+    assert skeleton.sourceline < page.select_one("#rendered_cells").sourceline
+
+
+def test_failing_cell_shows_a_generic_message_without_traceback_or_path():
+    page = render(notebook(markdown("# Tab"), code("fail"), code("after")))
+    text = str(page)
+    assert SECRET_PATH not in text and "Traceback" not in text and "FileNotFoundError" not in text
+    (message,) = page.select(".carnet-cell-error")
+    assert message["role"] == "alert"
+    assert message.get_text(strip=True).startswith("This part of the dashboard could not be displayed")
+
+
+def test_code_is_not_in_the_page():
+    page = render(notebook(code("secret_variable = compute_the_secret()")))
+    assert "compute_the_secret" not in page.select_one("#rendered_cells").get_text()
+
+
+def test_branding_from_the_viewer_is_in_the_head_and_not_in_the_front_end_config():
+    page = render(notebook(code("x")), BRANDING)
+    assert page.select_one("#carnet-brand-color").get_text() == ":root { --carnet-primary: #aa3300; }"
+    assert page.select_one("#carnet-custom-css").get_text() == BRANDING["custom_css"]
+    logo = page.select_one("header.carnet-app-header img.carnet-logo")
+    assert logo["src"] == BRANDING["logo"] and logo["alt"] == "Acme"
+    config = json.loads(page.select_one("#jupyter-config-data").get_text())
+    assert "carnetBranding" not in config and config["kernelId"] == "kernel-1"
+
+
+def test_no_branding_means_carnets_own_look():
+    page = render(notebook(code("x")))
+    assert page.select("#carnet-brand-color, #carnet-custom-css, img.carnet-logo") == []
+    assert page.select_one("header.carnet-app-header .carnet-app-title").get_text(strip=True) == "t"
