@@ -314,3 +314,73 @@ def test_bad_rules_are_refused_and_the_rules_stay(carnet_stack, people, sales, r
         api_url(carnet_stack, f"sources/{sales['source']}/row-rules"), headers=people["studio"], timeout=30
     )
     assert kept.json()["rules"] == [{"column": "region", "attribute": "region"}]
+
+
+@pytest.fixture(scope="module")
+def pg_orders(pg_url, carnet_stack, people, created):
+    """A PostgreSQL database with orders by region, a connection to it and a sql_table source over it."""
+    import uuid
+
+    import sqlalchemy as sa
+    from sqlalchemy import delete
+
+    from carnet.db.models import Connection, DataSource
+
+    database = f"carnet_rls_{uuid.uuid4().hex[:8]}"
+    server = sa.create_engine(pg_url, isolation_level="AUTOCOMMIT")
+    with server.connect() as con:
+        con.exec_driver_sql(f'CREATE DATABASE "{database}"')
+    url = sa.engine.make_url(pg_url).set(database=database)
+    shop = sa.create_engine(url)
+    with shop.begin() as con:
+        con.exec_driver_sql("CREATE TABLE orders (id int PRIMARY KEY, region text, amount int)")
+        con.exec_driver_sql(
+            "INSERT INTO orders VALUES (1, 'EU', 5), (2, 'US', 7), (3, 'EU', 11), (4, NULL, 13)"
+        )
+    shop.dispose()
+    with session_scope(carnet_stack.settings.db_url) as session:
+        connection = Connection(
+            org_id=created.org_id("acme"),
+            name=unique("rls-pg"),
+            kind="sql",
+            settings={
+                "dialect": "postgresql",
+                "driver": "psycopg",
+                "host": url.host,
+                "port": url.port,
+                "database": database,
+                "username": url.username,
+            },
+        )
+        session.add(connection)
+        session.flush()
+        source = DataSource(
+            org_id=connection.org_id,
+            name=unique("rls-pg-orders"),
+            kind="sql_table",
+            options={"table": "orders"},
+            connection_id=connection.id,
+            row_rules=[{"column": "region", "attribute": "region"}],
+        )
+        session.add(source)
+        session.flush()
+        name, connection_id = source.name, connection.id
+    yield name
+    with session_scope(carnet_stack.settings.db_url) as session:
+        session.execute(delete(DataSource).where(DataSource.connection_id == connection_id))
+        session.execute(delete(Connection).where(Connection.id == connection_id))
+    with server.connect() as con:
+        con.exec_driver_sql(f'DROP DATABASE "{database}" WITH (FORCE)')
+    server.dispose()
+
+
+def test_rules_on_a_sql_server_source_run_on_the_server(carnet_stack, people, pg_orders):
+    assert sorted(r["id"] for r in rows(query(carnet_stack, people["analyst"], pg_orders))) == [1, 3]
+    assert sorted(r["id"] for r in rows(query(carnet_stack, people["studio"], pg_orders))) == [1, 2, 3, 4]
+    assert rows(query(carnet_stack, people["viewer_kernel"], pg_orders)) == []
+    total = {"aggregates": {"amount": "sum"}}
+    assert rows(query(carnet_stack, people["analyst"], pg_orders, total)) == [{"amount": 16}]
+    # SQL over the source (which alone could run on the server whole) is filtered too.
+    text = f"SELECT count(*) AS n FROM {{{pg_orders}}}"
+    assert rows(sql(carnet_stack, people["analyst"], text)) == [{"n": 2}]
+    assert rows(sql(carnet_stack, people["studio"], text)) == [{"n": 4}]

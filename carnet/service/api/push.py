@@ -162,7 +162,7 @@ class PushHandler(StreamedBodyMixin, BaseHandler):
         cap = self.body_limit()
         return UploadTooLarge(f"A push body may hold at most {cap} bytes", limit=cap)
 
-    def prepare(self):
+    def prepare_body(self):
         # An unknown URL is a 404 whatever its body; only then is the body's size looked at.
         with self.db() as session:
             endpoint = self.find(session, self.path_kwargs["token"])
@@ -190,11 +190,11 @@ class PushHandler(StreamedBodyMixin, BaseHandler):
         return endpoint
 
     async def post(self, token):
+        path = self.finish_body()  # first: a refused URL (404) is answered here, its body drained
         settings = self.settings_obj
         endpoint = self.endpoint
         org_id, table, name = endpoint["org_id"], endpoint["table"], endpoint["name"]
         mode, key, endpoint_id = endpoint["mode"], endpoint["key"], endpoint["id"]
-        path = self.finish_body()
         try:
             body = path.read_bytes()  # at most push_max_bytes: the cap was enforced while it streamed
         finally:

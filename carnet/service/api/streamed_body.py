@@ -12,7 +12,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from carnet.errors import PermissionDenied, UploadTooLarge, ValidationError
+from carnet.errors import CarnetError, PermissionDenied, UploadTooLarge, ValidationError
 
 OCTET_STREAM = "application/octet-stream"
 # Tornado itself drops a connection whose body runs this far past the cap (a chunked body has no
@@ -21,14 +21,31 @@ BODY_SLACK = 1024 * 1024
 
 
 class StreamedBodyMixin:
-    """For a ``@web.stream_request_body`` BaseHandler: from ``prepare``, ``check_caller(action)`` (before
+    """For a ``@web.stream_request_body`` BaseHandler: from ``prepare_body``, ``check_caller(action)`` (before
     reading the query: an outsider learns nothing from its validation), then ``start_body()``; in the method,
-    ``finish_body()`` returns the file's path."""
+    ``finish_body()`` returns the file's path.
+
+    A refusal in ``prepare_body`` (401, 403, 404, 400) is answered once the body has arrived (it is read and
+    dropped, never stored): answering while the client still sends makes the Hub's proxy report the closed
+    connection as a 503 instead of our answer. Only a body declared larger than the cap is refused at once
+    (413), rather than read whole for nothing."""
 
     _path: Path | None = None
     _handle = None
     _received = 0
     _too_large = False
+    _refusal: CarnetError | None = None
+
+    def prepare(self):
+        try:
+            self.prepare_body()
+        except UploadTooLarge:
+            raise
+        except CarnetError as error:
+            self._refusal = error
+
+    def prepare_body(self) -> None:
+        raise NotImplementedError
 
     def check_caller(self, action: str) -> None:
         # Refuse before the body arrives: who is calling, what they send, and (start_body) its declared size.
@@ -78,6 +95,8 @@ class StreamedBodyMixin:
 
     def finish_body(self) -> Path:
         """The complete body on disk (413 if it went over the cap). Call ``_cleanup`` when done with it."""
+        if self._refusal is not None:
+            raise self._refusal
         if self._too_large:
             raise self.too_large()
         self._handle.close()

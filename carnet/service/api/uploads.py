@@ -38,7 +38,7 @@ class UploadHandler(StreamedBodyMixin, BaseHandler):
 
     preview = False
 
-    def prepare(self):
+    def prepare_body(self):
         self.check_caller(ACTION)
         self.options = options_from_query(
             lambda name: self.get_query_argument(name, None), self.get_query_arguments

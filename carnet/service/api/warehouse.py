@@ -174,7 +174,7 @@ class HistoryHandler(WarehouseHandler):
 class LoadHandler(StreamedBodyMixin, WarehouseHandler):
     """POST the data as the body: ``?format=arrow|parquet|csv|tsv|xlsx&mode=...&key=a,b&type.<col>=int``."""
 
-    def prepare(self):
+    def prepare_body(self):
         self.check_caller(LOAD)
         arg = self.get_query_argument
         self.table = table_name(self.path_kwargs["table"])
