@@ -292,8 +292,8 @@ class PostgresTarget:
             source.close()
             cursor.close()
 
-    def replace(self, table: str, staging: str, targets: dict, exists: bool) -> None:
-        select_sql, types = self._stored_select(staging, targets)
+    def replace(self, table: str, staging: str, targets: dict, exists: bool, numbered: bool = True) -> None:
+        select_sql, types = self._stored_select(staging, targets, order=numbered)
         new = f"{STAGING_PREFIX}{uuid.uuid4().hex}"
         definition = ", ".join(f"{quote_column(n)} {t}" for n, t in types.items())
         self.conn.exec_driver_sql(f"CREATE TABLE {qualified(self.schema, new)} ({definition})")

@@ -166,21 +166,25 @@ def _apply(target, table, mode, data, key, forced, type_names) -> int:
     unknown = sorted(set(forced) - set(names))
     if unknown:
         raise ValidationError(f"Type given for unknown column {unknown[0]!r}", field=unknown[0])
+    existing = target.existing(table)
+    # Row numbers name the row of a bad value or key. A reload (or a new table) without forced types checks
+    # no value, so its rows go in as they come: no numbering, no extra column to drop afterwards.
+    creates = mode == "replace" or (existing is None and mode in ("append", "upsert"))
+    with_numbers = bool(forced) or not creates or mode == "upsert"
     staging = f'"{STAGING_PREFIX}{uuid.uuid4().hex}"'
     view = f"incoming_{uuid.uuid4().hex}"
-    con.register(view, numbered(incoming))
+    con.register(view, numbered(incoming) if with_numbers else incoming)
     try:
         con.execute(f"CREATE TABLE {staging} AS SELECT * FROM {view}")  # noqa: S608 - generated names
     finally:
         con.unregister(view)
     rows = con.execute(f"SELECT count(*) FROM {staging}").fetchone()[0]  # noqa: S608
-    existing = target.existing(table)
-    if mode == "replace" or (existing is None and mode in ("append", "upsert")):
+    if creates:
         _check_conversions(con, staging, forced, type_names)
         targets = {name: forced.get(name) for name in names}
         if mode == "upsert":
             _check_keys(con, staging, key, targets, unique=True)
-        target.replace(table, staging, targets, exists=existing is not None)
+        target.replace(table, staging, targets, exists=existing is not None, numbered=with_numbers)
     elif existing is None:
         raise NotFound(f"No table {table!r} in the warehouse")
     else:

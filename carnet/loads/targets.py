@@ -54,7 +54,8 @@ class DuckDBTarget:
         ).fetchall()
         return {name: dtype for name, dtype in rows} or None
 
-    def replace(self, table: str, staging: str, targets: dict, exists: bool) -> None:
+    def replace(self, table: str, staging: str, targets: dict, exists: bool, numbered: bool = True) -> None:
+        """``numbered``: the staging table has the row-number column (ROW_COLUMN), which never goes in."""
         if exists:
             self.con.execute(f"DROP TABLE {quote(table)}")
         if any(targets.values()):
@@ -64,7 +65,8 @@ class DuckDBTarget:
             )
             self.con.execute(f"DROP TABLE {staging}")
         else:  # nothing to convert: the staging table becomes the table
-            self.con.execute(f"ALTER TABLE {staging} DROP COLUMN {ROW_COLUMN}")
+            if numbered:
+                self.con.execute(f"ALTER TABLE {staging} DROP COLUMN {ROW_COLUMN}")
             self.con.execute(f"ALTER TABLE {staging} RENAME TO {quote(table)}")
 
     def delete_matching(self, table: str, staging: str, key: list[str], targets: dict) -> None:
