@@ -5,9 +5,9 @@
     stack started for this run (a fresh service, so its peak memory is these loads'), twice: through the
     Hub's URL (what an operator types) and direct to the service (the address kernels use, no proxy hop).
 
-Each contender runs in its own child process; its peak RSS is the ``ru_maxrss`` that ``os.wait4`` returns for
-that child alone. The service's peak is VmHWM from /proc/<pid>/status (kept since it started: printed after
-start and after each load). Every loaded row count is checked (exit 1 if one is not ``--rows``). Target
+Each contender runs in its own child process; its peak RSS is that child's VmHWM (sampled until it exits).
+The service's peak is VmHWM from /proc/<pid>/status (kept since it started: printed after start and after
+each load). Every loaded row count is checked (exit 1 if one is not ``--rows``). Target
 (issue 5): carnet within 1.5x of DuckDB, memory bounded (compare ``--rows 1000000`` with the full run).
 
 Run: ``.venv/bin/python -m bench.warehouse_load [--rows N] [--keep DIR] [--direct-first]``; default
@@ -17,6 +17,7 @@ Run: ``.venv/bin/python -m bench.warehouse_load [--rows N] [--keep DIR] [--direc
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import subprocess
@@ -85,15 +86,26 @@ def generate_csv(path: Path, rows: int, seed: int = 42) -> None:
 
 
 def run_child(command: list[str], env: dict | None = None) -> tuple[float, float, str, str, int]:
-    """(seconds, peak RSS MB of that child alone, stdout, stderr, exit code)."""
+    """(seconds, peak RSS MB of that child alone, stdout, stderr, exit code).
+
+    The peak is the child's VmHWM, sampled every 50 ms until it exits (VmHWM only grows, so the last sample
+    is the peak but for its last 50 ms). Not ``ru_maxrss``: on Linux a forked child's includes the RSS of
+    this (large) parent from before its exec."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         started = time.perf_counter()
         process = subprocess.Popen(command, stdout=out, stderr=err, env=env)
-        _pid, status, usage = os.wait4(process.pid, 0)
+        peak = 0.0
+        while True:
+            waited, status = os.waitpid(process.pid, os.WNOHANG)
+            if waited:
+                break
+            with contextlib.suppress(OSError, RuntimeError):  # exiting: its last sample stands
+                peak = max(peak, vm_hwm_mb(process.pid))
+            time.sleep(0.05)
         seconds = time.perf_counter() - started
         process.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0), err.seek(0)
-        return seconds, usage.ru_maxrss / 1024, out.read().decode(), err.read().decode(), process.returncode
+        return seconds, peak, out.read().decode(), err.read().decode(), process.returncode
 
 
 def vm_hwm_mb(pid: int) -> float:

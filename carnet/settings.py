@@ -60,6 +60,24 @@ class CarnetSettings(Configurable):
             )
         return value.replace("postgresql://", "postgresql+psycopg://", 1)
 
+    warehouse_memory_limit = Unicode(
+        help="""Most memory one organization's DuckDB warehouse may use in the Carnet service (loads and
+        queries; past it DuckDB spills to a temporary folder beside the file), e.g. 1GB or 512MB. Empty:
+        DuckDB's own default (80% of the machine's memory, per warehouse open at once).
+        Environment: CARNET_WAREHOUSE_MEMORY_LIMIT. Default: 1GB.""",
+    ).tag(config=True)
+
+    @default("warehouse_memory_limit")
+    def _default_warehouse_memory_limit(self):
+        return os.environ.get("CARNET_WAREHOUSE_MEMORY_LIMIT", "1GB")
+
+    @validate("warehouse_memory_limit")
+    def _memory_size(self, proposal):
+        value = proposal["value"].strip()
+        if value and not re.fullmatch(r"\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)", value, re.IGNORECASE):
+            raise ValueError("warehouse_memory_limit must be a size such as 512MB or 2GB (or empty)")
+        return value
+
     warehouse_schema_prefix = Unicode(
         help="""With a PostgreSQL warehouse (warehouse_url), the org with id N has the schema <prefix>N.
         Two Carnet installations may share one database with different prefixes. Letters, digits and

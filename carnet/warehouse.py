@@ -79,7 +79,7 @@ def connect_waiting(path: Path, wait: float = LOCK_WAIT_SECONDS, **kwargs) -> du
         pause = min(pause * 2, 0.25)
 
 
-def _open_instance(path: Path) -> duckdb.DuckDBPyConnection:
+def _open_instance(path: Path, memory_limit: str | None) -> duckdb.DuckDBPyConnection:
     path.parent.mkdir(parents=True, exist_ok=True)
     con = connect_waiting(path, config=_CONFIG)
     # A load killed before its commit leaves nothing behind (one transaction); drop staging tables that a
@@ -93,14 +93,19 @@ def _open_instance(path: Path) -> duckdb.DuckDBPyConnection:
     # The query service runs checked SQL on these cursors: no setting may be changed back afterwards. DuckDB
     # may hand back a still-alive instance (a result object outlived its cursor) that is locked already.
     if not con.execute("SELECT current_setting('lock_configuration')").fetchone()[0]:
+        # Set here, not in the connect config: DuckDB refuses a second connection to a live instance whose
+        # config differs, and a still-alive instance keeps the limit it was given.
+        if memory_limit:
+            con.execute("SET memory_limit = ?", [memory_limit])
         con.execute("SET lock_configuration = true")
     return con
 
 
 @contextmanager
-def open_cursor(path: Path, *, create: bool = False):
+def open_cursor(path: Path, *, create: bool = False, memory_limit: str | None = None):
     """A cursor on the process's one DuckDB instance of ``path`` (opened on first use, closed after the last
-    cursor) and that instance's write lock. Without ``create`` a missing file is a NotFound."""
+    cursor) and that instance's write lock. Without ``create`` a missing file is a NotFound. ``memory_limit``
+    (``CarnetSettings.warehouse_memory_limit``) applies when this call opens the instance."""
     path = Path(path)
     key = str(path.resolve())
     with _instances_lock:
@@ -108,7 +113,7 @@ def open_cursor(path: Path, *, create: bool = False):
         if instance is None:
             if not create and not path.exists():
                 raise NotFound("This organization's warehouse is empty")
-            instance = _instances[key] = _Instance(_open_instance(path))
+            instance = _instances[key] = _Instance(_open_instance(path, memory_limit))
         instance.users += 1
     cursor = instance.con.cursor()
     try:
@@ -125,12 +130,13 @@ def open_cursor(path: Path, *, create: bool = False):
 class Warehouse:
     """The warehouse of one organization."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, memory_limit: str | None = None):
         self.path = Path(path)
+        self.memory_limit = memory_limit
 
     @contextmanager
     def _connect(self, read_only: bool):
-        with open_cursor(self.path, create=not read_only) as (cursor, _lock):
+        with open_cursor(self.path, create=not read_only, memory_limit=self.memory_limit) as (cursor, _lock):
             yield cursor
 
     def tables(self) -> list[str]:
@@ -196,7 +202,10 @@ class Warehouse:
     def replace_table(self, table: str, data) -> int:
         """Create or replace ``table`` from a pandas DataFrame or Arrow table, atomically."""
         check_identifier(table)
-        with open_cursor(self.path, create=True) as (con, write_lock), write_lock:
+        with (
+            open_cursor(self.path, create=True, memory_limit=self.memory_limit) as (con, write_lock),
+            write_lock,
+        ):
             con.register("incoming", data)
             con.execute(f"CREATE OR REPLACE TABLE {quote(table)} AS SELECT * FROM incoming")
             con.unregister("incoming")
@@ -211,7 +220,7 @@ def open_warehouse(settings, org_id: int):
         from carnet.warehouse_pg import PostgresWarehouse  # noqa: PLC0415 - needs the postgres extra
 
         return PostgresWarehouse(settings, org_id)
-    return Warehouse(settings.warehouse_path(org_id))
+    return Warehouse(settings.warehouse_path(org_id), settings.warehouse_memory_limit)
 
 
 def write(data, table: str, mode: str = "replace", key=None, types: dict | None = None) -> dict:

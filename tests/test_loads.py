@@ -558,3 +558,18 @@ def test_data_the_warehouse_cannot_store_is_a_clear_400_and_changes_nothing(sett
     failures = 2 if settings.warehouse_url else 1
     statuses = [h["status"] for h in load_history(settings, ORG, "people")]
     assert statuses == ["failed"] * failures + ["succeeded"]
+
+
+def test_the_warehouse_memory_limit_setting(settings, duckdb_only):
+    from carnet.warehouse import open_cursor
+
+    with pytest.raises(ValueError, match="512MB or 2GB"):
+        CarnetSettings(warehouse_memory_limit="lots")
+    limited = CarnetSettings(warehouse_memory_limit="256MB")
+    people(limited)
+    # The instance the load opened is gone (closed with its last cursor); the next opener sets the limit.
+    with open_cursor(limited.warehouse_path(ORG), memory_limit="256MB") as (con, _lock):
+        assert con.execute("SELECT current_setting('memory_limit')").fetchone()[0] == "244.1 MiB"
+        with pytest.raises(duckdb.Error):  # and nobody's SQL may raise it again
+            con.execute("SET memory_limit = '8GB'")
+    assert len(rows(limited, "people")) == 3

@@ -87,9 +87,9 @@ class DuckDBTarget:
 
 
 @contextmanager
-def duckdb_target(path):
+def duckdb_target(path, memory_limit: str | None = None):
     """One transaction on the file's instance; loads of one file take turns (its write lock)."""
-    with open_cursor(path, create=True) as (con, write_lock), write_lock:
+    with open_cursor(path, create=True, memory_limit=memory_limit) as (con, write_lock), write_lock:
         con.execute("BEGIN TRANSACTION")
         try:
             yield DuckDBTarget(con)
@@ -106,4 +106,4 @@ def load_target(settings, org_id: int):
         from carnet.warehouse_pg import postgres_target  # noqa: PLC0415 - needs the postgres extra
 
         return postgres_target(settings, org_id)
-    return duckdb_target(settings.warehouse_path(org_id))
+    return duckdb_target(settings.warehouse_path(org_id), settings.warehouse_memory_limit)

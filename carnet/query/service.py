@@ -243,12 +243,12 @@ def memory_duckdb():
 
 
 @contextmanager
-def warehouse_duckdb(path, tables: dict[str, str]):
+def warehouse_duckdb(path, tables: dict[str, str], memory_limit: str | None = None):
     """A cursor on the process's one instance of the org's warehouse (``carnet.warehouse.open_cursor``: a
     second instance of the file in this process is refused by DuckDB, and sharing it gives snapshot reads
     during loads) where each marker is a temporary view of a table. That instance is locked like
     ``memory_duckdb``: no file access, no extensions, no configuration change."""
-    with open_cursor(path) as (con, _write_lock):
+    with open_cursor(path, memory_limit=memory_limit) as (con, _write_lock):
         # Temporary views belong to this cursor and go with it.
         for marker, table in tables.items():
             con.execute(
@@ -312,7 +312,9 @@ def sql_over_sources(session, settings, org_id: int, sql, variables=None, *, par
     ):
         # Every input is in the org's warehouse: DuckDB reads the tables where they are (no copy).
         tables = {parsed.markers[name]: row.options["table"] for name, row in sources.items()}
-        with warehouse_duckdb(settings.warehouse_path(org_id), tables) as con:
+        with warehouse_duckdb(
+            settings.warehouse_path(org_id), tables, settings.warehouse_memory_limit
+        ) as con:
             return run_duckdb(con, parsed.duckdb_sql(), [], limits, parsed.restore_names)
     inputs = {
         name: query_source(session, settings, org_id, name, None, own_variables(row, variables))
