@@ -5,6 +5,7 @@ SELECT-only user whose password is ``CANARY`` (it must never show up in an answe
 from __future__ import annotations
 
 import uuid
+from contextlib import contextmanager
 
 import sqlalchemy as sa
 
@@ -77,3 +78,33 @@ def teardown_server(server: Server) -> None:
             con.execute(sa.text(f"DROP DATABASE {server.database}"))
             con.execute(sa.text(f"DROP USER '{server.reader}'@'%'"))
     server.admin_engine.dispose()
+
+
+@contextmanager
+def scratch_pg_database(pg_url: str, prefix: str, *statements: str):
+    """A fresh PostgreSQL database named ``<prefix>_<random>`` with ``statements`` run in it, dropped after:
+    yields (its URL, its connection settings for a Carnet connection: no password, the server trusts)."""
+    database = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(pg_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as con:
+        con.exec_driver_sql(f'CREATE DATABASE "{database}"')
+    url = sa.engine.make_url(pg_url).set(database=database)
+    engine = sa.create_engine(url)
+    with engine.begin() as con:
+        for statement in statements:
+            con.exec_driver_sql(statement)
+    engine.dispose()
+    settings = {
+        "dialect": "postgresql",
+        "driver": "psycopg",
+        "host": url.host,
+        "port": url.port,
+        "database": database,
+        "username": url.username,
+    }
+    try:
+        yield url, settings
+    finally:
+        with admin.connect() as con:
+            con.exec_driver_sql(f'DROP DATABASE "{database}" WITH (FORCE)')
+        admin.dispose()

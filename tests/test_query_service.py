@@ -30,6 +30,7 @@ from carnet.query.service import run_query, run_sql
 from carnet.warehouse import Warehouse, connect_waiting
 from tests.api_support import api_url, assert_json_error, auth, unique
 from tests.helpers import execute_in_kernel, start_server, stop_server, user_path
+from tests.sql_servers import scratch_pg_database
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 ANALYST = "analyst@acme.example"
@@ -443,35 +444,20 @@ def test_a_derived_source_reads_like_any_other_and_refuses_cycles(
 @pytest.fixture(scope="module")
 def pg_shop(pg_url, carnet_stack, created):
     """A PostgreSQL database with orders and customers, a connection to it and two sql_table sources."""
-    database = f"carnet_h2_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(pg_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as con:
-        con.exec_driver_sql(f'CREATE DATABASE "{database}"')
-    url = sa.engine.make_url(pg_url).set(database=database)
-    shop = sa.create_engine(url)
-    with shop.begin() as con:
-        con.exec_driver_sql("CREATE TABLE customers (id int PRIMARY KEY, country text)")
-        con.exec_driver_sql("CREATE TABLE orders (id int PRIMARY KEY, customer_id int, amount numeric(10,2))")
-        con.exec_driver_sql("INSERT INTO customers VALUES (1, 'FR'), (2, 'DE'), (3, 'FR')")
-        con.exec_driver_sql(
-            "INSERT INTO orders SELECT i, 1 + mod(i, 3), mod(i, 97) + 0.5 FROM generate_series(1, 5000) AS i"
-        )
-    shop.dispose()
+    tables = (
+        "CREATE TABLE customers (id int PRIMARY KEY, country text)",
+        "CREATE TABLE orders (id int PRIMARY KEY, customer_id int, amount numeric(10,2))",
+        "INSERT INTO customers VALUES (1, 'FR'), (2, 'DE'), (3, 'FR')",
+        "INSERT INTO orders SELECT i, 1 + mod(i, 3), mod(i, 97) + 0.5 FROM generate_series(1, 5000) AS i",
+    )
+    with scratch_pg_database(pg_url, "carnet_h2", *tables) as (url, settings):
+        yield from shop_sources(carnet_stack, created, url, settings)
+
+
+def shop_sources(carnet_stack, created, url, settings):
     names = {}
     with session_scope(carnet_stack.settings.db_url) as session:
-        connection = Connection(
-            org_id=1,
-            name=unique("h2-pg"),
-            kind="sql",
-            settings={
-                "dialect": "postgresql",
-                "driver": "psycopg",
-                "host": url.host,
-                "port": url.port,
-                "database": database,
-                "username": url.username,
-            },
-        )
+        connection = Connection(org_id=1, name=unique("h2-pg"), kind="sql", settings=settings)
         session.add(connection)
         session.flush()
         for table in ("orders", "customers"):
@@ -491,9 +477,6 @@ def pg_shop(pg_url, carnet_stack, created):
     with session_scope(carnet_stack.settings.db_url) as session:
         session.execute(delete(DataSource).where(DataSource.connection_id == connection_id))
         session.execute(delete(Connection).where(Connection.id == connection_id))
-    with admin.connect() as con:
-        con.exec_driver_sql(f'DROP DATABASE "{database}" WITH (FORCE)')
-    admin.dispose()
 
 
 def test_sql_over_sources_of_one_server_runs_there_as_one_query(carnet_stack, analyst, created, pg_shop):

@@ -12,6 +12,7 @@ from sqlalchemy import select
 from carnet.db import session_scope
 from carnet.db.models import AuditEvent, TokenKind
 from tests.api_support import api_url, assert_json_error, auth, unique
+from tests.sql_servers import scratch_pg_database
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 ANALYST, VIEWER, STUDIO = "analyst@acme.example", "viewer@acme.example", "studio@acme.example"
@@ -319,59 +320,36 @@ def test_bad_rules_are_refused_and_the_rules_stay(carnet_stack, people, sales, r
 @pytest.fixture(scope="module")
 def pg_orders(pg_url, carnet_stack, people, created):
     """A PostgreSQL database with orders by region, a connection to it and a sql_table source over it."""
-    import uuid
-
-    import sqlalchemy as sa
     from sqlalchemy import delete
 
     from carnet.db.models import Connection, DataSource
 
-    database = f"carnet_rls_{uuid.uuid4().hex[:8]}"
-    server = sa.create_engine(pg_url, isolation_level="AUTOCOMMIT")
-    with server.connect() as con:
-        con.exec_driver_sql(f'CREATE DATABASE "{database}"')
-    url = sa.engine.make_url(pg_url).set(database=database)
-    shop = sa.create_engine(url)
-    with shop.begin() as con:
-        con.exec_driver_sql("CREATE TABLE orders (id int PRIMARY KEY, region text, amount int)")
-        con.exec_driver_sql(
-            "INSERT INTO orders VALUES (1, 'EU', 5), (2, 'US', 7), (3, 'EU', 11), (4, NULL, 13)"
-        )
-    shop.dispose()
-    with session_scope(carnet_stack.settings.db_url) as session:
-        connection = Connection(
-            org_id=created.org_id("acme"),
-            name=unique("rls-pg"),
-            kind="sql",
-            settings={
-                "dialect": "postgresql",
-                "driver": "psycopg",
-                "host": url.host,
-                "port": url.port,
-                "database": database,
-                "username": url.username,
-            },
-        )
-        session.add(connection)
-        session.flush()
-        source = DataSource(
-            org_id=connection.org_id,
-            name=unique("rls-pg-orders"),
-            kind="sql_table",
-            options={"table": "orders"},
-            connection_id=connection.id,
-            row_rules=[{"column": "region", "attribute": "region"}],
-        )
-        session.add(source)
-        session.flush()
-        name, connection_id = source.name, connection.id
-    yield name
-    with session_scope(carnet_stack.settings.db_url) as session:
-        session.execute(delete(DataSource).where(DataSource.connection_id == connection_id))
-        session.execute(delete(Connection).where(Connection.id == connection_id))
-    with server.connect() as con:
-        con.exec_driver_sql(f'DROP DATABASE "{database}" WITH (FORCE)')
-    server.dispose()
+    orders = (
+        "CREATE TABLE orders (id int PRIMARY KEY, region text, amount int)",
+        "INSERT INTO orders VALUES (1, 'EU', 5), (2, 'US', 7), (3, 'EU', 11), (4, NULL, 13)",
+    )
+    with scratch_pg_database(pg_url, "carnet_rls", *orders) as (_url, settings):
+        with session_scope(carnet_stack.settings.db_url) as session:
+            connection = Connection(
+                org_id=created.org_id("acme"), name=unique("rls-pg"), kind="sql", settings=settings
+            )
+            session.add(connection)
+            session.flush()
+            source = DataSource(
+                org_id=connection.org_id,
+                name=unique("rls-pg-orders"),
+                kind="sql_table",
+                options={"table": "orders"},
+                connection_id=connection.id,
+                row_rules=[{"column": "region", "attribute": "region"}],
+            )
+            session.add(source)
+            session.flush()
+            name, connection_id = source.name, connection.id
+        yield name
+        with session_scope(carnet_stack.settings.db_url) as session:
+            session.execute(delete(DataSource).where(DataSource.connection_id == connection_id))
+            session.execute(delete(Connection).where(Connection.id == connection_id))
 
 
 def test_rules_on_a_sql_server_source_run_on_the_server(carnet_stack, people, pg_orders):

@@ -10,7 +10,6 @@ import os
 import socket
 import subprocess
 import sys
-import uuid
 from decimal import Decimal
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from carnet.db import session_scope
 from carnet.db.models import Connection, DataSource, TokenKind
 from carnet.warehouse import connect_waiting
 from tests.api_support import api_url, assert_json_error, auth, unique
+from tests.sql_servers import scratch_pg_database
 
 STUDIO, ANALYST, ADMIN = "studio@acme.example", "analyst@acme.example", "admin@acme.example"
 ORDERS = "SELECT id, region, amount FROM orders ORDER BY id"
@@ -98,26 +98,17 @@ def add_connection(stack, created, settings: dict) -> int:
 def shop(pg_url, carnet_stack, created):
     """A PostgreSQL database with ``orders``, a connection of acme to it, a sql_table source over it and a
     sql_query source taking a ``region`` variable."""
-    database = f"carnet_sync_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(pg_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as con:
-        con.exec_driver_sql(f'CREATE DATABASE "{database}"')
-    url = sa.engine.make_url(pg_url).set(database=database)
+    orders = (
+        "CREATE TABLE orders (id int PRIMARY KEY, region text, amount numeric(10,2))",
+        "INSERT INTO orders SELECT i, (ARRAY['north','south','east'])[1 + mod(i, 3)], mod(i, 89) + 0.25 "
+        "FROM generate_series(1, 500) AS i",
+    )
+    with scratch_pg_database(pg_url, "carnet_sync", *orders) as (url, settings):
+        yield from shop_sources(carnet_stack, created, url, settings)
+
+
+def shop_sources(carnet_stack, created, url, settings):
     engine = sa.create_engine(url)
-    with engine.begin() as con:
-        con.exec_driver_sql("CREATE TABLE orders (id int PRIMARY KEY, region text, amount numeric(10,2))")
-        con.exec_driver_sql(
-            "INSERT INTO orders SELECT i, (ARRAY['north','south','east'])[1 + mod(i, 3)], mod(i, 89) + 0.25 "
-            "FROM generate_series(1, 500) AS i"
-        )
-    settings = {
-        "dialect": "postgresql",
-        "driver": "psycopg",
-        "host": url.host,
-        "port": url.port,
-        "database": database,
-        "username": url.username,
-    }
     connection_id = add_connection(carnet_stack, created, settings)
     table = add_source(carnet_stack, created, connection_id, "sql_table", {"table": "orders"})
     by_region = add_source(
@@ -132,9 +123,6 @@ def shop(pg_url, carnet_stack, created):
     )
     yield {"engine": engine, "settings": settings, "table": table, "by_region": by_region}
     engine.dispose()
-    with admin.connect() as con:
-        con.exec_driver_sql(f'DROP DATABASE "{database}" WITH (FORCE)')
-    admin.dispose()
 
 
 def test_sync_replace_then_upsert_then_append_copies_the_postgresql_rows(carnet_stack, studio, shop):
