@@ -13,6 +13,7 @@ from carnet.db import session_scope
 from carnet.db.models import AuditEvent, TokenKind
 from tests.api_support import api_url, assert_json_error, auth, unique
 from tests.sql_servers import scratch_pg_database
+from tests.test_warehouse_api import arrow_bytes
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 ANALYST, VIEWER, STUDIO = "analyst@acme.example", "viewer@acme.example", "studio@acme.example"
@@ -22,18 +23,10 @@ SALES = {
 }
 
 
-def arrow_body(columns: dict) -> bytes:
-    table = pa.table(columns)
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return sink.getvalue().to_pybytes()
-
-
 def load(stack, headers, table: str, columns: dict) -> None:
     response = requests.post(
         api_url(stack, f"warehouse/tables/{table}/load?format=arrow"),
-        data=arrow_body(columns),
+        data=arrow_bytes(columns),
         headers={**headers, "Content-Type": ARROW_STREAM},
         timeout=60,
     )
