@@ -137,8 +137,9 @@ class ViewerAuthorizer(JupyterHubAuthorizer):
         return owner is not None and owner == user.username
 
 
-async def request_viewer_session(username: str, app_id: str) -> dict:
-    """Ask the Carnet service whether ``username`` may open ``app_id``; get their kernel token if so."""
+async def request_viewer_session(username: str, app_id: str, as_user: str | None = None) -> dict:
+    """Ask the Carnet service whether ``username`` may open ``app_id``; get their kernel token if so. With
+    ``as_user`` (an admin's preview), the token carries that member's identity instead."""
     api_url = os.environ["CARNET_API_URL"]
     request = HTTPRequest(
         url_path_join(api_url, "api/v1/internal/viewer-sessions"),
@@ -147,7 +148,7 @@ async def request_viewer_session(username: str, app_id: str) -> dict:
             "Authorization": f"token {os.environ['JUPYTERHUB_API_TOKEN']}",
             "Content-Type": "application/json",
         },
-        body=json.dumps({"user": username, "app_id": app_id}),
+        body=json.dumps({"user": username, "app_id": app_id, **({"as_user": as_user} if as_user else {})}),
         request_timeout=30,
     )
     try:
@@ -171,11 +172,17 @@ class AppHandler(TornadoVoilaHandler):
 
     @web.authenticated
     async def get(self, app_id):
-        session = await request_viewer_session(self.current_user.username, app_id)
+        as_user = self.get_query_argument("as_user", None)
+        session = await request_viewer_session(self.current_user.username, app_id, as_user)
         # The page shows the branding of the app's organization, as the service read it from the platform
         # database (Voila hands page_config to the template; the template keeps it out of the page's JSON).
         branding = session.get("branding") or {}
-        self.page_config_hook = lambda page_config, **_: {**page_config, "carnetBranding": branding}
+        preview = session["user"]["email"] if session.get("preview_by") else None
+        self.page_config_hook = lambda page_config, **_: {
+            **page_config,
+            "carnetBranding": branding,
+            "carnetPreviewAs": preview,
+        }
         token = _kernel_request.set(
             KernelRequest(
                 owner=self.current_user.username, token=session["token"], user_id=session["user"]["id"]

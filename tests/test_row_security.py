@@ -355,3 +355,42 @@ def test_rules_on_a_sql_server_source_run_on_the_server(carnet_stack, people, pg
     text = f"SELECT count(*) AS n FROM {{{pg_orders}}}"
     assert rows(sql(carnet_stack, people["analyst"], text)) == [{"n": 2}]
     assert rows(sql(carnet_stack, people["studio"], text)) == [{"n": 4}]
+
+
+def test_an_admin_previews_an_app_as_a_member_in_the_viewer(carnet_stack, people, sales, created):
+    """The Viewer renders the app with the member's identity in its kernel (their rows), the page stays the
+    admin's, says it is a preview, and the audit log records it; only admins may ask."""
+    import nbformat
+
+    source = sales["source"]
+    cell = f"import carnet\nprint('ROWS', sorted(carnet.sources[{source!r}].df()['amount'].tolist()))"
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(cell)])
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    made = requests.post(
+        api_url(carnet_stack, "apps"),
+        json={"slug": unique("rls-app"), "title": "Sales by region", "notebook": notebook},
+        headers=people["studio"],
+        timeout=30,
+    )
+    assert made.status_code == 201, made.text
+    created.apps.add(made.json()["id"])
+    page = f"{carnet_stack.url}/services/carnet-viewer/apps/{made.json()['id']}"
+
+    def render(headers, **params):
+        return requests.get(page, headers=headers, params=params, timeout=180)
+
+    own = render(people["admin"])
+    assert own.status_code == 200 and "ROWS [10, 20, 30, 40, 50, 60]" in own.text
+    assert "Preview as" not in own.text
+    as_analyst = render(people["admin"], as_user=people["analyst_id"])
+    assert as_analyst.status_code == 200, as_analyst.text[:300]
+    assert "ROWS [10, 20, 60]" in as_analyst.text and f"Preview as {ANALYST}" in as_analyst.text
+    as_viewer = render(people["admin"], as_user=people["viewer_id"])
+    assert "ROWS []" in as_viewer.text  # no attribute: no rows
+    assert render(people["studio"], as_user=people["analyst_id"]).status_code == 403
+    assert render(people["admin"], as_user=999_999_999).status_code == 404
+    with session_scope(carnet_stack.settings.db_url) as session:
+        previews = session.execute(
+            select(AuditEvent.actor, AuditEvent.details).where(AuditEvent.action == "app.preview_as")
+        ).all()
+    assert ("admin@acme.example", ANALYST) in [(actor, details["user"]) for actor, details in previews]

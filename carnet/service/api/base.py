@@ -135,10 +135,11 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
         self._principal = principal
         return principal
 
-    def audit(self, session, action: str, target: str = "", **details):
-        """Record ``action`` by the calling principal in ``session`` (so it commits with the action itself).
-        ``details`` must never hold secrets. Returns the AuditEvent."""
-        principal = self.principal()
+    def audit(self, session, action: str, target: str = "", *, by: Principal | None = None, **details):
+        """Record ``action`` by the calling principal (or ``by``: the person a Carnet service acts for) in
+        ``session``, so it commits with the action itself. ``details`` must never hold secrets. Returns the
+        AuditEvent."""
+        principal = by or self.principal()
         return audit_record(
             session,
             org_id=principal.org_id,

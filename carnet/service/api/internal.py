@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from carnet.branding import branding
-from carnet.db.models import App, Organization, TokenKind
+from carnet.db.models import App, Organization, Role, TokenKind
 from carnet.errors import NotFound, PasswordChangeRequired, PermissionDenied, ValidationError
+from carnet.people import member
+from carnet.permissions import Principal
 from carnet.publishing import current_notebook_path
 from carnet.service.api.base import API_PREFIX, BaseHandler, principal_for_email, service_only
 from carnet.sharing import find_openable_app
@@ -46,13 +48,19 @@ class ViewerSessionHandler(BaseHandler):
                 raise NotFound("No such app") from None
             # Not shared with them reads exactly like an unknown app (the Viewer answers 404).
             app = find_openable_app(session, principal, body.get("app_id"))
+            preview_by = None
+            if body.get("as_user") is not None:
+                # An admin sees the app as that member sees it: the kernel carries the member's identity
+                # (their row rules apply), the page and the kernel stay the admin's.
+                preview_by, principal = principal, preview_principal(session, principal, app, body["as_user"])
+                self.audit(session, "app.preview_as", f"app/{app.id}", by=preview_by, user=principal.email)
             token = mint_token(
                 session,
                 kind=TokenKind.viewer_kernel,
                 user_id=principal.user_id,
                 org_id=principal.org_id,
                 ttl_seconds=self.settings_obj.kernel_token_ttl,
-                note=f"app {app.id}",
+                note=f"app {app.id}" + (f" preview by {preview_by.email}" if preview_by else ""),
             )
             notebook = current_notebook_path(self.settings_obj, app)
             self.write_json(
@@ -61,11 +69,32 @@ class ViewerSessionHandler(BaseHandler):
                     "notebook_path": str(notebook.relative_to(self.settings_obj.published_dir)),
                     "app": {"id": app.id, "title": app.title, "version": app.current_version},
                     "user": {"id": principal.user_id, "email": principal.email, "role": principal.role.value},
+                    "preview_by": preview_by.email if preview_by else None,
                     # The app's own organization's branding: the Viewer never takes it from the notebook.
                     "branding": branding(self.settings_obj.data_dir, session.get(Organization, app.org_id)),
                 },
                 status=201,
             )
+
+
+def preview_principal(session, admin, app, as_user) -> Principal:
+    """The member ``as_user`` of the app's organization, for ``admin``'s preview; 403 for anyone but an admin,
+    404 (as for an unknown app) when the member does not exist there or may not open the app."""
+    if admin.role != Role.admin:
+        raise PermissionDenied("Only admins may preview an app as another person")
+    membership = member(session, app.org_id, as_user)
+    target = Principal(
+        user_id=membership.user_id,
+        email=membership.user.email,
+        org_id=app.org_id,
+        org_slug=admin.org_slug,
+        role=membership.role,
+        via="hub",
+    )
+    if not membership.user.is_active:
+        raise NotFound("No such app")
+    find_openable_app(session, target, app.id)
+    return target
 
 
 default_handlers = [
