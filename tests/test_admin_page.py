@@ -256,7 +256,8 @@ def test_settings_form_changes_the_org_and_is_audited(carnet_stack, admin_sessio
         "timezone": "UTC",
         "api_key_max_days": "0",
         "invitation_days": "7",
-    }  # allow_public_apps: unchecked, so not sent
+        "primary_color": "",
+    }  # allow_public_apps: unchecked, so not sent; custom_css is a textarea (sent as shown, not parsed here)
 
     saved = post_form(
         admin_session,

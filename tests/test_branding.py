@@ -17,6 +17,8 @@ from carnet.db import session_scope
 from carnet.db.models import AuditEvent, Organization
 from carnet.publishing import publish
 from tests.api_support import api_url, assert_json_error, auth, tiny_png
+from tests.helpers import hub_login
+from tests.test_admin_page import open_page, page_url, xsrf_of
 
 ADMIN = "admin@acme.example"
 ACME_VIEWER = "viewer@acme.example"
@@ -214,3 +216,25 @@ def test_a_notebook_cannot_brand_its_page(carnet_stack, hub_token, created):
         app_id = app.id
     page = viewer_page(carnet_stack, hub_token(ACME_VIEWER), app_id)
     assert "notebook-css" not in page
+
+
+def test_admin_page_logo_form(carnet_stack, admin):
+    session = hub_login(carnet_stack.url, ADMIN, carnet_stack.passwords[ADMIN])
+    page = open_page(session, carnet_stack)
+    assert 'id="org-logo"' in page.text and 'id="setting-custom_css"' in page.text
+
+    def post(files=None, **data):
+        token = xsrf_of(open_page(session, carnet_stack).text)
+        return session.post(
+            page_url(carnet_stack, "settings/logo"), data={"_xsrf": token, **data}, files=files, timeout=60
+        )
+
+    refused = post(files={"logo": ("logo.svg", SVG_LOGO, "image/svg+xml")})
+    assert refused.status_code == 400 and "SVG logos are refused" in refused.text
+    png = tiny_png()
+    saved = post(files={"logo": ("logo.png", png, "image/png")})
+    assert saved.status_code == 200 and "Logo saved" in saved.text
+    assert requests.get(api_url(carnet_stack, "org/logo"), headers=admin, timeout=30).content == png
+    removed = post(remove="1")
+    assert removed.status_code == 200 and "Logo removed" in removed.text
+    assert requests.get(api_url(carnet_stack, "org/logo"), headers=admin, timeout=30).status_code == 404

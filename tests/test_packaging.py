@@ -82,7 +82,12 @@ def test_wheel_contains_each_part(wheel):
 def test_wheel_installs_the_voila_template_and_extension_switch(wheel):
     data = {n.split(".data/data/", 1)[1] for n in wheel.namelist() if ".data/data/" in n}
     template = "share/jupyter/voila/templates/carnet/"
-    assert {template + "conf.json", template + "index.html.j2", template + "static/carnet.css"} <= data
+    assert {
+        template + "conf.json",
+        template + "index.html.j2",
+        template + "static/carnet.css",
+        template + "static/carnet.js",
+    } <= data
     assert "etc/jupyter/jupyter_server_config.d/carnet.json" in data
     conf = wheel.read(next(n for n in wheel.namelist() if n.endswith(template + "conf.json")))
     assert b'"base_template": "lab"' in conf

@@ -20,7 +20,12 @@ pytestmark = pytest.mark.slow
 SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "screenshots" / "viewer-tabs.png"
 ACME_VIEWER = "viewer@acme.example"
 STUDIO = "studio@acme.example"
-CHART_TITLE = "document.querySelector('#{} .js-plotly-plot .gtitle')?.textContent"
+# Each tab's panels (a tab's cells split by the filters cell make two segments of that tab).
+FIRST, SECOND = '[role="tabpanel"][data-carnet-tab="0"]', '[role="tabpanel"][data-carnet-tab="1"]'
+
+
+def chart_title(panels: str) -> str:
+    return f"document.querySelector('{panels} .js-plotly-plot .gtitle')?.textContent"
 
 
 def tabbed_notebook() -> dict:
@@ -89,21 +94,14 @@ def test_tabs_filters_and_skeleton_in_a_browser(browser, carnet_stack, tabbed_ap
         overview, details = tabs.nth(0), tabs.nth(1)
         assert overview.get_attribute("aria-selected") == "true"
         assert details.get_attribute("aria-selected") == "false"
-        panels = page.locator('[role="tabpanel"]')
-        first_id, second_id = panels.nth(0).get_attribute("id"), panels.nth(1).get_attribute("id")
 
         # First tab: its chart is drawn and shown; the second tab's content is rendered but hidden.
-        try:
-            page.wait_for_function(f"{CHART_TITLE.format(first_id)} == 'Sales by region'", timeout=30_000)
-        except Exception:
-            Path("/tmp/carnet_h/page.html").write_text(page.content())
-            page.screenshot(path="/tmp/carnet_h/fail.png", full_page=True)
-            raise
-        assert page.locator(f"#{first_id} .js-plotly-plot").is_visible()
+        page.wait_for_function(f"{chart_title(FIRST)} == 'Sales by region'", timeout=60_000)
+        assert page.locator(f"{FIRST} .js-plotly-plot").is_visible()
         assert page.get_by_text("How the regions compare.").is_visible()
         assert not page.get_by_text("The numbers behind the overview.").is_visible()
-        assert page.locator(f"#{second_id} .js-plotly-plot").count() == 1
-        assert not page.locator(f"#{second_id} .js-plotly-plot").is_visible()
+        assert page.locator(f"{SECOND} .js-plotly-plot").count() == 1
+        assert not page.locator(f"{SECOND} .js-plotly-plot").is_visible()
 
         # The filters bar sits above the tabs, outside them.
         dropdown = page.locator(".carnet-filters .widget-dropdown select")
@@ -117,10 +115,10 @@ def test_tabs_filters_and_skeleton_in_a_browser(browser, carnet_stack, tabbed_ap
         details.click()
         assert details.get_attribute("aria-selected") == "true"
         assert overview.get_attribute("aria-selected") == "false"
-        page.wait_for_function(f"{CHART_TITLE.format(second_id)} == 'Monthly detail'", timeout=30_000)
-        assert page.locator(f"#{second_id} .js-plotly-plot").is_visible()
+        page.wait_for_function(f"{chart_title(SECOND)} == 'Monthly detail'", timeout=30_000)
+        assert page.locator(f"{SECOND} .js-plotly-plot").is_visible()
         assert page.get_by_text("The numbers behind the overview.").is_visible()
-        assert not page.locator(f"#{first_id} .js-plotly-plot").is_visible()
+        assert not page.locator(f"{FIRST} .js-plotly-plot").is_visible()
         assert not page.get_by_text("How the regions compare.").is_visible()
 
         # Widgets still work after switching: the filter drives an output of the second tab.
@@ -137,8 +135,8 @@ def test_tabs_filters_and_skeleton_in_a_browser(browser, carnet_stack, tabbed_ap
         page.keyboard.press("ArrowLeft")
         assert overview.get_attribute("aria-selected") == "true"
         assert page.evaluate("document.activeElement.id") == overview.get_attribute("id")
-        assert page.locator(f"#{first_id} .js-plotly-plot").is_visible()
-        assert not page.locator(f"#{second_id} .js-plotly-plot").is_visible()
+        assert page.locator(f"{FIRST} .js-plotly-plot").is_visible()
+        assert not page.locator(f"{SECOND} .js-plotly-plot").is_visible()
         page.keyboard.press("End")
         assert details.get_attribute("aria-selected") == "true"
     finally:

@@ -3,7 +3,8 @@
 The installed template is rendered exactly as the Viewer renders it (VoilaExporter, template "carnet", the
 lab template's cell loop), with the kernel replaced by cells whose outputs are given: what is checked is the
 page's structure (skeleton, tabs, filters bar, error message, branding), not the execution. The stack's
-Viewer and a real browser render it in tests/test_branding.py and tests/test_viewer_tabs_browser.py.
+Viewer and a real browser render it in tests/test_branding.py and tests/test_viewer_tabs_browser.py; the
+last test here renders a failing app through the stack's Viewer.
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ import json
 
 import nbformat
 import pytest
+import requests
 from bs4 import BeautifulSoup
 from voila.exporter import VoilaExporter
 from voila.paths import collect_template_paths
+
+from tests.api_support import api_url, auth, unique
 
 SECRET_PATH = "/srv/carnet/orgs/1/secret.csv"  # noqa: S108 - only text inside a fake traceback
 BRANDING = {
@@ -215,3 +219,34 @@ def test_no_branding_means_carnets_own_look():
     page = render(notebook(code("x")))
     assert page.select("#carnet-brand-color, #carnet-custom-css, img.carnet-logo") == []
     assert page.select_one("header.carnet-app-header .carnet-app-title").get_text(strip=True) == "t"
+
+
+def test_failing_cell_in_the_stacks_viewer_shows_the_generic_message(carnet_stack, hub_token, created):
+    """The same through the real Viewer (kernel, Voila's error stripping): nothing of the error reaches the
+    page, the generic message does."""
+    studio = auth(hub_token("studio@acme.example"))
+    failing = notebook(
+        markdown("# Broken"), code("open('/nonexistent/carnet-secret-dir/data.csv')"), code("print('after')")
+    )
+    answer = requests.post(
+        api_url(carnet_stack, "apps"),
+        json={"slug": unique("failing"), "title": "Failing app", "notebook": failing},
+        headers=studio,
+        timeout=30,
+    )
+    assert answer.status_code == 201, answer.text
+    created.apps.add(answer.json()["id"])
+    viewer = auth(hub_token("viewer@acme.example"))
+    page = requests.get(
+        f"{carnet_stack.url}/services/carnet-viewer/apps/{answer.json()['id']}", headers=viewer, timeout=120
+    )
+    assert page.status_code == 200, page.text[:500]
+    assert "carnet-secret-dir" not in page.text and "FileNotFoundError" not in page.text
+    assert "Traceback" not in page.text and "open(" not in page.text
+    assert page.text.count('class="carnet-cell-error"') == 1
+    kernel = json.loads(BeautifulSoup(page.text, "html.parser").select_one("#jupyter-config-data").text)
+    requests.post(
+        f"{carnet_stack.url}/services/carnet-viewer/voila/api/shutdown/{kernel['kernelId']}",
+        headers=viewer,
+        timeout=60,
+    )
