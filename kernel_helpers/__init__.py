@@ -5,10 +5,11 @@ They work the same in a Studio kernel, a Viewer kernel and a job run: each gets 
 No credential of a data source ever reaches the kernel.
 """
 
+from carnet.kernel_helpers import filters
 from carnet.kernel_helpers.sources import Source, SourceCollection
 from carnet.kernel_helpers.warehouse import Table, Warehouse
 
 sources = SourceCollection()
 warehouse = Warehouse()  # carnet.warehouse.write(df, "sales", mode="replace")
 
-__all__ = ["Source", "SourceCollection", "Table", "Warehouse", "sources", "warehouse"]
+__all__ = ["Source", "SourceCollection", "Table", "Warehouse", "filters", "sources", "warehouse"]

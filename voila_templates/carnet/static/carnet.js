@@ -70,6 +70,57 @@
     }
   }
 
+  // Filter values in the URL (carnet.filters.bind in the notebook): the kernel marks each bound widget with
+  // a class "carnet-url-v-" + encodeURIComponent(name + "=" + value); the address follows those marks, so a
+  // copied link opens the app with the same filters. Other query arguments are kept.
+  var URL_CLASS = "carnet-url-v-";
+
+  function syncUrl() {
+    var params = new URLSearchParams(window.location.search);
+    var seen = {};
+    document.querySelectorAll('[class*="' + URL_CLASS + '"]').forEach(function (element) {
+      element.classList.forEach(function (name) {
+        if (name.indexOf(URL_CLASS) !== 0) {
+          return;
+        }
+        var pair;
+        try {
+          pair = decodeURIComponent(name.slice(URL_CLASS.length));
+        } catch (error) {
+          return;
+        }
+        var at = pair.indexOf("=");
+        if (at > 0 && !seen[pair.slice(0, at)]) {
+          seen[pair.slice(0, at)] = true;
+          if (pair.slice(at + 1)) {
+            params.set(pair.slice(0, at), pair.slice(at + 1));
+          } else {
+            params.delete(pair.slice(0, at));
+          }
+        }
+      });
+    });
+    var query = params.toString();
+    var wanted = window.location.pathname + (query ? "?" + query : "") + window.location.hash;
+    if (wanted !== window.location.pathname + window.location.search + window.location.hash) {
+      window.history.replaceState(window.history.state, "", wanted);
+    }
+  }
+
+  new MutationObserver(function (changes) {
+    var relevant = changes.some(function (change) {
+      return change.type === "childList" || String(change.target.className).indexOf(URL_CLASS) >= 0;
+    });
+    if (relevant) {
+      syncUrl();
+    }
+  }).observe(document.documentElement, {
+    subtree: true,
+    childList: true,
+    attributes: true,
+    attributeFilter: ["class"],
+  });
+
   document.addEventListener("DOMContentLoaded", function () {
     document.querySelectorAll('[role="tablist"].carnet-tabs').forEach(function (list) {
       list.addEventListener("keydown", onKey);
