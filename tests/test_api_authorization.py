@@ -1398,6 +1398,7 @@ def test_admin_page_routes_are_walked_and_admin_only():
         "admin/groups": "groups:manage",
         "admin/groups/(?P<group_id>[^/]+)": "groups:manage",
         "admin/settings": "org:manage",
+        "admin/settings/logo": "org:manage",
     }
     assert sorted(p.removeprefix("/services/carnet/") for p in admin_routes) == sorted(expected)
     assert undecorated([(p, routes[p]) for p in admin_routes]) == []

@@ -24,11 +24,11 @@ IMAGE_CSP = "default-src 'none'; img-src 'self'; sandbox"
 
 @web.stream_request_body
 class AppThumbnailHandler(StreamedBodyMixin, BaseHandler):
-    def prepare(self):
+    def prepare_body(self):
         if self.request.method != "PUT":
             return
         self.check_caller(WRITE_ACTION)
-        # Unknown, another org's or not shared: 404 before a byte of the body is kept.
+        # Unknown, another org's or not shared: 404 (answered once the body is drained), nothing kept.
         with self.db() as session:
             find_openable_app(session, self.principal(), self.path_kwargs["app_id"])
         self.start_body(prefix="thumbnail-")
