@@ -182,6 +182,8 @@ class AppHandler(TornadoVoilaHandler):
             **page_config,
             "carnetBranding": branding,
             "carnetPreviewAs": preview,
+            # The app's current title (a PATCH changes it without a new snapshot).
+            "carnetTitle": session["app"]["title"],
         }
         token = _kernel_request.set(
             KernelRequest(

@@ -160,6 +160,9 @@ def test_patch_changes_metadata_without_a_new_version_and_refuses_other_fields(c
     events = audit(carnet_stack, people[ADMIN], "app.update", app["id"])
     assert len(events) == 1
     assert events[0]["actor"] == ANALYST and events[0]["details"]["tags"] == {"from": ["a"], "to": ["b", "c"]}
+    # The Viewer's header shows the new title at once, though the snapshot still holds the old one.
+    page = open_in_viewer(carnet_stack, people[VIEWER], app["id"])
+    assert '<span class="carnet-app-title">New title</span>' in page
 
 
 # -- thumbnails ---------------------------------------------------------------------------------------------
