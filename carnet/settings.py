@@ -38,6 +38,16 @@ class CarnetSettings(Configurable):
     def _default_db_url(self):
         return os.environ.get("CARNET_DB_URL") or f"sqlite:///{Path(self.data_dir) / 'carnet.sqlite'}"
 
+    job_run_timeout_seconds = Float(
+        help="""Longest time, in seconds, the notebook of one job run may take as a whole (each cell has its
+        own limit too); past it the run fails with a clear error and its processes are stopped, so a stuck
+        run never holds up the runs queued behind it. Environment: CARNET_JOB_RUN_TIMEOUT. Default: 900.""",
+    ).tag(config=True)
+
+    @default("job_run_timeout_seconds")
+    def _default_job_run_timeout(self):
+        return float(os.environ.get("CARNET_JOB_RUN_TIMEOUT", "900"))
+
     warehouse_url = Unicode(
         help="""Where organizations' warehouses live. Empty (the default): one DuckDB file per organization
         in its data directory (embedded, nothing to run). A PostgreSQL URL,

@@ -8,8 +8,10 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,6 +82,21 @@ class RunContext:
         return self.output_dir / f"{safe}.pdf"
 
 
+def stop_run_processes(process: subprocess.Popen, output_dir: Path) -> None:
+    """Kill a run's notebook process and everything it started: its process group, and any process still
+    working in the run's folder (a kernel may have a session of its own)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.communicate()
+    folder = str(output_dir.resolve())
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            if os.readlink(entry / "cwd") == folder:
+                os.kill(int(entry.name), signal.SIGKILL)
+
+
 def check_owner_may_run(session, job: Job) -> None:
     """A run acts as the job's owner: it fails if, since the job was made, the owner left the organization,
     was disabled, or may no longer open the app (its sharing was narrowed)."""
@@ -101,10 +118,15 @@ def check_owner_may_run(session, job: Job) -> None:
 
 
 class ReportExecutor:
-    def __init__(self, settings: CarnetSettings, run_id: int, cell_timeout: int = 600):
+    def __init__(
+        self, settings: CarnetSettings, run_id: int, cell_timeout: int = 600, run_timeout: float | None = None
+    ):
         self.settings = settings
         self.run_id = run_id
         self.cell_timeout = cell_timeout
+        # The whole notebook: a run stuck anywhere (a kernel that never answers) fails instead of holding
+        # the scheduler's one worker forever.
+        self.run_timeout = run_timeout or settings.job_run_timeout_seconds
 
     def run(self) -> RunStatus:
         context = None
@@ -189,24 +211,37 @@ class ReportExecutor:
             "--timeout",
             str(self.cell_timeout),
         ]
-        result = subprocess.run(
+        log.info("Run %s: running the notebook (at most %g s)", context.run_id, self.run_timeout)
+        started = time.monotonic()
+        process = subprocess.Popen(  # noqa: S603 - our own module, arguments are ours
             command,
             env=env,
             **as_owner,
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=self.cell_timeout * 4,
-            check=False,
+            start_new_session=True,
         )
-        if result.returncode != 0:
-            detail = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "no output"
+        try:
+            _stdout, stderr = process.communicate(timeout=self.run_timeout)
+        except subprocess.TimeoutExpired:
+            stop_run_processes(process, context.output_dir)
+            raise JobRunError(
+                f"The notebook did not finish within {self.run_timeout:g} s", step="execute"
+            ) from None
+        if process.returncode != 0:
+            detail = stderr.strip().splitlines()[-1] if stderr.strip() else "no output"
             with contextlib.suppress(ValueError, KeyError, TypeError):
                 detail = json.loads(detail)["error"]
             raise JobRunError(f"The notebook failed: {detail}", step="execute")
+        log.info(
+            "Run %s: notebook done in %.1f s; printing the PDF", context.run_id, time.monotonic() - started
+        )
         try:
             notebook_to_pdf(context.executed_notebook, context.pdf, self.settings.chromium_path)
         except CarnetError as exc:
             raise JobRunError(exc.message, step="pdf") from None
+        log.info("Run %s: PDF printed; mailing it", context.run_id)
 
     def on_complete(self, context: RunContext) -> None:
         where = send_mail(

@@ -145,7 +145,7 @@ def test_publishing_and_jobs_are_recorded(carnet_stack, hub_token, created):
 
     events = audit_events(carnet_stack, admin, actor=ANALYST, limit=50)
     publish = only(events, action="app.publish", target=f"app/{app_id}")
-    assert publish["details"] == {"slug": slug, "version": 1, "via": "hub"}
+    assert publish["details"] == {"slug": slug, "version": 1, "tags": [], "via": "hub"}
     for job in (ran, deleted):
         created_event = only(events, action="job.create", target=f"job/{job['id']}")
         assert created_event["details"]["name"] == job["name"]

@@ -164,7 +164,9 @@ def test_scheduled_job_mails_a_pdf_with_the_data(carnet_stack, hub_token, smtp_s
         )
     except TimeoutError:
         runs = requests.get(f"{api}/jobs/{job['id']}/runs", headers=headers, timeout=30).json()
-        raise AssertionError(f"no mail; the job's runs: {runs}") from None
+        # Where the run is stuck: the scheduler logs each step of a run (carnet/scheduler/executor.py).
+        steps = [line for line in carnet_stack.log_tail(400).splitlines() if "scheduler" in line.lower()]
+        raise AssertionError(f"no mail; the job's runs: {runs}\n" + "\n".join(steps[-30:])) from None
     finally:
         assert requests.delete(f"{api}/jobs/{job['id']}", headers=headers, timeout=30).status_code == 204
     runs = [p for p in message.walk() if p.get_content_type() == "application/pdf"]

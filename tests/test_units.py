@@ -477,6 +477,49 @@ def test_a_run_fails_when_its_owner_lost_the_right_to_the_app(settings, world, c
         assert session.scalar(select(Token).where(Token.note == f"job run {run_id}")) is None
 
 
+def test_a_run_past_its_time_limit_fails_and_leaves_no_process(settings, world, monkeypatch):
+    import os
+    import time
+    from pathlib import Path
+
+    import nbformat
+
+    from carnet.publishing import publish
+    from carnet.scheduler.executor import ReportExecutor
+
+    monkeypatch.setenv("CARNET_ISOLATION", "off")  # the run's processes are this test's own
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import time\ntime.sleep(120)")])
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    with session_scope(settings.db_url) as session:
+        publish(
+            session,
+            settings,
+            org_id=world["acme"],
+            user_id=world["ana"],
+            slug="report",
+            title="Slow",
+            notebook=notebook,
+        )
+    job = add_job(settings, world)
+    run_id = queue_run(settings, job, RunStatus.running)
+    started = time.monotonic()
+    assert ReportExecutor(settings, run_id, run_timeout=8).run() == RunStatus.failed
+    assert time.monotonic() - started < 60
+    run = runs_of(settings, job)[-1]
+    assert run.error == "The notebook did not finish within 8 s" and run.finished_at is not None
+    # Neither papermill nor the kernel it started is still working in the run's folder.
+    folder = str(Path(run.output_dir).resolve())
+    left = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.readlink(entry / "cwd") == folder:
+                    left.append(entry.name)
+            except OSError:
+                pass
+    assert left == []
+
+
 # -- mail --------------------------------------------------------------------------------------------------
 def make_pdf(path):
     writer = PdfWriter()
