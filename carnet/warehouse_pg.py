@@ -181,11 +181,13 @@ class PostgresWarehouse:
             connection = engine_for(self.settings.warehouse_url).connect()
         except sa.exc.OperationalError as error:
             raise ConnectionFailed(f"The warehouse database cannot be reached: {error.orig}") from None
+        timeout_ms = int(self.settings.source_timeout_seconds * 1000)
         with connection, connection.begin():
-            connection.exec_driver_sql("SET TRANSACTION READ ONLY")
-            connection.exec_driver_sql("SET LOCAL TIME ZONE 'UTC'")
-            timeout_ms = int(self.settings.source_timeout_seconds * 1000)
-            connection.exec_driver_sql(f"SET LOCAL statement_timeout = {timeout_ms}")
+            # One round trip for the three (a read is a handful of them in all).
+            connection.exec_driver_sql(
+                "SET TRANSACTION READ ONLY; SET LOCAL TIME ZONE 'UTC'; "
+                f"SET LOCAL statement_timeout = {timeout_ms}"
+            )
             yield connection
 
     def _existing(self, conn, table: str) -> dict[str, str]:
