@@ -394,3 +394,29 @@ def test_an_admin_previews_an_app_as_a_member_in_the_viewer(carnet_stack, people
             select(AuditEvent.actor, AuditEvent.details).where(AuditEvent.action == "app.preview_as")
         ).all()
     assert ("admin@acme.example", ANALYST) in [(actor, details["user"]) for actor, details in previews]
+
+
+def test_the_raw_data_route_keeps_the_rules_too(carnet_stack, people, sales, created):
+    """GET sources/<name>/data (the rows as they are) is filtered like a query for restricted people,
+    also through a derived source over the ruled one."""
+
+    def data(headers, name, **params):
+        return requests.get(
+            api_url(carnet_stack, f"sources/{name}/data"), headers=headers, params=params, timeout=60
+        )
+
+    assert amounts(rows(data(people["analyst"], sales["source"]))) == [10, 20, 60]
+    assert rows(data(people["viewer_kernel"], sales["source"])) == []
+    assert len(rows(data(people["analyst"], sales["source"], limit=2))) == 2
+    assert amounts(rows(data(people["studio"], sales["source"]))) == [10, 20, 30, 40, 50, 60]
+    derived = unique("rls-derived-data")
+    made = requests.post(
+        api_url(carnet_stack, "sources"),
+        json={"name": derived, "kind": "derived", "options": {"sql": f"SELECT * FROM {{{sales['source']}}}"}},
+        headers=people["studio"],
+        timeout=30,
+    )
+    assert made.status_code == 201, made.text
+    created.sources.add(made.json()["id"])
+    assert amounts(rows(data(people["analyst"], derived))) == [10, 20, 60]
+    assert len(rows(data(people["studio"], derived))) == 6

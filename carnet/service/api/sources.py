@@ -8,12 +8,15 @@ import pyarrow as pa
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from carnet.db import session_scope
 from carnet.db.models import DataSource
 from carnet.errors import Conflict, NotFound, ValidationError
 from carnet.permissions import Principal
 from carnet.query.cache import forget_source
+from carnet.query.service import run_query
 from carnet.query.spec import MAX_LIMIT as MAX_SPEC_LIMIT
 from carnet.query.spec import parse_spec
+from carnet.row_security import row_context_for
 from carnet.service.api import source_definitions as definitions
 from carnet.service.api.base import API_PREFIX, BaseHandler, authorized
 from carnet.sources import source_context, source_kinds
@@ -229,7 +232,20 @@ class SourceDataHandler(BaseHandler):
             source = find_source(session, principal.org_id, name)
             kind = source_kinds.get(source.kind)
             context = source_context(session, self.settings_obj, source, request_variables(self))
+            row = row_context_for(session, principal)
+        if row.restricted:
+            # Row rules (of this source, or of the sources a derived one reads) apply to this person: the
+            # query service reads it, under the usual row cap.
+            await self.send_arrow(await asyncio.to_thread(self._restricted_rows, name, limit, row))
+            return
         await self.send_arrow(await asyncio.to_thread(read_rows, kind, context, limit))
+
+    def _restricted_rows(self, name: str, limit: int | None, row) -> pa.Table:
+        spec = {} if limit is None else {"limit": min(limit, MAX_SPEC_LIMIT)}
+        with session_scope(self.settings_obj.db_url) as session:
+            return run_query(
+                session, self.settings_obj, self.principal(), name, spec, request_variables(self), row=row
+            )
 
 
 default_handlers = [
