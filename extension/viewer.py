@@ -10,26 +10,17 @@ keeps viewers from executing code.
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import json
 import os
 import re
-import time
-from dataclasses import dataclass
-from queue import Empty
 
-from jupyter_client.asynchronous import AsyncKernelClient
-from jupyter_client.channels import AsyncZMQSocketChannel
 from jupyter_core.utils import ensure_async
 from jupyter_server.base.handlers import FileFindHandler
-from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
 from jupyter_server.utils import url_path_join
 from jupyterhub.singleuser.extension import JupyterHubAuthorizer, JupyterHubIdentityProvider
 from jupyterlab_server.themes_handler import ThemesHandler
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
-from traitlets import Type
 from voila.configuration import VoilaConfiguration
 from voila.paths import collect_static_paths, collect_template_paths
 from voila.shutdown_kernel_handler import VoilaShutdownKernelHandler
@@ -37,91 +28,11 @@ from voila.static_file_handler import MultiStaticFileHandler, TemplateStaticFile
 from voila.tornado.handler import TornadoVoilaHandler
 from voila.utils import get_data_dir, get_voila_labextensions_path, pjoin
 
+from carnet.extension.viewer_kernels import KernelRequest, kernel_request
 from carnet.hub_auth import limit_server_hub_auth_cache
-from carnet.isolation import KERNEL_ACCOUNT_ENV, accounts_enabled, ensure_account
 from carnet.settings import CarnetSettings
 
-# Environment variables of the Viewer service that never reach a kernel.
-_PRIVATE_ENV_PREFIXES = ("JUPYTERHUB_", "CARNET_", "JPY_")
 _TEMPLATE_ASSET = re.compile(r"[A-Za-z0-9_][\w.-]*/static/.+")
-# Longest a wait on a kernel's shell socket may overlook a reply that already arrived (WakefulShellChannel).
-_SHELL_WAKE_UP = 0.25
-
-
-@dataclass(frozen=True)
-class KernelRequest:
-    owner: str  # the Hub user name of the person looking at the app
-    token: str  # a Carnet viewer_kernel token carrying that person's identity
-    user_id: int  # their Carnet user id: the kernel runs as their OS account (carnet.isolation)
-
-
-_kernel_request: contextvars.ContextVar[KernelRequest | None] = contextvars.ContextVar(
-    "carnet_kernel_request", default=None
-)
-
-
-def kernel_env(base_env: dict, token: str) -> dict:
-    env = {k: v for k, v in base_env.items() if not k.startswith(_PRIVATE_ENV_PREFIXES)}
-    env["CARNET_API_URL"] = os.environ.get("CARNET_API_URL", "")
-    env["CARNET_TOKEN"] = token
-    return env
-
-
-class ViewerKernelManager(AsyncMappingKernelManager):
-    """Starts kernels only for an app render, records who each kernel belongs to."""
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.kernel_owners: dict[str, str] = {}
-
-    async def start_kernel(self, *args, **kwargs):
-        request = _kernel_request.get()
-        if request is None:
-            raise web.HTTPError(403, "Kernels are started only to render an app")
-        env = kernel_env(kwargs.get("env") or dict(os.environ), request.token)
-        if accounts_enabled():
-            account = await asyncio.to_thread(ensure_account, CarnetSettings(), request.user_id)
-            env.update(account.environment())
-            env[KERNEL_ACCOUNT_ENV] = account.name  # read (and removed) by AccountProvisioner
-        kwargs["env"] = env
-        kernel_id = await super().start_kernel(*args, **kwargs)
-        self.kernel_owners[kernel_id] = request.owner
-        return kernel_id
-
-    def remove_kernel(self, kernel_id):
-        # Called whenever a kernel goes away (shutdown, culling): the owner map must not grow forever.
-        self.kernel_owners.pop(kernel_id, None)
-        return super().remove_kernel(kernel_id)
-
-    def owner_of(self, kernel_id: str | None) -> str | None:
-        return self.kernel_owners.get(kernel_id) if kernel_id else None
-
-
-class WakefulShellChannel(AsyncZMQSocketChannel):
-    """A shell channel whose waits re-check the socket every ``_SHELL_WAKE_UP`` seconds.
-
-    While Voila's executor (nbclient) waits for a cell's execute_reply on the shell socket, it also sends
-    on that socket: every output captured by an ``ipywidgets.Output`` is synced back to the kernel as a
-    comm_msg. jupyter_client sends through a blocking shadow of the asyncio socket, which can swallow the
-    socket's edge-triggered wake-up; the reply then sits unread until the cell timeout (120 s a cell,
-    STACK-NOTES' "stall"). A fresh poll sees a message that is already there, so polling in slices bounds
-    that delay to a fraction of a second.
-    """
-
-    async def get_msg(self, timeout: float | None = None) -> dict:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            remaining = _SHELL_WAKE_UP if deadline is None else max(0.0, deadline - time.monotonic())
-            if await self.socket.poll(int(min(remaining, _SHELL_WAKE_UP) * 1000)):
-                return await self._recv()
-            if deadline is not None and time.monotonic() >= deadline:
-                raise Empty
-
-
-class ViewerKernelClient(AsyncKernelClient):
-    """The client Voila renders an app with (``ServerKernelManager.client_class`` in viewer_config.py)."""
-
-    shell_channel_class = Type(WakefulShellChannel)
 
 
 class ViewerAuthorizer(JupyterHubAuthorizer):
@@ -174,6 +85,11 @@ class AppHandler(TornadoVoilaHandler):
     async def get(self, app_id):
         as_user = self.get_query_argument("as_user", None)
         session = await request_viewer_session(self.current_user.username, app_id, as_user)
+        await self.render_app(session, owner=self.current_user.username)
+
+    async def render_app(self, session: dict, owner: str) -> None:
+        """Renders the app of a viewer session (the service's answer) with a kernel that belongs to ``owner``
+        (the name the kernel websocket's caller must have) and carries the session's token."""
         # The page shows the branding of the app's organization, as the service read it from the platform
         # database (Voila hands page_config to the template; the template keeps it out of the page's JSON).
         branding = session.get("branding") or {}
@@ -185,17 +101,15 @@ class AppHandler(TornadoVoilaHandler):
             # The app's current title (a PATCH changes it without a new snapshot).
             "carnetTitle": session["app"]["title"],
         }
-        token = _kernel_request.set(
-            KernelRequest(
-                owner=self.current_user.username, token=session["token"], user_id=session["user"]["id"]
-            )
+        token = kernel_request.set(
+            KernelRequest(owner=owner, token=session["token"], user_id=session["user"]["id"])
         )
         try:
             async for html in self.get_generator(path=session["notebook_path"]):
                 self.write(html)
                 self.flush()
         finally:
-            _kernel_request.reset(token)
+            kernel_request.reset(token)
 
 
 class OwnedKernelShutdownHandler(VoilaShutdownKernelHandler):

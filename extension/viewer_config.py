@@ -29,9 +29,9 @@ c.ServerApp.terminals_enabled = False
 settings.published_dir.mkdir(parents=True, exist_ok=True)
 c.ServerApp.root_dir = str(settings.published_dir)
 
-c.ServerApp.kernel_manager_class = "carnet.extension.viewer.ViewerKernelManager"
+c.ServerApp.kernel_manager_class = "carnet.extension.viewer_kernels.ViewerKernelManager"
 # Renders must not stall when widget outputs are synced as a reply arrives (see WakefulShellChannel).
-c.ServerKernelManager.client_class = "carnet.extension.viewer.ViewerKernelClient"
+c.ServerKernelManager.client_class = "carnet.extension.viewer_kernels.ViewerKernelClient"
 c.ServerApp.authorizer_class = "carnet.extension.viewer.ViewerAuthorizer"
 c.ContentsManager.allow_hidden = False
 

@@ -67,6 +67,7 @@ def test_wheel_contains_each_part(wheel):
         "carnet/extension/__init__.py",
         "carnet/extension/viewer.py",
         "carnet/extension/viewer_config.py",
+        "carnet/extension/viewer_kernels.py",
         "carnet/kernel_helpers/__init__.py",
         "carnet/hub_config/jupyterhub_config.py",
         "carnet/scheduler/app.py",
