@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
+from typing import NoReturn
 
 import duckdb
 
@@ -22,6 +23,8 @@ from carnet.loads import history
 from carnet.loads.targets import load_target
 from carnet.loads.types import (
     ROW_COLUMN,
+    AbandonableStream,
+    StreamAbandoned,
     check_column_names,
     check_conversions,
     duckdb_type,
@@ -101,20 +104,27 @@ def _load(settings, org_id, table, mode, steps, key, types, actor_id, actor, ori
     rows_in = 0
     try:
         rows_in, rows_out = _run(settings, org_id, table, steps, key, forced, types or {})
-    except CarnetError as error:
-        history.finish(settings, load_id, "failed", rows_in, None, error.message)
-        raise
-    except duckdb.Error as error:
-        failure = _load_error(table, error)
-        history.finish(settings, load_id, "failed", rows_in, None, failure.message)
-        raise failure from None
     except BaseException as error:
-        history.finish(settings, load_id, "failed", rows_in, None, f"{type(error).__name__}: {error}")
-        raise
+        if any(isinstance(data, AbandonableStream) and data.abandoned for _, data in steps):
+            # The transaction rolled back and nothing happened: the caller loads again from another reader.
+            history.discard(settings, load_id)
+            raise StreamAbandoned(str(error).splitlines()[0][:300]) from None
+        _record_failure(settings, load_id, table, rows_in, error)
     history.finish(settings, load_id, "succeeded", rows_in, rows_out, None)
     return LoadResult(
         load_id, table, mode, rows_in, rows_out, round(time.monotonic() - started, 3), "succeeded"
     )
+
+
+def _record_failure(settings, load_id: int, table: str, rows_in: int, error: BaseException) -> NoReturn:
+    """Finish the history row as failed and raise what the caller gets (a DuckDB error as a CarnetError)."""
+    if isinstance(error, duckdb.Error):
+        failure = _load_error(table, error)
+        history.finish(settings, load_id, "failed", rows_in, None, failure.message)
+        raise failure from None
+    message = error.message if isinstance(error, CarnetError) else f"{type(error).__name__}: {error}"
+    history.finish(settings, load_id, "failed", rows_in, None, message)
+    raise error
 
 
 # DuckDB errors that come from the data itself (a type DuckDB cannot read, a value it cannot convert): the

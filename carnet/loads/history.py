@@ -41,6 +41,14 @@ def finish(
         row.finished_at = utcnow()
 
 
+def discard(settings, load_id: int) -> None:
+    """Forget a load that changed nothing and is being done again (its reader gave up part way)."""
+    with session_scope(settings.db_url) as session:
+        row = session.get(WarehouseLoad, load_id)
+        if row is not None:
+            session.delete(row)
+
+
 INTERRUPTED = "interrupted: the service stopped during the load"
 
 

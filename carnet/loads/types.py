@@ -25,6 +25,32 @@ ROW_COLUMN = "_carnet_row"
 _DECIMAL = re.compile(r"^decimal\(\s*(\d{1,2})\s*,\s*(\d{1,2})\s*\)$")
 
 
+class StreamAbandoned(Exception):
+    """A stream of rows gave up part way (the fast CSV reader met a value its first block's types cannot
+    hold): nothing was loaded, and the caller loads again from another reader. Not an error of the data."""
+
+
+class AbandonableStream:
+    """A RecordBatchReader whose producer may give up part way. Inside the load engine the giving up
+    surfaces as a DuckDB error; ``abandoned`` tells the engine it was this, so it raises StreamAbandoned
+    (and keeps no history row) instead of reporting a failed load."""
+
+    def __init__(self, reader: pa.RecordBatchReader | None, _state: dict | None = None):
+        self.reader = reader
+        self._state = _state if _state is not None else {"abandoned": False}
+
+    @property
+    def abandoned(self) -> bool:
+        return self._state["abandoned"]
+
+    def give_up(self) -> None:
+        self._state["abandoned"] = True
+
+    def with_reader(self, reader: pa.RecordBatchReader) -> AbandonableStream:
+        """The same stream (it gives up with this one) read through ``reader``, e.g. with renamed columns."""
+        return AbandonableStream(reader, self._state)
+
+
 def duckdb_type(name: str, column: str) -> str:
     """The DuckDB type of a forced type name (``int``, ``decimal(12,2)``...)."""
     spelled = name.strip().lower() if isinstance(name, str) else name
@@ -77,6 +103,8 @@ def to_arrow(data, forced: dict[str, str]) -> pa.Table | pa.RecordBatchReader:
     check then names the offending value); otherwise it is an error naming the column, row and value."""
     if isinstance(data, pa.Table | pa.RecordBatchReader):
         return data
+    if isinstance(data, AbandonableStream):
+        return data.reader
     if isinstance(data, list):
         if not all(isinstance(row, dict) for row in data):
             raise ValidationError("Rows must be JSON objects (column name -> value)", field="rows")

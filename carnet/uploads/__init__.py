@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from carnet.errors import ValidationError
 from carnet.loads import load_table
+from carnet.loads.types import AbandonableStream, StreamAbandoned
 from carnet.uploads.csv_files import CsvOptions, read_csv
 from carnet.uploads.csv_stream import read_csv_fast
 from carnet.warehouse import check_identifier
@@ -216,18 +217,19 @@ def read_parquet(path: Path) -> tuple:
 
 
 # -- the whole step ----------------------------------------------------------------------------------------
-def parse_upload(path: Path, options: UploadOptions, max_bytes: int, stream: bool = False) -> ParsedUpload:
+def parse_upload(
+    path: Path, options: UploadOptions, max_bytes: int, stream: bool = False, fast: bool = True
+) -> ParsedUpload:
     """Parse the uploaded file at ``path`` (temporary files go beside it, named after it). ``stream``: a
-    CSV/TSV that takes the fast path comes back as a RecordBatchReader over a spooled Arrow file (``path``
-    + ``.arrow``), so that a load never holds the whole file in memory."""
+    CSV/TSV that takes the fast path comes back as an AbandonableStream of batches parsed as they are read,
+    so that a load never holds the whole file in memory (give it to ``load_file``, which retries)."""
     if path.stat().st_size == 0:
         raise ValidationError("The file is empty", field="file")
     sheets = None
     if options.format in ("csv", "tsv"):
         forced = "\t" if options.format == "tsv" else None
-        spool = path.with_name(path.name + ".arrow") if stream else None
-        fast = read_csv_fast(path, options.csv, forced, spool)
-        table, names, used = fast or read_csv(path, path.parent, options.csv, forced)
+        quick = read_csv_fast(path, options.csv, forced, stream=stream) if fast else None
+        table, names, used = quick or read_csv(path, path.parent, options.csv, forced)
     elif options.format == "xlsx":
         table, names, used, sheets = read_xlsx(path, options, max_bytes)
     else:
@@ -242,7 +244,9 @@ def parse_upload(path: Path, options: UploadOptions, max_bytes: int, stream: boo
             field="file",
         )
     columns, renamed = normalize_columns(names)
-    if isinstance(table, pa.RecordBatchReader):
+    if isinstance(table, AbandonableStream):
+        table = table.with_reader(_renamed_reader(table.reader, columns))
+    elif isinstance(table, pa.RecordBatchReader):
         table = _renamed_reader(table, columns)
     else:
         table = table.rename_columns(columns)
@@ -253,6 +257,18 @@ def _renamed_reader(reader: pa.RecordBatchReader, names: list[str]) -> pa.Record
     schema = pa.schema([field.with_name(name) for field, name in zip(reader.schema, names, strict=True)])
     batches = (pa.RecordBatch.from_arrays(batch.columns, schema=schema) for batch in reader)
     return pa.RecordBatchReader.from_batches(schema, batches)
+
+
+def load_file(path: Path, options: UploadOptions, max_bytes: int, load) -> tuple:
+    """(``load(data)``'s result, the renamed columns) for the file at ``path``, streamed when it can be:
+    when the fast CSV reader gives up part way (a later value does not fit the first block's types),
+    ``load`` undid everything (StreamAbandoned) and gets the strict reader's table instead."""
+    parsed = parse_upload(path, options, max_bytes, stream=True)
+    try:
+        return load(parsed.table), parsed.renamed
+    except StreamAbandoned:
+        parsed = parse_upload(path, options, max_bytes, stream=False, fast=False)
+        return load(parsed.table), parsed.renamed
 
 
 def store_upload(

@@ -200,6 +200,15 @@ def check_records(path: Path, options: CsvOptions, delimiter: str) -> list[list[
     return sample
 
 
+def _blank_lines_before(lines: list[str]) -> int:
+    count = 0
+    for line in lines:
+        if line.strip("\r\n"):
+            break
+        count += 1
+    return count
+
+
 def read_csv(path: Path, workdir: Path, options: CsvOptions, default_delimiter: str | None) -> tuple:
     """(Arrow table with the file's own header texts as names, the settings used)."""
     if path.stat().st_size == 0:
@@ -230,7 +239,8 @@ def read_csv(path: Path, workdir: Path, options: CsvOptions, default_delimiter: 
         table = pacsv.read_csv(
             utf8,
             read_options=pacsv.ReadOptions(
-                skip_rows=options.skip_rows + (1 if header else 0),
+                # pyarrow counts blank lines before the header as rows; the header sniffer skips them
+                skip_rows=options.skip_rows + _blank_lines_before(lines) + (1 if header else 0),
                 column_names=[f"c{i}" for i in range(width)],
             ),
             parse_options=pacsv.ParseOptions(

@@ -1,25 +1,32 @@
 """The fast path of CSV/TSV parsing, for the common file: UTF-8 without a BOM, no NUL byte, and no quote
 character outside its header line. Such a file cannot have a quoting error, so the strict line-by-line
 check of carnet/uploads/csv_files.py (Python's ``csv``, ~3 s per million rows) and the UTF-8 copy are
-skipped; pyarrow reads it in blocks, refusing ragged rows itself.
+skipped; pyarrow reads it, refusing ragged rows itself.
 
-With ``spool`` the parsed batches go to an Arrow IPC file there and come back as a RecordBatchReader read
-from disk one batch at a time, so a load's memory does not grow with the file (a whole-file read would hold
-every row at once). Streaming fixes each column's type from the first block; pyarrow's whole-file reader
-widens a type when later rows need it. So the file is parsed once, to the spool, before anything reads it:
-a later block that does not fit the first one's types, or any other surprise, returns None and the caller
-takes the slow path (csv_files.read_csv), which either names the problem or reads the file whole.
+Types come from the first block (~2 MB, as pyarrow's streaming reader does); pyarrow's whole-file reader
+would widen a type when later rows need it, so a later block that does not fit the first one's types, or
+any other surprise, means the strict path must read the file: before anything is returned, None; part way
+through a stream, ``StreamAbandoned`` (the load engine undoes the load, the caller loads again from the
+strict path, see ``carnet.uploads.load_file``).
+
+With ``stream`` the rest of the file is cut into chunks at line ends (a line end is always a record's end:
+there is no quote) and parsed by ``PARSE_WORKERS`` threads while the consumer takes the batches in order, so
+parsing runs in parallel, alongside the warehouse's ingest, and memory holds only a few chunks whatever the
+file's size.
 """
 
 from __future__ import annotations
 
 import codecs
 import csv
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from carnet.loads.types import AbandonableStream, StreamAbandoned
 from carnet.uploads.csv_files import (
     CHUNK_BYTES,
     HEADER_SAMPLE_ROWS,
@@ -30,10 +37,12 @@ from carnet.uploads.csv_files import (
     sniff_header,
 )
 
-# pyarrow's block: the first one fixes the types (~20,000 rows of a typical file); its reader reads up to 32
-# blocks ahead of the consumer, so this also caps that buffer (64 MB; with 8 MB blocks a 1 GB file peaked
-# 250 MB higher).
+# The first block fixes the types (~20,000 rows of a typical file), as pyarrow's streaming reader does.
 BLOCK_BYTES = 2 * 1024 * 1024
+# The rest is parsed in chunks of this size (plus the end of their last line), PARSE_WORKERS at a time: at
+# most PARSE_WORKERS + 1 chunks are in memory (raw + parsed, ~35 MB each).
+CHUNK_BYTES_PARALLEL = 16 * 1024 * 1024
+PARSE_WORKERS = 2
 
 
 def _header_span(path: Path, skip_rows: int) -> tuple[int, int, bytes]:
@@ -51,6 +60,8 @@ def plain_utf8(path: Path, quote: str, skip_rows: int) -> bool:
     """Valid UTF-8 with no NUL byte and no quote character outside the header line (one C-speed scan)."""
     start, end, line = _header_span(path, skip_rows)
     mark = quote.encode()
+    if b"\r" in line.rstrip(b"\r\n"):
+        return False  # lines end with a bare CR: chunks are cut at LF, so the strict path reads it
     try:
         header = line.decode("utf-8")
         next(csv.reader([header], quotechar=quote, strict=True), None)  # its quotes must close on its line
@@ -92,9 +103,9 @@ def _sample_lines(path: Path, skip_rows: int) -> list[str]:
     return lines[:-1] if len(text) == SAMPLE_BYTES and len(lines) > 1 else lines  # the last may be cut
 
 
-def read_csv_fast(path: Path, options: CsvOptions, default_delimiter: str | None, spool: Path | None):
-    """(Arrow table, or a RecordBatchReader when ``spool`` is given; the file's header texts; the settings
-    used), or None when the file needs the slow path."""
+def read_csv_fast(path: Path, options: CsvOptions, default_delimiter: str | None, stream: bool = False):
+    """(Arrow table, or with ``stream`` an AbandonableStream of batches; the file's header texts; the
+    settings used), or None when the file needs the slow path."""
     if options.encoding and codecs.lookup(options.encoding).name != "utf-8":
         return None
     with open(path, "rb") as raw:
@@ -114,36 +125,35 @@ def read_csv_fast(path: Path, options: CsvOptions, default_delimiter: str | None
     header = sniff_header(rows) if options.header is None else options.header
     decimal = options.decimal or sniff_decimal(rows[1:] if header else rows, delimiter)
     names = list(rows[0]) if header else [f"column_{i + 1}" for i in range(width)]
-    convert = pacsv.ConvertOptions(decimal_point=decimal, strings_can_be_null=True)
-    if options.null_values is not None:
-        convert.null_values = options.null_values
+    parser = _ChunkParser(width, delimiter, options.quote, decimal, options.null_values)
+    with open(path, "rb") as raw:
+        start = _data_start(raw, options.skip_rows, header)
+        raw.seek(start)
+        first_chunk = _read_chunk(raw, BLOCK_BYTES)
+        after_first = raw.tell()
     try:
-        reader = pacsv.open_csv(
-            path,
-            read_options=pacsv.ReadOptions(
-                skip_rows=options.skip_rows + (1 if header else 0),
-                column_names=[f"c{i}" for i in range(width)],
-                block_size=BLOCK_BYTES,
-            ),
-            # No quote outside the header line: a value cannot hold a newline, which lets pyarrow split
-            # blocks without scanning for quotes.
-            parse_options=pacsv.ParseOptions(
-                delimiter=delimiter, quote_char=options.quote, double_quote=True
-            ),
-            convert_options=convert,
+        first = parser.parse(first_chunk)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return None  # ragged rows...: the slow path says which
+    # A column with no value in the first block has Arrow's null type, which the warehouse cannot store:
+    # text, as the slow path makes it (a later value in it is a type change: slow path).
+    schema = pa.schema(
+        [pa.field(f.name, pa.string()) if pa.types.is_null(f.type) else f for f in first.schema]
+    )
+    if any(pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type) for f in schema):
+        return None
+    if first.num_rows == 0:
+        return None  # a header-only file: the slow path has the message for it
+    first = first.cast(schema)
+    parser.column_types = schema
+    try:
+        data = (
+            _stream(path, after_first, first, parser)
+            if stream
+            else _collect(path, after_first, first, parser)
         )
-        # A column with no value in the first block has Arrow's null type, which the warehouse cannot store:
-        # text, as the slow path makes it (a later value in it is a type change: slow path).
-        schema = pa.schema(
-            [pa.field(f.name, pa.string()) if pa.types.is_null(f.type) else f for f in reader.schema]
-        )
-        if any(pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type) for f in schema):
-            return None
-        data = _spool(reader, schema, spool) if spool else _collect(reader, schema)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, _NoRows):
-        if spool:
-            spool.unlink(missing_ok=True)
-        return None  # ragged rows, a type change after the first block...: the slow path says which
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return None  # a type change after the first block...: the slow path says which
     used = {
         "encoding": "utf-8",
         "delimiter": delimiter,
@@ -155,25 +165,92 @@ def read_csv_fast(path: Path, options: CsvOptions, default_delimiter: str | None
     return data, names, used
 
 
-class _NoRows(Exception):
-    """A header-only file: the slow path has the message for it."""
+def _data_start(raw, skip_rows: int, header: bool) -> int:
+    """Offset of the first data line: after ``skip_rows`` lines, the blank lines the sniffer ignores too,
+    and the header line when there is one."""
+    for _ in range(skip_rows):
+        if not raw.readline():
+            return raw.tell()
+    while True:
+        position = raw.tell()
+        line = raw.readline()
+        if not line:
+            return position
+        if line.strip(b"\r\n"):
+            return raw.tell() if header else position
 
 
-def _collect(reader, schema: pa.Schema) -> pa.Table:
-    table = pa.Table.from_batches([batch.cast(schema) for batch in reader], schema=schema)
-    if table.num_rows == 0:
-        raise _NoRows
-    return table
+def _read_chunk(raw, size: int) -> bytes:
+    """About ``size`` bytes ending at a line end (the rest of the cut line is read too)."""
+    chunk = raw.read(size)
+    return chunk + raw.readline() if chunk and not chunk.endswith(b"\n") else chunk
 
 
-def _spool(reader, schema: pa.Schema, spool: Path) -> pa.RecordBatchReader:
-    rows = 0
-    with pa.OSFile(str(spool), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
-        for batch in reader:
-            writer.write_batch(batch if batch.schema == schema else batch.cast(schema))
-            rows += batch.num_rows
-    if rows == 0:
-        spool.unlink(missing_ok=True)
-        raise _NoRows
-    # Read back batch by batch from a plain file (a memory map would count the whole file in the RSS).
-    return pa.ipc.open_stream(pa.OSFile(str(spool), "rb"))
+class _ChunkParser:
+    """Parses one chunk of whole lines (no header) with the file's settings; once ``column_types`` is set,
+    a value that does not fit its column's type raises ArrowInvalid."""
+
+    def __init__(self, width: int, delimiter: str, quote: str, decimal: str, null_values):
+        self.names = [f"c{i}" for i in range(width)]
+        self.parse_options = pacsv.ParseOptions(delimiter=delimiter, quote_char=quote, double_quote=True)
+        self.decimal = decimal
+        self.null_values = null_values
+        self.column_types: pa.Schema | None = None
+
+    def parse(self, chunk: bytes) -> pa.Table:
+        convert = pacsv.ConvertOptions(
+            decimal_point=self.decimal, strings_can_be_null=True, column_types=self.column_types
+        )
+        if self.null_values is not None:
+            convert.null_values = self.null_values
+        table = pacsv.read_csv(
+            pa.BufferReader(chunk),
+            # One chunk per thread: the parallelism is across chunks (PARSE_WORKERS).
+            read_options=pacsv.ReadOptions(
+                column_names=self.names, use_threads=False, block_size=max(len(chunk), 1 << 20)
+            ),
+            parse_options=self.parse_options,
+            convert_options=convert,
+        )
+        return table
+
+
+def _chunks(path: Path, offset: int):
+    with open(path, "rb") as raw:
+        raw.seek(offset)
+        while chunk := _read_chunk(raw, CHUNK_BYTES_PARALLEL):
+            yield chunk
+
+
+def _collect(path: Path, offset: int, first: pa.Table, parser: _ChunkParser) -> pa.Table:
+    tables = [first] + [parser.parse(chunk) for chunk in _chunks(path, offset)]
+    return pa.concat_tables([table.cast(first.schema) for table in tables])
+
+
+def _stream(path: Path, offset: int, first: pa.Table, parser: _ChunkParser) -> AbandonableStream:
+    stream = AbandonableStream(None)
+
+    def batches():
+        yield from first.to_batches()
+        pool = ThreadPoolExecutor(PARSE_WORKERS, thread_name_prefix="carnet-csv")
+        pending: deque = deque()
+        try:
+            for chunk in _chunks(path, offset):
+                pending.append(pool.submit(parser.parse, chunk))
+                if len(pending) > PARSE_WORKERS:
+                    yield from _parsed(pending.popleft())
+            while pending:
+                yield from _parsed(pending.popleft())
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _parsed(future):
+        try:
+            table = future.result()
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
+            stream.give_up()
+            raise StreamAbandoned(f"a later part of the file does not fit its first block: {error}") from None
+        return table.cast(first.schema).to_batches()
+
+    stream.reader = pa.RecordBatchReader.from_batches(first.schema, batches())
+    return stream

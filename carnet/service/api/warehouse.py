@@ -21,7 +21,7 @@ from carnet.loads.invalidation import after_load, forget_all
 from carnet.row_security import refuse_ruled_table
 from carnet.service.api.base import API_PREFIX, BaseHandler, authorized
 from carnet.service.api.streamed_body import StreamedBodyMixin
-from carnet.uploads import options_from_query, parse_upload, preview_rows
+from carnet.uploads import load_file, options_from_query, preview_rows
 from carnet.warehouse import check_identifier, open_warehouse
 
 READ, LOAD = "warehouse:read", "warehouse:load"
@@ -77,22 +77,17 @@ def actor_name(principal) -> str:
     return f"api key {principal.key_name}" if principal.via == "api_key" else principal.email
 
 
-def read_body(path: Path, fmt: str, options, max_bytes: int) -> tuple:
-    """(The data of a load body on disk, its renamed columns): a stream of batches for Arrow and Parquet
-    (never the whole file in memory), a parsed table for CSV/TSV/Excel, whose header names are made
-    warehouse identifiers (warehouse column -> the file's name, as an upload answers)."""
+def read_stream_body(path: Path, fmt: str) -> pa.RecordBatchReader:
+    """An Arrow or Parquet load body on disk as a stream of batches (never the whole file in memory)."""
     try:
         if fmt == "arrow":
-            return pa.ipc.open_stream(pa.memory_map(str(path))), {}
-        if fmt == "parquet":
-            import pyarrow.parquet as pq
+            return pa.ipc.open_stream(pa.memory_map(str(path)))
+        import pyarrow.parquet as pq
 
-            parquet = pq.ParquetFile(path)
-            return pa.RecordBatchReader.from_batches(parquet.schema_arrow, parquet.iter_batches()), {}
+        parquet = pq.ParquetFile(path)
+        return pa.RecordBatchReader.from_batches(parquet.schema_arrow, parquet.iter_batches())
     except (pa.ArrowInvalid, OSError) as exc:
         raise ValidationError(f"The body is not a readable {fmt} stream: {exc}", field="body") from None
-    parsed = parse_upload(path, options, max_bytes, stream=True)  # CSV: batches from disk, when it can
-    return parsed.table, parsed.renamed
 
 
 class WarehouseHandler(BaseHandler):
@@ -198,19 +193,28 @@ class LoadHandler(StreamedBodyMixin, WarehouseHandler):
 
     def _load(self, path: Path):
         actor_id, actor, origin = self.actor()
-        data, self.renamed = read_body(path, self.format, self.options, self.settings_obj.upload_max_bytes)
-        return loads.load_table(
-            self.settings_obj,
-            self.principal().org_id,
-            self.table,
-            data,
-            mode=self.mode,
-            key=self.key or None,
-            types=self.types or None,
-            actor_id=actor_id,
-            actor=actor,
-            origin=origin,
-        )
+
+        def load(data):
+            return loads.load_table(
+                self.settings_obj,
+                self.principal().org_id,
+                self.table,
+                data,
+                mode=self.mode,
+                key=self.key or None,
+                types=self.types or None,
+                actor_id=actor_id,
+                actor=actor,
+                origin=origin,
+            )
+
+        if self.options is None:  # Arrow or Parquet
+            self.renamed = {}
+            return load(read_stream_body(path, self.format))
+        # CSV/TSV/Excel: header names made warehouse identifiers (warehouse column -> the file's name, as
+        # an upload answers); CSV parsed as it is loaded, again by the strict reader if the fast one gives up.
+        result, self.renamed = load_file(path, self.options, self.settings_obj.upload_max_bytes, load)
+        return result
 
     @authorized(LOAD)
     async def post(self, table):
