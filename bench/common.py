@@ -17,10 +17,10 @@ from carnet.tokens import mint_token
 from tests.helpers import CarnetStack
 
 
-def start_stack() -> CarnetStack:
+def start_stack(env: dict | None = None) -> CarnetStack:
     data_dir = Path(tempfile.mkdtemp(prefix="carnet-bench-"))
     os.chmod(data_dir, 0o711)  # noqa: S103 - people's OS accounts traverse it to their homes
-    stack = CarnetStack(data_dir)
+    stack = CarnetStack(data_dir, env=env)
     stack.start()
     return stack
 

@@ -7,6 +7,7 @@ Bulk data travels as Arrow IPC.
 from __future__ import annotations
 
 import os
+import weakref
 from urllib.parse import quote
 
 import pyarrow as pa
@@ -43,6 +44,11 @@ _API_ERRORS = {
 }
 
 
+# Clients that took their token from the environment (a kernel's CARNET_TOKEN): when the Viewer hands a
+# pre-rendered kernel to the next viewer, carnet.kernel_helpers.identity.use_token gives them the new token.
+_ENV_CLIENTS: weakref.WeakSet = weakref.WeakSet()
+
+
 def api_error(status: int, message: str, **fields) -> CarnetApiError:
     """The typed exception of an API answer (``CarnetApiError`` itself for other statuses)."""
     return _API_ERRORS.get(status, CarnetApiError)(status, message, **fields)
@@ -70,6 +76,8 @@ class ApiClient:
         self.timeout = timeout
         self._http = requests.Session()
         self._http.headers["Authorization"] = f"Bearer {self.token}"
+        if not (api_key or token):
+            _ENV_CLIENTS.add(self)
 
     def _request(self, method: str, path: str, **kwargs) -> requests.Response:
         response = self._http.request(method, self.url + path, timeout=self.timeout, **kwargs)

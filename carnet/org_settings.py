@@ -8,6 +8,7 @@ sharing reads ``allow_public_apps``). A change is validated whole before anythin
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +21,9 @@ from carnet.errors import NotFound, ValidationError
 from carnet.validation import refuse_hidden_characters
 
 MAX_NAME = 200
+# An origin that may frame embed URLs (CSP frame-ancestors source): scheme, host (optionally *.), port.
+_ORIGIN = re.compile(r"^https?://(\*\.)?[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*(:\d{1,5})?$")
+MAX_EMBED_ORIGINS = 20
 # Keys of an organization that are never settings: asking to change them is a 400, not silently ignored.
 NOT_SETTINGS = frozenset({"id", "slug", "org_id", "created_at", "settings"})
 
@@ -63,6 +67,21 @@ def _timezone(key: str, value) -> str:
     return value.strip()
 
 
+def _origins(key: str, value) -> str:
+    """Space-separated origins (``https://portal.example``); empty: any site."""
+    if not isinstance(value, str):
+        raise ValidationError(f"{key} must be text", field=key)
+    origins = list(dict.fromkeys(value.split()))
+    bad = [o for o in origins if not _ORIGIN.fullmatch(o)]
+    if bad:
+        raise ValidationError(
+            f"{key}: not an origin like https://portal.example: {bad[0][:100]!r}", field=key
+        )
+    if len(origins) > MAX_EMBED_ORIGINS:
+        raise ValidationError(f"{key}: at most {MAX_EMBED_ORIGINS} origins", field=key)
+    return " ".join(origins)
+
+
 def _bool(key: str, value) -> bool:
     if not isinstance(value, bool):
         raise ValidationError(f"{key} must be true or false", field=key)
@@ -80,6 +99,14 @@ SETTINGS: dict[str, Setting] = {
             False,
             "Whether studio users and admins may make an app public (open to anyone with its link).",
             _bool,
+        ),
+        Setting(
+            "embed_origins",
+            "text",
+            "",
+            "Sites whose pages may frame this organization's embed URLs, as origins separated by spaces "
+            "(https://portal.example); empty: any site.",
+            _origins,
         ),
         Setting(
             "api_key_max_days",

@@ -7,9 +7,10 @@ through sources whatever the person's role (a viewer sees data only through apps
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from carnet.db.models import Role, TokenKind, role_at_least
+from carnet.errors import NotFound
 
 ACTION_MIN_ROLE: dict[str, Role] = {
     "me:read": Role.viewer,
@@ -46,10 +47,28 @@ ACTION_MIN_ROLE: dict[str, Role] = {
 
 APP_KERNEL_ACTIONS = frozenset({"me:read", "sources:list", "sources:read_data"})
 APP_KERNEL_KINDS = frozenset({TokenKind.viewer_kernel, TokenKind.job})
+# Kernels of anonymous visitors (public links, embed URLs; carnet.app_links): no person behind them, so no
+# /me either; they list and read only their app's sources (``Principal.scope``).
+ANONYMOUS_KERNEL_ACTIONS = frozenset({"sources:list", "sources:read_data"})
+ANONYMOUS_KERNEL_KINDS = frozenset({TokenKind.public_app, TokenKind.embed})
 API_KEY_VIA = "api_key"
 # Only a person signed in through the Hub (browser or Hub token) may do these: never an API key (keys are for
 # programs, key management is for people) nor a kernel's token, whatever the role.
 PEOPLE_ONLY_ACTIONS = frozenset({"keys:manage"})
+
+
+@dataclass(frozen=True)
+class AppScope:
+    """What an anonymous visitor's kernel may reach: one app's sources, read with these attribute values
+    (row rules apply; none for a public link) and these variables (fixed: they override the kernel's)."""
+
+    app_id: int
+    sources: frozenset[str]
+    attributes: dict = field(default_factory=dict)
+    variables: dict = field(default_factory=dict)
+
+    def allows(self, source_name: str) -> bool:
+        return source_name in self.sources
 
 
 @dataclass(frozen=True)
@@ -63,12 +82,30 @@ class Principal:
     role: Role
     via: str  # 'hub' (browser cookie or Hub token), 'api_key' (role capped by the key) or a TokenKind value
     key_name: str = ""  # the API key's name when via == 'api_key'
+    scope: AppScope | None = None  # set only for anonymous visitors' kernels (public_app, embed)
 
     def can(self, action: str) -> bool:
         if action not in ACTION_MIN_ROLE:
             raise KeyError(f"Unknown action {action!r}: add it to ACTION_MIN_ROLE")
+        if self.via in ANONYMOUS_KERNEL_KINDS:
+            return self.scope is not None and action in ANONYMOUS_KERNEL_ACTIONS
         if self.via in APP_KERNEL_KINDS:
             return action in APP_KERNEL_ACTIONS
         if action in PEOPLE_ONLY_ACTIONS and self.via != "hub":
             return False
         return role_at_least(self.role, ACTION_MIN_ROLE[action])
+
+
+def refuse_outside_scope(principal: Principal, name: str) -> None:
+    """An anonymous visitor's kernel naming a source its app does not read: exactly like an unknown one."""
+    scope = getattr(principal, "scope", None)
+    if scope is not None and not scope.allows(name):
+        raise NotFound(f"No source named {name!r}")
+
+
+def scoped_variables(principal: Principal, variables):
+    """An embed URL's signed variables win over whatever the visitor's kernel sends."""
+    scope = getattr(principal, "scope", None)
+    if scope is None or not scope.variables:
+        return variables
+    return {**(variables or {}), **scope.variables}

@@ -110,6 +110,11 @@ def check_rules(raw) -> list[dict]:
 
 def row_context_for(session, principal, *, as_user_id: int | None = None) -> RowContext:
     """The context of ``principal`` (or, for an admin previewing, of the member ``as_user_id``)."""
+    scope = getattr(principal, "scope", None)
+    if scope is not None:
+        # An anonymous visitor (carnet.app_links): restricted, with only the values it was given (none for
+        # a public link, so every ruled source shows no rows).
+        return RowContext(True, {k: tuple(v) for k, v in scope.attributes.items()})
     user_id, role = principal.user_id, principal.role
     if as_user_id is not None:
         member = session.scalar(
@@ -141,15 +146,21 @@ def rule_conditions(rules: list[dict], context: RowContext) -> tuple[Condition, 
     return tuple(conditions)
 
 
-def refuse_ruled_table(session, principal, table: str) -> None:
-    """A restricted person may not read a warehouse table directly when a source over it has row rules:
-    the rules live on the source, and the table's rows would bypass them."""
+def ruled_tables(session, principal) -> set[str]:
+    """The warehouse tables a restricted person may not see whole: a source over them has row rules (none
+    for unrestricted people). Their rows, and how many there are, are only for the rules to give."""
     if principal.role not in RESTRICTED_ROLES:
-        return
+        return set()
     sources = session.scalars(
         select(DataSource).where(DataSource.org_id == principal.org_id, DataSource.kind == "warehouse_table")
     )
-    if any((s.options or {}).get("table") == table and s.row_rules for s in sources):
+    return {(s.options or {}).get("table") for s in sources if s.row_rules} - {None}
+
+
+def refuse_ruled_table(session, principal, table: str) -> None:
+    """A restricted person may not read a warehouse table directly when a source over it has row rules:
+    the rules live on the source, and the table's rows would bypass them."""
+    if table in ruled_tables(session, principal):
         raise PermissionDenied(
             f"The table {table!r} has row-level rules: read it through its source", field="table"
         )

@@ -231,6 +231,52 @@ class CarnetSettings(Configurable):
             raise ValueError("invitation_days must be at least 1")
         return proposal["value"]
 
+    # -- the Viewer's kernels (extension/render_pool.py) ------------------------------------------------
+    viewer_max_kernels_per_app = Integer(
+        help="""Most Viewer kernels one app may hold at once (kernels of open pages plus pre-rendered ones
+        waiting in the render pool). Beyond it a new visitor gets a "busy, try again in a moment" page (HTTP
+        503 with Retry-After). 0: no cap. Environment: CARNET_VIEWER_MAX_KERNELS_PER_APP.""",
+    ).tag(config=True)
+
+    @default("viewer_max_kernels_per_app")
+    def _default_viewer_max_kernels_per_app(self):
+        return int(os.environ.get("CARNET_VIEWER_MAX_KERNELS_PER_APP", "20"))
+
+    viewer_max_kernels_per_org = Integer(
+        help="""Most Viewer kernels the apps of one organization may hold at once, counted as for
+        viewer_max_kernels_per_app. 0: no cap. Environment: CARNET_VIEWER_MAX_KERNELS_PER_ORG.""",
+    ).tag(config=True)
+
+    @default("viewer_max_kernels_per_org")
+    def _default_viewer_max_kernels_per_org(self):
+        return int(os.environ.get("CARNET_VIEWER_MAX_KERNELS_PER_ORG", "60"))
+
+    viewer_pool_size = Integer(
+        help="""Pre-rendered pages (each a live kernel, ~150-350 MB) the Viewer keeps ready per (app version,
+        row-level context, filter values) that was opened: the next visitor with the same key gets the page
+        at once and the kernel behind it. 0 turns the render pool off. Environment:
+        CARNET_VIEWER_POOL_SIZE.""",
+    ).tag(config=True)
+
+    @default("viewer_pool_size")
+    def _default_viewer_pool_size(self):
+        return int(os.environ.get("CARNET_VIEWER_POOL_SIZE", "1"))
+
+    viewer_pool_ttl = Integer(
+        help="""Seconds a pre-rendered page waits in the render pool before its kernel is shut down (its
+        data may be stale by then). Environment: CARNET_VIEWER_POOL_TTL.""",
+    ).tag(config=True)
+
+    @default("viewer_pool_ttl")
+    def _default_viewer_pool_ttl(self):
+        return int(os.environ.get("CARNET_VIEWER_POOL_TTL", "600"))
+
+    @validate(
+        "viewer_max_kernels_per_app", "viewer_max_kernels_per_org", "viewer_pool_size", "viewer_pool_ttl"
+    )
+    def _validate_viewer_not_negative(self, proposal):
+        return _not_negative(proposal["trait"].name, proposal["value"])
+
     # -- secrets at rest (carnet/crypto.py) and outgoing fetches (carnet/net_guard.py) ---------------
     data_key = Unicode(
         help="""The key that encrypts data-source credentials at rest (AES-256-GCM): base64 of 32 random

@@ -7,8 +7,8 @@ Visibility of an app (``App.visibility``):
   (``app_shares``), plus, always, the org's admins and the person who published its current version
   (as in Metabase/Superset, admins see everything; a publisher never locks themselves out);
 - ``public``: recorded choice of a studio user or an admin, allowed only when the organization's setting
-  ``allow_public_apps`` is true. Every member of the org may open it. The public link itself (a token URL
-  for anonymous visitors) comes with a later Viewer release: nothing is served to anonymous people yet.
+  ``allow_public_apps`` is true. Every member of the org may open it. Anonymous visitors need the app's
+  public link or a signed embed URL (``carnet.app_links``), made separately by studio users and admins.
 
 The rule lives in one place, ``openable_clause``: a SQL condition on ``App`` used both for lists (one query,
 nothing filtered in Python) and for one app (``find_openable_app``). An app the caller may not open is a
@@ -23,12 +23,14 @@ from sqlalchemy import delete, exists, or_, select, true
 
 from carnet.db.models import (
     App,
+    AppPublicLink,
     AppShare,
     Job,
     JobRun,
     Membership,
     Organization,
     Role,
+    Token,
     User,
     ViewerGroup,
     ViewerGroupMember,
@@ -42,7 +44,8 @@ MAX_SHARES = 1000  # per list (users, groups): a share list longer than this is 
 SHARING_FIELDS = frozenset({"visibility", "users", "groups"})
 PUBLIC_SETTING = "allow_public_apps"
 PUBLIC_LINK_NOTE = (
-    "The public link for anonymous visitors comes with a later Viewer release: none exists yet."
+    "Anonymous visitors need the app's public link: make one with POST /api/v1/apps/<id>/public-link "
+    "(shown once; see carnet.app_links)."
 )
 
 
@@ -253,6 +256,9 @@ def unpublish(session, settings, app: App, *, force: bool = False) -> dict:
         session.execute(delete(JobRun).where(JobRun.job_id.in_(job_ids)))
         session.execute(delete(Job).where(Job.id.in_(job_ids)))
     session.execute(delete(AppShare).where(AppShare.app_id == app.id))
+    # Its public link and its visitors' kernel tokens end with it (carnet.app_links).
+    session.execute(delete(AppPublicLink).where(AppPublicLink.app_id == app.id))
+    session.execute(delete(Token).where(Token.app_id == app.id))
     details = {"slug": app.slug, "title": app.title, "versions": app.current_version, "jobs_deleted": listed}
     session.delete(app)  # its versions go with it (ORM cascade)
     session.flush()

@@ -32,10 +32,12 @@ def mint_token(
     session: Session,
     *,
     kind: TokenKind,
-    user_id: int,
+    user_id: int | None,
     org_id: int,
     ttl_seconds: int | None,
     note: str = "",
+    app_id: int | None = None,
+    scope: dict | None = None,
 ) -> str:
     """Store a new token and return its clear text (shown once, never stored)."""
     prefix = secrets.token_hex(6)
@@ -50,14 +52,17 @@ def mint_token(
             org_id=org_id,
             note=note,
             expires_at=expires_at,
+            app_id=app_id,
+            scope=scope,
         )
     )
     session.flush()
     return f"{TOKEN_PREFIX}{prefix}_{secret}"
 
 
-def resolve_token(session: Session, text: str) -> tuple[Token, Membership] | None:
-    """The live token and the membership it acts under, or None for anything invalid."""
+def resolve_token(session: Session, text: str) -> tuple[Token, Membership | None] | None:
+    """The live token and the membership it acts under, or None for anything invalid. A token of an
+    anonymous visitor's kernel has no membership: ``carnet.app_links.visitor_principal`` checks it further."""
     if not text.startswith(TOKEN_PREFIX) or text.count("_") < 2:
         return None
     prefix, _, secret = text[len(TOKEN_PREFIX) :].partition("_")
@@ -68,6 +73,8 @@ def resolve_token(session: Session, text: str) -> tuple[Token, Membership] | Non
         return None
     if token.expires_at is not None and token.expires_at <= utcnow():
         return None
+    if token.user_id is None:
+        return token, None
     if not token.user.is_active:
         return None
     cut_off = token.user.credentials_valid_after

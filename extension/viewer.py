@@ -15,7 +15,6 @@ import os
 import re
 
 from jupyter_core.utils import ensure_async
-from jupyter_server.base.handlers import FileFindHandler
 from jupyter_server.utils import url_path_join
 from jupyterhub.singleuser.extension import JupyterHubAuthorizer, JupyterHubIdentityProvider
 from jupyterlab_server.themes_handler import ThemesHandler
@@ -24,11 +23,15 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from voila.configuration import VoilaConfiguration
 from voila.paths import collect_static_paths, collect_template_paths
 from voila.shutdown_kernel_handler import VoilaShutdownKernelHandler
-from voila.static_file_handler import MultiStaticFileHandler, TemplateStaticFileHandler
+from voila.static_file_handler import TemplateStaticFileHandler
 from voila.tornado.handler import TornadoVoilaHandler
 from voila.utils import get_data_dir, get_voila_labextensions_path, pjoin
 
+from carnet.extension.render_pool import Busy, pool_key, render_context, render_pool_of, write_busy
+from carnet.extension.viewer_badge import PublicBadgeMixin
+from carnet.extension.viewer_csp import AppPagePolicyMixin
 from carnet.extension.viewer_kernels import KernelRequest, kernel_request
+from carnet.extension.viewer_static import LabextensionAssetHandler, StaticAssetHandler, check_asset_path
 from carnet.hub_auth import limit_server_hub_auth_cache
 from carnet.settings import CarnetSettings
 
@@ -39,7 +42,10 @@ class ViewerAuthorizer(JupyterHubAuthorizer):
     """Allows a person only to talk to the kernels started for them; every other Jupyter route is refused."""
 
     def is_authorized(self, handler, user, action, resource):
-        if not super().is_authorized(handler, user, action, resource):
+        from carnet.extension.viewer_visitors import VisitorUser  # noqa: PLC0415 - it imports this module
+
+        # An anonymous visitor (public link, embed URL) has no Hub scopes: only the owner check below.
+        if not isinstance(user, VisitorUser) and not super().is_authorized(handler, user, action, resource):
             return False
         if resource != "kernels" or action not in ("read", "execute"):
             return False
@@ -48,9 +54,12 @@ class ViewerAuthorizer(JupyterHubAuthorizer):
         return owner is not None and owner == user.username
 
 
-async def request_viewer_session(username: str, app_id: str, as_user: str | None = None) -> dict:
+async def request_viewer_session(
+    username: str, app_id: str, as_user: str | None = None, ttl_seconds: int | None = None
+) -> dict:
     """Ask the Carnet service whether ``username`` may open ``app_id``; get their kernel token if so. With
-    ``as_user`` (an admin's preview), the token carries that member's identity instead."""
+    ``as_user`` (an admin's preview), the token carries that member's identity instead; ``ttl_seconds``
+    shortens the token's life (the render pool's pre-renders)."""
     api_url = os.environ["CARNET_API_URL"]
     request = HTTPRequest(
         url_path_join(api_url, "api/v1/internal/viewer-sessions"),
@@ -59,7 +68,14 @@ async def request_viewer_session(username: str, app_id: str, as_user: str | None
             "Authorization": f"token {os.environ['JUPYTERHUB_API_TOKEN']}",
             "Content-Type": "application/json",
         },
-        body=json.dumps({"user": username, "app_id": app_id, **({"as_user": as_user} if as_user else {})}),
+        body=json.dumps(
+            {
+                "user": username,
+                "app_id": app_id,
+                **({"as_user": as_user} if as_user else {}),
+                **({"ttl_seconds": ttl_seconds} if ttl_seconds else {}),
+            }
+        ),
         request_timeout=30,
     )
     try:
@@ -78,13 +94,15 @@ async def request_viewer_session(username: str, app_id: str, as_user: str | None
     return json.loads(response.body)
 
 
-class AppHandler(TornadoVoilaHandler):
+class AppHandler(PublicBadgeMixin, AppPagePolicyMixin, TornadoVoilaHandler):
     """/apps/<id>: renders the current version of an app as the person asking."""
 
     @web.authenticated
     async def get(self, app_id):
         as_user = self.get_query_argument("as_user", None)
         session = await request_viewer_session(self.current_user.username, app_id, as_user)
+        # Marked "Public" when anyone with its public link may see it too (carnet.app_links).
+        self.carnet_public = bool(session.get("public"))
         await self.render_app(session, owner=self.current_user.username)
 
     async def render_app(self, session: dict, owner: str) -> None:
@@ -101,8 +119,37 @@ class AppHandler(TornadoVoilaHandler):
             # The app's current title (a PATCH changes it without a new snapshot).
             "carnetTitle": session["app"]["title"],
         }
+        # A page rendered ahead of time for the same app version, data and filters, if the pool has one
+        # (render_pool.py says what makes sharing it safe); else a cold render under the kernel caps.
+        pool = render_pool_of(self)
+        key, refill = self._pool_key(session, owner), None
+        if key is not None:
+            context = render_context(self, session["notebook_path"])
+            app_id, username = session["app"]["id"], owner
+
+            def refill():
+                # The pre-render's token lives only as long as a pooled page may wait (+ its render).
+                ttl = pool.ttl + 600
+                pool.refill(
+                    key, context, lambda: request_viewer_session(username, str(app_id), ttl_seconds=ttl)
+                )
+
+            entry = await pool.hand_over(key, owner, session["token"])
+            if entry is not None:
+                self.set_header("Content-Type", "text/html")
+                self.set_header("Cache-Control", "no-cache, no-store, must-revalidate")
+                refill()  # before the page ends: the refill is logged by the time the visitor has it
+                self.finish(entry.html)
+                return
+        slot = None
+        if session["app"].get("org_id") is not None:
+            try:
+                slot = await pool.reserve(session["app"]["id"], session["app"]["org_id"])
+            except Busy:
+                write_busy(self)
+                return
         token = kernel_request.set(
-            KernelRequest(owner=owner, token=session["token"], user_id=session["user"]["id"])
+            KernelRequest(owner=owner, token=session["token"], user_id=session["user"]["id"], slot=slot)
         )
         try:
             async for html in self.get_generator(path=session["notebook_path"]):
@@ -110,6 +157,21 @@ class AppHandler(TornadoVoilaHandler):
                 self.flush()
         finally:
             kernel_request.reset(token)
+            if slot is not None:
+                slot.free()
+        if refill is not None:
+            refill()
+
+    def _pool_key(self, session: dict, owner: str):
+        # Pooled only for a signed-in person looking as themselves: the refill asks the service for a new
+        # session in their name.
+        try:
+            user = self.current_user
+        except web.HTTPError:  # an anonymous route's handler (public links): never pooled
+            return None
+        if user is None or getattr(user, "username", None) != owner or session["user"]["email"] != owner:
+            return None
+        return pool_key(session, self.request.query)
 
 
 class OwnedKernelShutdownHandler(VoilaShutdownKernelHandler):
@@ -130,6 +192,7 @@ class TemplateAssetHandler(TemplateStaticFileHandler):
     into a 500."""
 
     def parse_url_path(self, path):
+        check_asset_path(path)  # an asset's type, no hidden or odd names (viewer_static.py)
         normalized = os.path.normpath(path).replace(os.path.sep, "/")
         if not _TEMPLATE_ASSET.fullmatch(path) or not _TEMPLATE_ASSET.fullmatch(normalized):
             raise web.HTTPError(404)
@@ -145,6 +208,15 @@ class ViewerIdentityProvider(JupyterHubIdentityProvider):
     @property
     def token(self):
         return ""
+
+    async def get_user(self, handler):
+        user = await super().get_user(handler)
+        if user is None:
+            # Not signed in: an anonymous visitor's signed cookie, on its kernel's routes and visitor pages.
+            from carnet.extension.viewer_visitors import visitor_from_cookie  # noqa: PLC0415 - a cycle
+
+            user = visitor_from_cookie(handler)
+        return user
 
 
 class NotFoundHandler(web.RequestHandler):
@@ -181,18 +253,19 @@ def _load_jupyter_server_extension(server_app):
 
     base = web_app.settings["base_url"]
     labextensions_path = get_voila_labextensions_path(configuration.extra_labextensions_path)
+    app_kwargs = {
+        "config": server_app.config,
+        "template_paths": template_paths,
+        "voila_configuration": configuration,
+    }
+    from carnet.extension.viewer_visitors import visitor_handlers  # noqa: PLC0415 - it imports this module
+
     web_app.add_handlers(
         ".*$",
         [
-            (
-                url_path_join(base, r"apps/(?P<app_id>\d+)/?"),
-                AppHandler,
-                {
-                    "config": server_app.config,
-                    "template_paths": template_paths,
-                    "voila_configuration": configuration,
-                },
-            ),
+            (url_path_join(base, r"apps/(?P<app_id>\d+)/?"), AppHandler, app_kwargs),
+            # Anonymous visitors: an app's public link, a signed embed URL (viewer_visitors.py).
+            *visitor_handlers(base, app_kwargs),
             # Prometheus metrics: any signed-in Hub user could read the Viewer's kernel counts and traffic.
             (url_path_join(base, r"metrics/?"), NotFoundHandler),
             # Jupyter Server's own front page: nothing of Carnet's lives there.
@@ -210,11 +283,11 @@ def _load_jupyter_server_extension(server_app):
                     "no_cache_paths": ["/"],
                 },
             ),
-            (url_path_join(base, "voila/static/(.*)"), MultiStaticFileHandler, {"paths": static_paths}),
+            (url_path_join(base, "voila/static/(.*)"), StaticAssetHandler, {"paths": static_paths}),
             (url_path_join(base, r"voila/api/shutdown/(?P<kernel_id>[\w-]+)"), OwnedKernelShutdownHandler),
             (
                 url_path_join(base, r"voila/labextensions/(.*)"),
-                FileFindHandler,
+                LabextensionAssetHandler,
                 {"path": labextensions_path, "no_cache_paths": ["/"]},
             ),
         ],

@@ -23,6 +23,8 @@ from carnet.settings import CarnetSettings
 _PRIVATE_ENV_PREFIXES = ("JUPYTERHUB_", "CARNET_", "JPY_")
 # Longest a wait on a kernel's shell socket may overlook a reply that already arrived (WakefulShellChannel).
 _SHELL_WAKE_UP = 0.25
+# A viewer's browser may change only the values a person picks in the app's widgets (ipykernel's extension).
+WIDGET_GUARD_ARGUMENT = "--IPKernelApp.extensions=carnet.kernel_helpers.widget_guard"
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,8 @@ class KernelRequest:
     owner: str  # the Hub user name of the person looking at the app
     token: str  # a Carnet viewer_kernel token carrying that person's identity
     user_id: int  # their Carnet user id: the kernel runs as their OS account (carnet.isolation)
+    # The place taken for this kernel under the per-app/per-org caps (render_pool.Slot), if any.
+    slot: object | None = None
 
 
 kernel_request: contextvars.ContextVar[KernelRequest | None] = contextvars.ContextVar(
@@ -50,6 +54,8 @@ class ViewerKernelManager(AsyncMappingKernelManager):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.kernel_owners: dict[str, str] = {}
+        # (app id, org id) of each kernel started under a cap (render_pool.RenderPool counts them).
+        self.kernel_apps: dict[str, tuple[int, int]] = {}
 
     async def start_kernel(self, *args, **kwargs):
         request = kernel_request.get()
@@ -61,13 +67,18 @@ class ViewerKernelManager(AsyncMappingKernelManager):
             env.update(account.environment())
             env[KERNEL_ACCOUNT_ENV] = account.name  # read (and removed) by AccountProvisioner
         kwargs["env"] = env
+        kwargs["extra_arguments"] = [*(kwargs.get("extra_arguments") or []), WIDGET_GUARD_ARGUMENT]
         kernel_id = await super().start_kernel(*args, **kwargs)
         self.kernel_owners[kernel_id] = request.owner
+        if request.slot is not None:
+            self.kernel_apps[kernel_id] = request.slot.app
+            request.slot.free()  # counted as a kernel from now on
         return kernel_id
 
     def remove_kernel(self, kernel_id):
         # Called whenever a kernel goes away (shutdown, culling): the owner map must not grow forever.
         self.kernel_owners.pop(kernel_id, None)
+        self.kernel_apps.pop(kernel_id, None)
         return super().remove_kernel(kernel_id)
 
     def owner_of(self, kernel_id: str | None) -> str | None:

@@ -102,6 +102,9 @@ class CarnetStack:
             # The test database servers (and the closed / silent ports the connection tests use); other
             # non-public addresses stay refused (tests/test_connections.py checks a few).
             "CARNET_SQL_ALLOW_HOSTS": "127.0.0.1",
+            # No pre-rendered pages (each a background render + a kernel) unless a test turns them on
+            # (tests/test_viewer_pool.py): other tests count kernels and tokens of their own renders.
+            "CARNET_VIEWER_POOL_SIZE": "0",
             **{f"CARNET_{name}_PORT": str(port) for name, port in self.ports.items()},
         }
         if smtp:

@@ -17,7 +17,17 @@ from sqlalchemy import delete, func, select
 from tornado import web
 
 from carnet.db import session_scope
-from carnet.db.models import App, AppFavourite, DataSource, Membership, Role, Token, TokenKind, User
+from carnet.db.models import (
+    App,
+    AppFavourite,
+    DataSource,
+    Membership,
+    Organization,
+    Role,
+    Token,
+    TokenKind,
+    User,
+)
 from carnet.demo import DEMO_SOURCE, DEMO_TABLE
 from carnet.passwords import hash_password
 from carnet.permissions import ACTION_MIN_ROLE
@@ -58,6 +68,8 @@ WH = "/warehouse/tables/{table}"
 RESTORE = "/apps/{app_id}/versions/{version}/restore"
 THUMBNAIL = "/apps/{app_id}/thumbnail"
 FAVOURITE = "/apps/{app_id}/favourite"
+PUBLIC_LINK = "/apps/{app_id}/public-link"
+EMBED = "/apps/{app_id}/embed"
 # Columns: anonymous, the acme people (viewer, analyst, studio, admin), an acme viewer's app kernel, an admin
 # of *another* org (globex: acme's objects are unknown to them, their own lists are empty of acme's), and
 # acme API keys (made by acme's admin) of each ceiling: a key acts with its ceiling's role, except that keys
@@ -116,6 +128,12 @@ MATRIX = [
     ("DELETE", "/apps/{app_id}", 401, 403, 204, 204, 204, 403, 404, 403, 204, 204, 204),
     ("GET", "/apps/{app_id}/sharing", 401, 403, 200, 200, 200, 403, 404, 403, 200, 200, 200),
     ("PUT", "/apps/{app_id}/sharing", 401, 403, 200, 200, 200, 403, 404, 403, 200, 200, 200),
+    # Sharing outside the org (public link, signed embed URL): studio and admin of the app's org, where the
+    # org allows public apps (acme does during these cases), each case on a fresh app (a link for DELETE).
+    ("GET", PUBLIC_LINK, 401, 403, 403, 200, 200, 403, 404, 403, 403, 200, 200),
+    ("POST", PUBLIC_LINK, 401, 403, 403, 201, 201, 403, 404, 403, 403, 201, 201),
+    ("DELETE", PUBLIC_LINK, 401, 403, 403, 204, 204, 403, 404, 403, 403, 204, 204),
+    ("POST", EMBED, 401, 403, 403, 201, 201, 403, 404, 403, 403, 201, 201),
     # Publishing: metadata, versions, rollback and thumbnails are the authors' (analyst and up), each case
     # that changes something on a fresh app; whoever may open an app sees its thumbnail and marks it as one
     # of their own favourites (viewers and viewer keys too, never an app kernel).
@@ -175,6 +193,7 @@ MATRIX = [
     # and keys not.
     ("POST", "/me/password", 401, 400, 400, 400, 400, 403, 400, 403, 403, 403, 403),
     ("POST", "/internal/viewer-sessions", 401, 403, 403, 403, 403, 403, 403, 403, 403, 403, 403),
+    ("POST", "/internal/visitor-sessions", 401, 403, 403, 403, 403, 403, 403, 403, 403, 403, 403),
 ]
 
 CASES = [
@@ -271,6 +290,20 @@ def create_source(stack, token, created) -> str:
     assert response.status_code == 201, response.text
     created.sources.add(response.json()["id"])
     return name
+
+
+def allow_public_apps(request, stack, org_id: int) -> None:
+    """The org allows public apps until the end of the calling test (as it was seeded after)."""
+    with session_scope(stack.settings.db_url) as session:
+        org = session.get(Organization, org_id)
+        before = dict(org.settings or {})
+        org.settings = {**before, "allow_public_apps": True}
+
+    def restore():
+        with session_scope(stack.settings.db_url) as session:
+            session.get(Organization, org_id).settings = before
+
+    request.addfinalizer(restore)
 
 
 def create_app(stack, token, created) -> int:
@@ -582,6 +615,12 @@ def test_authorization_matrix(
         source = create_source(stack, tokens["studio"], created)
     if (method, route) in (("DELETE", "/apps/{app_id}"), ("PUT", "/apps/{app_id}/sharing")):
         app_id = create_app(stack, tokens["studio"], created)
+    if route in (PUBLIC_LINK, EMBED):
+        app_id = create_app(stack, tokens["studio"], created)
+        allow_public_apps(request, stack, created.org_id("acme"))
+        if method == "DELETE":
+            made = requests.post(api_url(stack, f"apps/{app_id}/public-link"), headers=admin, timeout=30)
+            assert made.status_code == 201, made.text
     user_id = acting_user_id(created, role) if (method, route) in PUBLISHING_CASES else None
     if (method, route) in FRESH_APP_CASES:
         app_id = prepare_app_case(stack, tokens, created, method, route, user_id)
@@ -660,6 +699,8 @@ def test_authorization_matrix(
     elif route == "/internal/viewer-sessions":
         body = {"user": EMAILS["viewer"], "app_id": stack.app_id}
         before = viewer_kernel_tokens(stack)
+    elif route == "/internal/visitor-sessions":
+        body = {"link": "0" * 12 + "_" + "x" * 43}
     elif (method, route) == ("POST", "/users"):
         body = {"email": f"{unique('authz-person')}@acme.example", "role": "viewer"}
     elif (method, route) == ("PATCH", "/users/{user_id}"):
@@ -979,6 +1020,15 @@ def test_authorization_matrix(
             assert response.json()["id"] == key["id"] and key_works(stack, response.json()["key"])
         else:
             assert "cak_" not in response.text
+    elif route == PUBLIC_LINK and not globex:
+        shown = requests.get(api_url(stack, f"apps/{app_id}/public-link"), headers=admin, timeout=30).json()
+        # A fresh app has none; POST made one, DELETE removed the one made before; refused, nothing changed.
+        assert shown["public"] is {"GET": False, "POST": ok, "DELETE": not ok}[method]
+        assert ("url" in response.text) is (method == "POST" and ok)
+    elif route == EMBED and ok:
+        assert "/services/carnet-viewer/embed/" in response.json()["url"]
+    elif route == "/internal/visitor-sessions":
+        assert "token" not in response.text
     elif route == "/internal/viewer-sessions":
         assert response.status_code != 201
         assert "token" not in response.text

@@ -22,6 +22,7 @@ GLOBEX_VIEWER = "viewer@globex.example"
 DEFAULTS = {
     "timezone": "UTC",
     "allow_public_apps": False,
+    "embed_origins": "",
     "api_key_max_days": 0,
     "invitation_days": 7,
     "primary_color": "",

@@ -88,6 +88,7 @@ def test_wheel_installs_the_voila_template_and_extension_switch(wheel):
         template + "index.html.j2",
         template + "static/carnet.css",
         template + "static/carnet.js",
+        template + "static/carnet-boot.js",
     } <= data
     assert "etc/jupyter/jupyter_server_config.d/carnet.json" in data
     conf = wheel.read(next(n for n in wheel.namelist() if n.endswith(template + "conf.json")))

@@ -193,6 +193,39 @@ def test_restricted_people_cannot_read_the_ruled_table_directly(carnet_stack, pe
     assert allowed.status_code == 200 and len(allowed.json()["rows"]) == 6
 
 
+def test_restricted_people_do_not_see_the_row_count_of_a_ruled_table(carnet_stack, people, sales):
+    """The list and the description of warehouse tables: a table with row rules has no row count for a
+    restricted person (the count of all rows is what the rules keep from them); others see it."""
+    plain = unique("rls_plain").replace("-", "_")
+    load(carnet_stack, people["studio"], plain, {"n": [1, 2, 3]})
+
+    def listed(who) -> dict:
+        answer = requests.get(api_url(carnet_stack, "warehouse/tables"), headers=people[who], timeout=30)
+        assert answer.status_code == 200, answer.text
+        return {t["name"]: t for t in answer.json()["tables"]}
+
+    def described(who, table) -> dict:
+        answer = requests.get(
+            api_url(carnet_stack, f"warehouse/tables/{table}"), headers=people[who], timeout=30
+        )
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+    ruled = sales["table"]
+    for who, expected in (("analyst", None), ("studio", 6), ("admin", 6)):
+        tables = listed(who)
+        assert tables[ruled]["rows"] == expected, who
+        assert described(who, ruled)["rows"] == expected, who
+        # The columns stay: the source over the table shows them anyway.
+        assert [c["name"] for c in described(who, ruled)["columns"]] == ["region", "amount"]
+        assert tables[plain]["rows"] == 3 and described(who, plain)["rows"] == 3, who
+    # Kernel tokens of apps do not read the warehouse's tables at all.
+    refused = requests.get(
+        api_url(carnet_stack, "warehouse/tables"), headers=people["viewer_kernel"], timeout=30
+    )
+    assert_json_error(refused, 403)
+
+
 def test_attributes_reload_from_a_warehouse_table(carnet_stack, people, sales, created):
     table = unique("rls_people").replace("-", "_")
     load(

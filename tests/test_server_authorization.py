@@ -47,6 +47,10 @@ LOGIN = "login"  # a 302 to the Hub's OAuth authorization (then its login form),
 VIEWER_ROUTES = [
     # pattern,                                             method, path,                      anon,  viewer, analyst, studio, admin, globex, key
     (r"apps/(?P<app_id>\d+)/?$",                            "GET", "apps/{app_id}",              LOGIN, 200, 200, 200, 200, 404, LOGIN),
+    # Anonymous visitors' pages (public link, signed embed URL; viewer_visitors.py): no sign-in needed, an
+    # unknown, revoked or tampered token is a 404 for everyone (tests/test_public_links.py has the real ones).
+    (r"public/(?P<token>[^/]{1,200})/?$",                   "GET", "public/000000000000_" + "x" * 43, 404, 404, 404, 404, 404, 404, 404),
+    (r"embed/(?P<token>[^/]{1,8000})/?$",                   "GET", "embed/e30.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", 404, 404, 404, 404, 404, 404, 404),
     (r"metrics/?$",                                         "GET", "metrics",                    404, 404, 404, 404, 404, 404, 404),
     (r"voila/templates/(.*)$",                              "GET", "voila/templates/carnet/static/carnet.css", 200, 200, 200, 200, 200, 200, 200),
     (r"voila/api/themes/(.*)$",                             "GET", "voila/api/themes/no-such-theme.css", 404, 404, 404, 404, 404, 404, 404),

@@ -261,8 +261,8 @@ def test_public_needs_studio_and_the_organization_setting(carnet_stack, people, 
     answer = share(stack, people[STUDIO], app["id"], public)
     assert answer.status_code == 200, answer.text
     assert answer.json()["visibility"] == "public"
-    # The choice is recorded; no public link is invented before the Viewer can serve one.
-    assert answer.json()["public_url"] is None and "later" in answer.json()["note"]
+    # The choice is recorded; the public link is made separately (its secret is shown once, there).
+    assert answer.json()["public_url"] is None and "public-link" in answer.json()["note"]
     (event,) = audit(stack, admin, "app.public", app["id"])
     assert event["actor"] == STUDIO
     # A public app stays open to every member of the organization.

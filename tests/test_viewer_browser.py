@@ -101,9 +101,9 @@ def test_viewer_uses_the_demo_app_in_a_browser(browser, carnet_stack, hub_token)
         page.wait_for_url(
             re.compile(rf".*/services/carnet-viewer/apps/{carnet_stack.app_id}$"), wait_until="commit"
         )
-        page.wait_for_function(f"document.querySelectorAll('{CHARTS}').length >= 2", timeout=60_000)
+        page.wait_for_function(f"() => document.querySelectorAll('{CHARTS}').length >= 2", timeout=60_000)
         # Both charts drawn: the static line chart and, inside the Output widget, the scatter.
-        page.wait_for_function(f"{CHART_TITLES}.length == 2", timeout=20_000)
+        page.wait_for_function(f"() => {CHART_TITLES}.length == 2", timeout=20_000)
         rendered = time.monotonic()
         assert page.evaluate(CHART_TITLES) == ["Life expectancy in Europe", "Wealth and health in Europe"]
 
@@ -132,7 +132,7 @@ def test_viewer_uses_the_demo_app_in_a_browser(browser, carnet_stack, hub_token)
         dropdown.select_option("Asia")
         changed_from = time.monotonic()
         page.wait_for_function(
-            f"{CHART_TITLES}.includes('Wealth and health in Asia')", timeout=20_000, polling=100
+            f"() => {CHART_TITLES}.includes('Wealth and health in Asia')", timeout=20_000, polling=100
         )
         changed = time.monotonic()
         # clear_output(wait=True) keeps the old scatter until the new one is drawn: then it is replaced.
@@ -142,7 +142,7 @@ def test_viewer_uses_the_demo_app_in_a_browser(browser, carnet_stack, hub_token)
         expected_json = json.dumps(json.dumps(expected, separators=(",", ":")))  # as JSON.stringify writes it
         same_titles = f"JSON.stringify({VISIBLE_CHART_TITLES}) == {expected_json}"
         try:
-            page.wait_for_function(same_titles, timeout=10_000, polling=100)
+            page.wait_for_function("() => " + same_titles, timeout=10_000, polling=100)
         except Exception:
             raise AssertionError(
                 f"charts: {page.evaluate(CHART_TITLES)}, visible: {page.evaluate(VISIBLE_CHART_TITLES)}"
@@ -185,7 +185,7 @@ def test_markdown_headings_of_the_app_are_visible(browser, carnet_stack):
         page.goto(
             f"{carnet_stack.url}/services/carnet-viewer/apps/{carnet_stack.app_id}", wait_until="commit"
         )
-        page.wait_for_function(f"document.querySelectorAll('{CHARTS}').length >= 2", timeout=60_000)
+        page.wait_for_function(f"() => document.querySelectorAll('{CHARTS}').length >= 2", timeout=60_000)
         for heading in ("World development", "Latest year, by continent", "Explore"):
             assert page.get_by_role("heading", name=heading).is_visible(), heading
         # The header names the app by its title, not by its snapshot file.

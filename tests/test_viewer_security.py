@@ -348,6 +348,20 @@ def test_kernel_websocket_drops_code_but_answers_info_and_comm_requests(
             "shell",
             message("inspect_request", {"code": "import os", "cursor_pos": 9, "detail_level": 1}, session),
         ),
+        # History would list the app's code as it ran; completion names its variables.
+        (
+            "shell",
+            message(
+                "history_request", {"output": True, "raw": True, "hist_access_type": "tail", "n": 50}, session
+            ),
+        ),
+        ("shell", message("complete_request", {"code": "carnet.", "cursor_pos": 7}, session)),
+        ("shell", message("is_complete_request", {"code": "import os"}, session)),
+        (
+            "control",
+            message("debug_request", {"command": "evaluate", "arguments": {"expression": "1"}}, session),
+        ),
+        ("control", message("interrupt_request", {}, session)),
         ("control", message("shutdown_request", {"restart": False}, session)),
     ]
     comm_info = message("comm_info_request", {}, session)
@@ -378,7 +392,8 @@ def test_kernel_websocket_drops_code_but_answers_info_and_comm_requests(
 
     # The server saw the attempts and dropped them (not lost on the way).
     log = carnet_stack.log_path.read_text(errors="replace")
-    assert 'Received message of type "execute_request", which is not allowed. Ignoring.' in log
+    for msg_type in ("execute_request", "inspect_request", "history_request", "complete_request"):
+        assert f'Received message of type "{msg_type}", which is not allowed. Ignoring.' in log, msg_type
     # The control channel's shutdown_request was dropped too: the kernel is still there.
     assert kernel_alive_for(carnet_stack, token, kernel_id) == 200
 

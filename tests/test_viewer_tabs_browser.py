@@ -96,7 +96,7 @@ def test_tabs_filters_and_skeleton_in_a_browser(browser, carnet_stack, tabbed_ap
         assert details.get_attribute("aria-selected") == "false"
 
         # First tab: its chart is drawn and shown; the second tab's content is rendered but hidden.
-        page.wait_for_function(f"{chart_title(FIRST)} == 'Sales by region'", timeout=60_000)
+        page.wait_for_function(f"() => {chart_title(FIRST)} == 'Sales by region'", timeout=60_000)
         assert page.locator(f"{FIRST} .js-plotly-plot").is_visible()
         assert page.get_by_text("How the regions compare.").is_visible()
         assert not page.get_by_text("The numbers behind the overview.").is_visible()
@@ -105,7 +105,8 @@ def test_tabs_filters_and_skeleton_in_a_browser(browser, carnet_stack, tabbed_ap
 
         # The filters bar sits above the tabs, outside them.
         dropdown = page.locator(".carnet-filters .widget-dropdown select")
-        assert dropdown.is_visible()
+        # Widgets are drawn once the kernel's websocket is up, which may be after the charts.
+        dropdown.wait_for(state="visible", timeout=30_000)
         bar_box, tabs_box = (
             page.locator(".carnet-filters").bounding_box(),
             page.locator(".carnet-tabs").bounding_box(),
@@ -115,7 +116,7 @@ def test_tabs_filters_and_skeleton_in_a_browser(browser, carnet_stack, tabbed_ap
         details.click()
         assert details.get_attribute("aria-selected") == "true"
         assert overview.get_attribute("aria-selected") == "false"
-        page.wait_for_function(f"{chart_title(SECOND)} == 'Monthly detail'", timeout=30_000)
+        page.wait_for_function(f"() => {chart_title(SECOND)} == 'Monthly detail'", timeout=30_000)
         assert page.locator(f"{SECOND} .js-plotly-plot").is_visible()
         assert page.get_by_text("The numbers behind the overview.").is_visible()
         assert not page.locator(f"{FIRST} .js-plotly-plot").is_visible()

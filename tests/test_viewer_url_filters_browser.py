@@ -64,7 +64,7 @@ def test_filter_values_travel_in_the_url(browser, carnet_stack, filtered_app):  
         dropdown.select_option("East")
         page.get_by_text("Region is East").wait_for(state="visible", timeout=30_000)
         page.wait_for_function(
-            "new URLSearchParams(location.search).get('region') === 'East'", timeout=30_000
+            "() => new URLSearchParams(location.search).get('region') === 'East'", timeout=30_000
         )
         assert page.evaluate("new URLSearchParams(location.search).get('keep')") == "1"
 
@@ -77,7 +77,7 @@ def test_filter_values_travel_in_the_url(browser, carnet_stack, filtered_app):  
         page.goto(f"{app_url}?region=Mars")  # not an option: the notebook's own default
         page.get_by_text("Region is North").wait_for(state="visible", timeout=120_000)
         page.wait_for_function(
-            "new URLSearchParams(location.search).get('region') === 'North'", timeout=30_000
+            "() => new URLSearchParams(location.search).get('region') === 'North'", timeout=30_000
         )
     finally:
         context.close()

@@ -179,8 +179,8 @@ class App(Base):
     description: Mapped[str] = mapped_column(Text, default="")
     # Who may open it (carnet.sharing): 'org' every member of the organization; 'restricted' only the
     # people and viewer groups in ``app_shares`` plus the org's admins and the app's publisher; 'public'
-    # every member and, once the Viewer serves public links, anyone with the app's public link
-    # (studio/admin only, and only if the org allows it).
+    # every member (studio/admin only, and only if the org allows it). Anonymous visitors need the app's
+    # public link or an embed URL (carnet.app_links, ``AppPublicLink``).
     visibility: Mapped[str] = mapped_column(String(16), default="org")
     # Free labels for the gallery's search and filters (lowercase, deduplicated).
     tags: Mapped[list] = mapped_column(default=list, server_default="[]")
@@ -259,6 +259,9 @@ class TokenKind(enum.StrEnum):
     studio_kernel = "studio_kernel"  # handed to a Studio (JupyterLab) server's kernels
     viewer_kernel = "viewer_kernel"  # handed to one Viewer kernel, carries the viewer's identity
     job = "job"  # handed to the kernel of one job run, carries the job owner's identity
+    # Kernels of anonymous visitors (carnet.app_links): no person, only an app's sources, row rules apply.
+    public_app = "public_app"  # a public link's visitor: no attributes
+    embed = "embed"  # a signed embed URL's visitor: the attributes and variables the URL was signed with
 
 
 class Token(Base):
@@ -271,12 +274,17 @@ class Token(Base):
     secret_hash: Mapped[str] = mapped_column(String(128))
     kind: Mapped[TokenKind] = mapped_column(Enum(TokenKind, native_enum=False, length=32))
     org_id: Mapped[int] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    # NULL only for the kernels of anonymous visitors (public_app, embed), which act for no person.
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     note: Mapped[str] = mapped_column(String(200), default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
-    user: Mapped[User] = relationship()
+    # public_app/embed: the one app they serve, and {"sources": [...], "attributes": {...},
+    # "variables": {...}, "link_id": n} (carnet.app_links).
+    app_id: Mapped[int | None] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"), index=True)
+    scope: Mapped[dict | None]
+    user: Mapped[User | None] = relationship()
     org: Mapped[Organization] = relationship()
 
 
@@ -415,4 +423,21 @@ class AppFavourite(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     app_id: Mapped[int] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"), index=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AppPublicLink(Base):
+    """An app's public link: anyone with its URL sees the app as an anonymous visitor (carnet.app_links).
+    One per app; rotating replaces prefix and secret, revoking deletes the row. Only a hash is stored."""
+
+    __tablename__ = "app_public_links"
+    __table_args__ = NO_ID_REUSE
+    id: Mapped[int] = mapped_column(primary_key=True)
+    app_id: Mapped[int] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"), unique=True)
+    org_id: Mapped[int] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
+    prefix: Mapped[str] = mapped_column(String(16), unique=True)
+    secret_hash: Mapped[str] = mapped_column(String(128))
+    # The source names the visitors' kernels may read (detected in the snapshot or given by the author).
+    sources: Mapped[list] = mapped_column(default=list)
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

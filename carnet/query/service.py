@@ -27,6 +27,7 @@ from sqlalchemy import select
 
 from carnet.db.models import DataSource
 from carnet.errors import NotFound, QueryFailed, QueryTimeout, RowLimitExceeded, ValidationError
+from carnet.permissions import refuse_outside_scope, scoped_variables
 from carnet.query.placeholders import SourceSql, parse_source_sql
 from carnet.query.spec import QuerySpec, parse_spec, quote_identifier, to_duckdb
 from carnet.row_security import RowContext, current_row_context, row_context_for, rule_conditions
@@ -69,6 +70,12 @@ def run_query(
 ) -> pa.Table:
     """``source_name`` of the principal's org, queried by ``spec_raw`` (a query_spec mapping), filtered by
     the source's row rules for the principal (or the given ``row`` context: an admin's "as" preview)."""
+    refuse_outside_scope(principal, source_name)
+    if getattr(principal, "scope", None) is not None and principal.scope.variables:
+        # An embed URL's signed variables, those this source takes (a SQL source refuses others).
+        source = find_source(session, principal.org_id, source_name)
+        fixed = own_variables(source, principal.scope.variables)
+        variables = {**(variables or {}), **fixed}
     with reading_as(row or row_context_for(session, principal)):
         return plain_integers(
             query_source(session, settings, principal.org_id, source_name, spec_raw, variables)
@@ -289,8 +296,16 @@ def run_duckdb(con, sql: str, params: list, limits: ReadLimits, restore=lambda t
 # -- SQL over sources ------------------------------------------------------------------------------------
 def run_sql(session, settings, principal, sql: str, variables=None, *, row=None) -> pa.Table:
     """SQL over the principal's org's sources, written ``{source name}``, each filtered by its row rules."""
+    parsed = None
+    if getattr(principal, "scope", None) is not None:
+        parsed = parse_source_sql(sql)
+        for name in parsed.names:
+            refuse_outside_scope(principal, name)
+        variables = scoped_variables(principal, variables)
     with reading_as(row or row_context_for(session, principal)):
-        return plain_integers(sql_over_sources(session, settings, principal.org_id, sql, variables))
+        return plain_integers(
+            sql_over_sources(session, settings, principal.org_id, sql, variables, parsed=parsed)
+        )
 
 
 def sql_over_sources(session, settings, org_id: int, sql, variables=None, *, parsed: SourceSql | None = None):

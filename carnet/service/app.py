@@ -18,6 +18,7 @@ from carnet.hub_auth import make_hub_auth
 from carnet.loads.history import fail_interrupted
 from carnet.service import admin_groups, admin_page, admin_settings, gallery
 from carnet.service.api import (
+    app_links,
     app_thumbnails,
     apps,
     audit,
@@ -51,6 +52,7 @@ HANDLER_MODULES += [warehouse, push]
 HANDLER_MODULES += [sync]
 HANDLER_MODULES += [app_thumbnails]
 HANDLER_MODULES += [row_rules]
+HANDLER_MODULES += [app_links]
 HANDLER_MODULES += [admin_page, admin_groups, admin_settings]
 
 

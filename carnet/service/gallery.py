@@ -14,6 +14,7 @@ from carnet.errors import CarnetError, OrganizationChoiceRequired
 from carnet.org_settings import get_org
 from carnet.service.api.apps import app_listing
 from carnet.service.api.base import BaseHandler, authorized
+from carnet.service.page_policy import page_policy
 from carnet.sharing import find_openable_app
 
 page_templates = Environment(
@@ -23,6 +24,15 @@ page_templates = Environment(
 
 class PageHandler(BaseHandler):
     """A server-rendered page (not the JSON API): errors are answered as small HTML pages."""
+
+    # Who may frame the page (the policy's frame-ancestors); a page meant to be embedded widens it.
+    frame_ancestors = "'none'"
+
+    def set_default_headers(self):
+        super().set_default_headers()
+        # No script runs on these pages but the admin page's confirmation prompts (page_policy.py).
+        self.set_header("Content-Security-Policy", page_policy(self.frame_ancestors))
+        self.set_header("X-Content-Type-Options", "nosniff")
 
     def write_error(self, status_code, **kwargs):
         # A page, not an API: answer errors as plain HTML.

@@ -225,11 +225,16 @@ PATHS = {
     },
     "/api/v1/warehouse/tables": {
         "get": _op(
-            "Tables of the organization's warehouse: {tables: [{name, rows, columns}]}", "warehouse:read"
+            "Tables of the organization's warehouse: {tables: [{name, rows, columns}]}; rows is null for "
+            "a table with row rules when the caller is restricted (viewer, analyst)",
+            "warehouse:read",
         )
     },
     "/api/v1/warehouse/tables/{table}": {
-        "get": _op("One warehouse table: {name, rows, columns: [{name, type}]}", "warehouse:read")
+        "get": _op(
+            "One warehouse table: {name, rows, columns: [{name, type}]}; rows null as in the list",
+            "warehouse:read",
+        )
     },
     "/api/v1/warehouse/tables/{table}/preview": {
         "get": _op(
@@ -419,6 +424,52 @@ PATHS = {
         ),
         "delete": _op("Remove the thumbnail (204 also when there is none)", "apps:publish", ok="204"),
     },
+    "/api/v1/apps/{app_id}/public-link": {
+        "get": _op(
+            "The app's public link: {app_id, public: false}, or {app_id, public: true, created_at, "
+            "created_by, sources} (never its URL again). Studio/admin of the app's org, where "
+            "allow_public_apps is true (else 403); another org's app: 404 like an unknown one",
+            "apps:share_public",
+        ),
+        "post": _op(
+            "Make (or rotate) the app's public link: anyone with the returned url sees the app as an "
+            "anonymous visitor, whose kernel reads only `sources` (default: the source names the current "
+            "snapshot names) with no attributes (ruled sources show no rows). The url is in this answer "
+            "only; a rotation ends the previous one. Audited as app.public_link.create",
+            "apps:share_public",
+            ok="201",
+            body={
+                "type": "object",
+                "properties": {"sources": {"type": "array", "maxItems": 200, "items": STR}},
+                "additionalProperties": False,
+            },
+        ),
+        "delete": _op(
+            "Revoke the public link (404 when there is none): its url and its visitors' kernel tokens "
+            "stop at once. Audited as app.public_link.revoke",
+            "apps:share_public",
+            ok="204",
+        ),
+    },
+    "/api/v1/apps/{app_id}/embed": {
+        "post": _op(
+            "A signed URL (HMAC-SHA256) to frame the app in another site: its visitors read with these "
+            "attribute values (row rules) and variables (fixed), until expires_in seconds from now (60 to "
+            "2592000, default 86400) -> {url, expires_at}. Tampered: 404; expired: 403; unpublishing the app "
+            "ends it. Studio/admin, where allow_public_apps is true. Audited as app.embed.create",
+            "apps:share_public",
+            ok="201",
+            body={
+                "type": "object",
+                "properties": {
+                    "attributes": {"type": "object", "additionalProperties": {"type": "array", "items": STR}},
+                    "variables": OBJ,
+                    "expires_in": INT,
+                },
+                "additionalProperties": False,
+            },
+        ),
+    },
     "/api/v1/apps/{app_id}/favourite": {
         "put": _op("Mark the app as one of the caller's favourites (idempotent)", "apps:read"),
         "delete": _op("Unmark it (idempotent)", "apps:read"),
@@ -431,8 +482,8 @@ PATHS = {
             "Replace visibility and share lists. restricted: only the listed people and members of the "
             "listed viewer groups (plus admins and the publisher) may open it. public: studio/admin only, "
             "and only if the organization setting allow_public_apps is true (else 403); the public link "
-            "itself comes with a later Viewer release. People or groups not of the organization are a 400 "
-            "naming them",
+            "itself is made with POST apps/{app_id}/public-link. People or groups not of the organization "
+            "are a 400 naming them",
             "apps:share",
             body={
                 **_obj(
@@ -567,7 +618,8 @@ PATHS = {
         "get": _op("The caller's organization: id, slug, name and settings (any member)", "org:read"),
         "patch": _op(
             "Change organization settings (admins): name (1-200 characters), timezone (IANA, default of "
-            "new jobs), allow_public_apps (bool), api_key_max_days (0-3650, 0 = no limit), invitation_days "
+            "new jobs), allow_public_apps (bool), embed_origins (origins that may frame embed URLs, "
+            "space-separated; empty: any), api_key_max_days (0-3650, 0 = no limit), invitation_days "
             "(1-90), primary_color (#RRGGBB or empty), custom_css (see the README's branding rules). "
             "Unknown keys, id/slug/org_id and invalid values are a 400 naming the field; nothing "
             "is applied then. Audited as org.settings.change with each key's from/to",
@@ -578,6 +630,8 @@ PATHS = {
                     "name": {**STR, "minLength": 1, "maxLength": 200},
                     "timezone": STR,
                     "allow_public_apps": {"type": "boolean"},
+                    # Origins that may frame embed URLs, space-separated; empty: any site.
+                    "embed_origins": STR,
                     "api_key_max_days": {**INT, "minimum": 0, "maximum": 3650},
                     "invitation_days": {**INT, "minimum": 1, "maximum": 90},
                     "primary_color": {**STR, "pattern": "^(#[0-9a-fA-F]{6})?$"},
@@ -674,6 +728,16 @@ PATHS = {
                 },
             },
         ),
+    },
+    "/api/v1/internal/visitor-sessions": {
+        "post": _op(
+            "Carnet Viewer only: turn a public link or embed token into an anonymous visitor's kernel token "
+            "(404 unknown, revoked, tampered or unpublished; 403 an expired embed)",
+            None,
+            ok="201",
+            body={"type": "object", "properties": {"link": STR, "embed": STR}},
+            **{"x-carnet-service-only": ["carnet-viewer"]},
+        )
     },
     "/api/v1/internal/viewer-sessions": {
         "post": _op(

@@ -9,6 +9,7 @@ from __future__ import annotations
 from jupyterhub.utils import url_path_join
 from sqlalchemy import select
 
+from carnet.app_links import public_app_ids
 from carnet.catalog import favourite_ids, gallery_apps, parse_filter, set_favourite, version_counts
 from carnet.db.models import App
 from carnet.errors import Conflict, ValidationError
@@ -39,10 +40,14 @@ def thumbnail_url(handler: BaseHandler, app: App) -> str | None:
     return f"{path}?v={version}"
 
 
-def app_answer(handler: BaseHandler, session, principal, app: App, favourites=None, counts=None) -> dict:
-    """One app as the API shows it to ``principal`` (``favourites``/``counts``: precomputed for lists)."""
+def app_answer(
+    handler: BaseHandler, session, principal, app: App, favourites=None, counts=None, public=None
+) -> dict:
+    """One app as the API shows it to ``principal`` (``favourites``/``counts``/``public``: precomputed for
+    lists)."""
     favourites = favourite_ids(session, principal.user_id) if favourites is None else favourites
     counts = version_counts(session, [app.id]) if counts is None else counts
+    public = public_app_ids(session, [app.id]) if public is None else public
     return {
         **app_json(
             app,
@@ -51,6 +56,8 @@ def app_answer(handler: BaseHandler, session, principal, app: App, favourites=No
             thumbnail_url=thumbnail_url(handler, app),
         ),
         "url": viewer_url(handler, app.id),
+        # Anyone with its public link may open it (carnet.app_links): the UI marks it.
+        "public": app.id in public,
     }
 
 
@@ -64,7 +71,8 @@ def app_listing(handler: BaseHandler, session, principal) -> list[dict]:
     )
     apps, favourites = gallery_apps(session, principal, wanted)
     counts = version_counts(session, [app.id for app in apps])
-    return [app_answer(handler, session, principal, app, favourites, counts) for app in apps]
+    public = public_app_ids(session, [app.id for app in apps])
+    return [app_answer(handler, session, principal, app, favourites, counts, public) for app in apps]
 
 
 class AppListHandler(BaseHandler):

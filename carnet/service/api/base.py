@@ -15,6 +15,7 @@ from sqlalchemy import select
 from tornado import web
 
 from carnet.api_keys import API_KEY_PREFIX, resolve_api_key
+from carnet.app_links import visitor_principal
 from carnet.audit import client_address
 from carnet.audit import record as audit_record
 from carnet.db import session_scope
@@ -120,7 +121,12 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
                 if resolved is None:
                     raise AuthenticationRequired("Invalid, expired or revoked token")
                 token, membership = resolved
-                principal = _principal_of(membership, via=token.kind.value)
+                if membership is None:  # an anonymous visitor's kernel (public link, embed URL)
+                    principal = visitor_principal(session, token)
+                    if principal is None:
+                        raise AuthenticationRequired("Invalid, expired or revoked token")
+                else:
+                    principal = _principal_of(membership, via=token.kind.value)
             else:
                 model = self.current_user
                 if not model or model.get("kind") != "user":

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+
+from sqlalchemy import select
+
+from carnet.app_links import public_link_of
 from carnet.branding import branding
-from carnet.db.models import App, Organization, Role, TokenKind
+from carnet.db.models import App, DataSource, Organization, Role, TokenKind
 from carnet.errors import NotFound, PasswordChangeRequired, PermissionDenied, ValidationError
 from carnet.people import member
 from carnet.permissions import Principal
 from carnet.publishing import current_notebook_path
+from carnet.row_security import row_context_for
 from carnet.service.api.base import API_PREFIX, BaseHandler, principal_for_email, service_only
 from carnet.sharing import find_openable_app
 from carnet.tokens import mint_token
@@ -59,7 +66,7 @@ class ViewerSessionHandler(BaseHandler):
                 kind=TokenKind.viewer_kernel,
                 user_id=principal.user_id,
                 org_id=principal.org_id,
-                ttl_seconds=self.settings_obj.kernel_token_ttl,
+                ttl_seconds=token_ttl(body, self.settings_obj.kernel_token_ttl),
                 note=f"app {app.id}" + (f" preview by {preview_by.email}" if preview_by else ""),
             )
             notebook = current_notebook_path(self.settings_obj, app)
@@ -67,14 +74,55 @@ class ViewerSessionHandler(BaseHandler):
                 {
                     "token": token,
                     "notebook_path": str(notebook.relative_to(self.settings_obj.published_dir)),
-                    "app": {"id": app.id, "title": app.title, "version": app.current_version},
+                    "app": {
+                        "id": app.id,
+                        "title": app.title,
+                        "version": app.current_version,
+                        "org_id": app.org_id,
+                    },
+                    # What the app's data depends on besides its version: the Viewer's render pool shares
+                    # a pre-rendered page only between equal fingerprints (extension/render_pool.py).
+                    "row_context": row_context_fingerprint(session, principal),
+                    "data_version": data_version(session, app.org_id),
                     "user": {"id": principal.user_id, "email": principal.email, "role": principal.role.value},
                     "preview_by": preview_by.email if preview_by else None,
+                    # The page is marked "Public" when the app has a public link (carnet.app_links).
+                    "public": public_link_of(session, app.id) is not None,
                     # The app's own organization's branding: the Viewer never takes it from the notebook.
                     "branding": branding(self.settings_obj.data_dir, session.get(Organization, app.org_id)),
                 },
                 status=201,
             )
+
+
+def token_ttl(body: dict, longest: int) -> int:
+    """The kernel token's lifetime: ``longest`` unless the Viewer asks for less (``ttl_seconds``, e.g. for a
+    page its render pool pre-renders: that token is replaced at hand-over or dies with the kernel)."""
+    asked = body.get("ttl_seconds")
+    if asked is None:
+        return longest
+    if not isinstance(asked, int) or isinstance(asked, bool) or asked < 60:
+        raise ValidationError(
+            "ttl_seconds must be a whole number of seconds, at least 60", field="ttl_seconds"
+        )
+    return min(asked, longest)
+
+
+def row_context_fingerprint(session, principal: Principal) -> str:
+    """A hash of what row-level rules see of ``principal``: their organization, whether they are restricted
+    and their attribute values. Equal fingerprints read equal rows from every source."""
+    context = row_context_for(session, principal)
+    raw = json.dumps([principal.org_id, context.restricted, context.cache_key()])
+    return hashlib.sha256(raw.encode()).hexdigest()[:32]
+
+
+def data_version(session, org_id: int) -> str:
+    """A hash of the versions of the organization's sources: any load or source change gives a new one, so a
+    page rendered over older data is never served as current."""
+    versions = session.execute(
+        select(DataSource.id, DataSource.version).where(DataSource.org_id == org_id).order_by(DataSource.id)
+    ).all()
+    return hashlib.sha256(json.dumps([list(v) for v in versions]).encode()).hexdigest()[:32]
 
 
 def preview_principal(session, admin, app, as_user) -> Principal:

@@ -11,9 +11,9 @@ from sqlalchemy.exc import IntegrityError
 from carnet.db import session_scope
 from carnet.db.models import DataSource
 from carnet.errors import Conflict, NotFound, ValidationError
-from carnet.permissions import Principal
+from carnet.permissions import Principal, refuse_outside_scope
 from carnet.query.cache import forget_source
-from carnet.query.service import run_query
+from carnet.query.service import own_variables, run_query
 from carnet.query.spec import MAX_LIMIT as MAX_SPEC_LIMIT
 from carnet.query.spec import parse_spec
 from carnet.row_security import row_context_for
@@ -82,6 +82,8 @@ class SourceListHandler(BaseHandler):
             sources = session.scalars(
                 select(DataSource).where(DataSource.org_id == principal.org_id).order_by(DataSource.name)
             ).all()
+            if principal.scope is not None:  # an anonymous visitor's kernel: its app's sources only
+                sources = [s for s in sources if principal.scope.allows(s.name)]
             with_settings = shows_settings(principal)
             self.write_json(
                 {"sources": [source_json(s, with_settings, session, self.settings_obj) for s in sources]}
@@ -128,10 +130,14 @@ class SourceHandler(BaseHandler):
     @authorized("sources:list")
     def get(self, name):
         principal = self.principal()
+        refuse_outside_scope(principal, name)
         with self.db() as session:
             source = find_source(session, principal.org_id, name)
             data = source_json(source, shows_settings(principal), session, self.settings_obj)
-            context = source_context(session, self.settings_obj, source, request_variables(self))
+            variables = request_variables(self)
+            if principal.scope is not None:  # an embed URL's signed variables (those this source takes)
+                variables = {**variables, **own_variables(source, principal.scope.variables)}
+            context = source_context(session, self.settings_obj, source, variables)
         data["columns"] = source_kinds.get(data["kind"]).columns(context)
         self.write_json(data)
 
@@ -228,6 +234,7 @@ class SourceDataHandler(BaseHandler):
                 raise ValidationError("limit must be an integer", field="limit") from None
             if not 0 <= limit < 2**63:
                 raise ValidationError("limit must be between 0 and 2**63 - 1", field="limit")
+        refuse_outside_scope(principal, name)
         with self.db() as session:
             source = find_source(session, principal.org_id, name)
             kind = source_kinds.get(source.kind)

@@ -18,7 +18,7 @@ from tornado import web
 from carnet import loads
 from carnet.errors import NotFound, ValidationError
 from carnet.loads.invalidation import after_load, forget_all
-from carnet.row_security import refuse_ruled_table
+from carnet.row_security import refuse_ruled_table, ruled_tables
 from carnet.service.api.base import API_PREFIX, BaseHandler, authorized
 from carnet.service.api.streamed_body import StreamedBodyMixin
 from carnet.uploads import load_file, options_from_query, preview_rows
@@ -91,6 +91,13 @@ def read_stream_body(path: Path, fmt: str) -> pa.RecordBatchReader:
 
 
 class WarehouseHandler(BaseHandler):
+    def without_ruled_counts(self, tables: list[dict]) -> list[dict]:
+        """A restricted person sees a table with row rules (carnet.row_security) without its row count:
+        the count of all rows, or of one region once another is filtered, is what the rules keep from them."""
+        with self.db() as session:
+            ruled = ruled_tables(session, self.principal())
+        return [{**info, "rows": None} if info["name"] in ruled else info for info in tables]
+
     def actor(self) -> tuple[int, str, str]:
         principal = self.principal()
         name = actor_name(principal)
@@ -124,7 +131,7 @@ class TablesHandler(WarehouseHandler):
     async def get(self):
         org_id = self.principal().org_id
         tables = await asyncio.to_thread(loads.warehouse_tables, self.settings_obj, org_id)
-        self.write_json({"tables": tables})
+        self.write_json({"tables": self.without_ruled_counts(tables)})
 
 
 class TableHandler(WarehouseHandler):
@@ -132,7 +139,7 @@ class TableHandler(WarehouseHandler):
     async def get(self, table):
         table = table_name(table)
         info = await asyncio.to_thread(table_info, self.settings_obj, self.principal().org_id, table)
-        self.write_json(info)
+        self.write_json(self.without_ruled_counts([info])[0])
 
 
 class PreviewHandler(WarehouseHandler):

@@ -1,0 +1,147 @@
+"""Anonymous visitors of the Viewer: ``public/<link>`` (an app's public link) and ``embed/<signed token>`` (a
+signed embed URL, framable by the org's ``embed_origins``). See carnet.app_links for what they may read.
+
+A visitor has no Hub account, so the page gives their browser a signed cookie (``carnet-visitor``, signed
+with the Viewer's cookie secret) naming a random pseudo-user ``visitor:<random>``; the kernel started for the
+page belongs to that name. ``ViewerIdentityProvider`` recognises the cookie only on the kernel routes and
+these pages, and ``ViewerAuthorizer`` lets that pseudo-user reach nothing but its own kernels: another
+browser (another cookie, or a signed-in person) cannot attach to them. A signed-in person opening a public
+link keeps their Hub identity as the kernel's owner (their cookie is what their websocket carries); the
+kernel still reads as an anonymous visitor.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+
+from jupyter_server.auth.decorator import allow_unauthenticated
+from jupyter_server.auth.identity import User
+from jupyter_server.utils import url_path_join
+from tornado import web
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+
+from carnet.extension.viewer import AppHandler
+
+VISITOR_COOKIE = "carnet-visitor"
+VISITOR_PREFIX = "visitor:"
+_VISITOR_ID = re.compile(r"^[0-9a-f]{32}$")
+# Paths (after the Viewer's base URL) where the visitor cookie identifies someone.
+_VISITOR_PATHS = re.compile(
+    r"^(api/kernels/[\w-]+(/channels)?|voila/api/shutdown/[\w-]+|public/.+|embed/.+)$"
+)
+_ORIGIN = re.compile(r"^(\*|https?://[A-Za-z0-9.*-]+(:\d{1,5})?)$")
+
+
+class VisitorUser(User):
+    """An anonymous visitor's browser (no Hub account, no scopes)."""
+
+
+def visitor_from_cookie(handler) -> VisitorUser | None:
+    """The visitor named by the request's signed cookie, on the paths where visitors exist."""
+    base = handler.settings.get("base_url", "/")
+    path = handler.request.path
+    if not path.startswith(base) or not _VISITOR_PATHS.match(path[len(base) :]):
+        return None
+    raw = handler.get_secure_cookie(VISITOR_COOKIE)
+    value = raw.decode() if raw else ""
+    if not _VISITOR_ID.fullmatch(value):
+        return None
+    return VisitorUser(username=VISITOR_PREFIX + value, name="Visitor")
+
+
+async def request_visitor_session(kind: str, token: str) -> dict:
+    """Ask the Carnet service for the kernel token of a public link's or embed URL's visitor."""
+    request = HTTPRequest(
+        url_path_join(os.environ["CARNET_API_URL"], "api/v1/internal/visitor-sessions"),
+        method="POST",
+        headers={
+            "Authorization": f"token {os.environ['JUPYTERHUB_API_TOKEN']}",
+            "Content-Type": "application/json",
+        },
+        body=json.dumps({kind: token}),
+        request_timeout=30,
+    )
+    try:
+        response = await AsyncHTTPClient().fetch(request)
+    except HTTPClientError as exc:
+        if exc.code == 404:
+            raise web.HTTPError(404, "No such app") from None
+        if exc.code == 403 and exc.response is not None:
+            message = json.loads(exc.response.body).get("message", "Not allowed")
+            raise web.HTTPError(403, "%s", message, reason=message.replace("\n", " ")) from None
+        raise web.HTTPError(502, "The Carnet service refused the request") from None
+    except OSError:
+        raise web.HTTPError(503, "The Carnet service is not reachable; try again shortly") from None
+    return json.loads(response.body)
+
+
+class VisitorAppHandler(AppHandler):
+    """Renders an app for an anonymous visitor (no Hub sign-in needed)."""
+
+    kind = ""  # "link" or "embed": the field of the service's visitor-sessions call
+    carnet_public = True
+
+    def _owner(self) -> str:
+        user = self.current_user
+        if user is not None:
+            return user.username
+        secure = self.request.protocol == "https"
+        # Inside a customer's portal the page is a third-party frame: its cookie must be SameSite=None,
+        # which browsers accept only on HTTPS.
+        visitor_id = secrets.token_hex(16)
+        self.set_secure_cookie(
+            VISITOR_COOKIE,
+            visitor_id,
+            expires_days=None,
+            path=self.settings.get("base_url", "/"),
+            httponly=True,
+            secure=secure,
+            samesite="None" if secure else "Lax",
+        )
+        return VISITOR_PREFIX + visitor_id
+
+    def _frame(self, session: dict) -> None:
+        """Embed pages may be framed by the org's allowed origins; other pages keep the server's policy."""
+        ancestors = session.get("frame_ancestors")
+        if not ancestors:
+            return
+        origins = [o for o in str(ancestors).split() if _ORIGIN.fullmatch(o)] or ["'none'"]
+        policy = self._headers.get("Content-Security-Policy", "")
+        kept = [d.strip() for d in policy.split(";") if d.strip() and d.split()[0] != "frame-ancestors"]
+        self.set_header("Content-Security-Policy", "; ".join([f"frame-ancestors {' '.join(origins)}", *kept]))
+        self.clear_header("X-Frame-Options")
+
+    @allow_unauthenticated
+    async def get(self, token):
+        session = await request_visitor_session(self.kind, token)
+        # The URL is the credential: never sent on to sites the app's outputs link to.
+        self.set_header("Referrer-Policy", "no-referrer")
+        self._frame(session)
+        owner = self._owner()
+        # Sets the _xsrf cookie, which the page's shutdown call on leaving needs (signed-in people get theirs
+        # with the Hub's OAuth; a visitor has no other page that would set it).
+        _ = self.xsrf_token
+        await self.render_app(session, owner=owner)
+
+
+class PublicAppHandler(VisitorAppHandler):
+    """/public/<prefix>_<secret>: an app's public link."""
+
+    kind = "link"
+
+
+class EmbedAppHandler(VisitorAppHandler):
+    """/embed/<payload>.<signature>: a signed embed URL."""
+
+    kind = "embed"
+
+
+def visitor_handlers(base: str, handler_kwargs: dict) -> list[tuple]:
+    # Any token shape reaches the service, which answers 404 for anything it does not know.
+    return [
+        (url_path_join(base, r"public/(?P<token>[^/]{1,200})/?"), PublicAppHandler, handler_kwargs),
+        (url_path_join(base, r"embed/(?P<token>[^/]{1,8000})/?"), EmbedAppHandler, handler_kwargs),
+    ]
