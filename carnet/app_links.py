@@ -188,7 +188,8 @@ def embed_key(settings) -> bytes:
 
 
 def check_embed_request(body: dict) -> tuple[dict, dict, int]:
-    unknown = sorted(set(body) - {"attributes", "variables", "expires_in"})
+    """The attributes, variables and lifetime of an embed request (its ``sources``: see ``app_sources``)."""
+    unknown = sorted(set(body) - {"attributes", "variables", "expires_in", "sources"})
     if unknown:
         raise ValidationError(f"Unknown field {unknown[0]!r}", field=unknown[0])
     attributes = check_attributes(body.get("attributes") or {})
@@ -206,10 +207,19 @@ def check_embed_request(body: dict) -> tuple[dict, dict, int]:
 
 
 def sign_embed(
-    settings, app: App, attributes: dict, variables: dict, expires_in: int
+    settings, app: App, attributes: dict, variables: dict, expires_in: int, sources=()
 ) -> tuple[str, datetime]:
+    """The embed token (``<payload>.<signature>``) and when it expires. The sources are signed too: a new
+    version of the app naming other sources does not widen an embed URL made before (nor a public link)."""
     expires = int(time.time()) + expires_in
-    payload = {"app": app.id, "org": app.org_id, "attr": attributes, "var": variables, "exp": expires}
+    payload = {
+        "app": app.id,
+        "org": app.org_id,
+        "attr": attributes,
+        "var": variables,
+        "src": list(sources),
+        "exp": expires,
+    }
     body = _b64(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode())
     signature = _b64(hmac.new(embed_key(settings), body.encode(), hashlib.sha256).digest())
     return f"{body}.{signature}", datetime.fromtimestamp(expires, UTC)

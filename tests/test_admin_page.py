@@ -254,6 +254,7 @@ def test_settings_form_changes_the_org_and_is_audited(carnet_stack, admin_sessio
     assert shown == {
         "name": before["name"],
         "timezone": "UTC",
+        "embed_origins": "",
         "api_key_max_days": "0",
         "invitation_days": "7",
         "primary_color": "",

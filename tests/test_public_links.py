@@ -38,6 +38,7 @@ VIEWER, ANALYST, STUDIO = "viewer@acme.example", "analyst@acme.example", "studio
 GLOBEX_ADMIN = "public-links-admin@globex.example"
 GLOBEX_PASSWORD = "globex admin password for public links"  # noqa: S105 - a test account's password
 VIEWER_PREFIX = "/services/carnet-viewer/"
+KERNELSPEC = {"name": "python3", "display_name": "Python 3", "language": "python"}
 
 
 # -- fixtures -----------------------------------------------------------------------------------------------
@@ -158,8 +159,29 @@ def link_path(url: str) -> str:
     return "/" + path
 
 
-def visit(stack, url: str, client=None):
-    return (client or requests).get(stack.url + link_path(url), timeout=180)
+def visit(stack, url: str, client=None, keep: bool = False):
+    """Open a visitor's URL in a browser of its own (``client``); unless ``keep``, its kernel is shut down
+    at once, as the page would when closed (visitors' kernels count toward the org's kernel cap)."""
+    client = client or requests.Session()
+    page = client.get(stack.url + link_path(url), timeout=180)
+    if page.status_code == 200 and not keep:
+        xsrf = client.cookies.get("_xsrf")
+        done = client.post(
+            f"{stack.url}{VIEWER_PREFIX}voila/api/shutdown/{kernel_id_of(page.text)}",
+            headers={"X-XSRFToken": xsrf} if xsrf else {},
+            timeout=60,
+        )
+        assert done.status_code == 204, done.text[:300]
+    return page
+
+
+def member_view(stack, headers: dict, app: int) -> str:
+    """A signed-in member's Viewer page of the app (its kernel shut down once read)."""
+    page = requests.get(f"{stack.url}{VIEWER_PREFIX}apps/{app}", headers=headers, timeout=180)
+    assert page.status_code == 200, page.text[:300]
+    shutdown = f"{stack.url}{VIEWER_PREFIX}voila/api/shutdown/{kernel_id_of(page.text)}"
+    assert requests.post(shutdown, headers=headers, timeout=60).status_code == 204
+    return page.text
 
 
 def kernel_id_of(page_html: str) -> str:
@@ -227,10 +249,8 @@ def test_who_may_make_see_and_revoke_a_public_link(carnet_stack, people, globex_
     assert {a["id"]: a["public"] for a in listed}[app] is True
     assert {a["id"]: a["public"] for a in listed}[carnet_stack.app_id] is False
     # A member's Viewer page of the app says so too.
-    member_page = requests.get(
-        f"{carnet_stack.url}{VIEWER_PREFIX}apps/{app}", headers=people["viewer"], timeout=180
-    )
-    assert member_page.status_code == 200 and 'class="carnet-public-badge"' in member_page.text
+    member_page = member_view(carnet_stack, people["viewer"], app)
+    assert 'class="carnet-public-badge"' in member_page
     # An admin rotates it: the first URL dies at once.
     rotated = requests.post(path, headers=people["admin"], timeout=30)
     assert rotated.status_code == 201 and rotated.json()["url"] != link["url"]
@@ -238,10 +258,8 @@ def test_who_may_make_see_and_revoke_a_public_link(carnet_stack, people, globex_
     assert requests.delete(path, headers=people["studio"], timeout=30).status_code == 204
     assert_json_error(requests.delete(path, headers=people["studio"], timeout=30), 404)
     assert visit(carnet_stack, rotated.json()["url"]).status_code == 404
-    member_page = requests.get(
-        f"{carnet_stack.url}{VIEWER_PREFIX}apps/{app}", headers=people["viewer"], timeout=180
-    )
-    assert member_page.status_code == 200 and "carnet-public-badge" not in member_page.text
+    member_page = member_view(carnet_stack, people["viewer"], app)
+    assert "carnet-public-badge" not in member_page
     assert (
         requests.get(api_url(carnet_stack, f"apps/{app}"), headers=admin, timeout=30).json()["public"]
         is False
@@ -261,6 +279,8 @@ def test_who_may_make_see_and_revoke_a_public_link(carnet_stack, people, globex_
     try:
         assert_json_error(requests.post(path, headers=people["admin"], timeout=30), 403)
         assert visit(carnet_stack, live).status_code == 404
+        # Still shown, and revocable, while suspended.
+        assert requests.get(path, headers=people["admin"], timeout=30).json()["public"] is True
         assert_json_error(
             requests.post(api_url(carnet_stack, f"apps/{app}/embed"), json={}, headers=admin, timeout=30), 403
         )
@@ -287,7 +307,7 @@ def visited(carnet_stack, people, app_id):
     )
     assert link.status_code == 201, link.text
     browser = requests.Session()
-    page = visit(carnet_stack, link.json()["url"], browser)
+    page = visit(carnet_stack, link.json()["url"], browser, keep=True)
     assert page.status_code == 200, page.text[:1000]
     return {
         "url": link.json()["url"],
@@ -589,3 +609,45 @@ def test_embed_origins_say_which_sites_may_frame_embed_urls(carnet_stack, people
         assert f"frame-ancestors {origins}" in policy and policy.count("frame-ancestors") == 1
     finally:
         requests.patch(org, json={"embed_origins": ""}, headers=admin, timeout=30)
+
+
+def test_a_new_version_naming_other_sources_does_not_widen_earlier_links(carnet_stack, people, created, data):
+    """The sources are fixed when a link or embed URL is made: republishing the app with code that reads
+    another source (an analyst may publish, not share publicly) gives its visitors nothing more."""
+    slug = unique("pl-widen")
+
+    def publish_cells(*cells):
+        notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+        notebook.metadata["kernelspec"] = KERNELSPEC
+        made = requests.post(
+            api_url(carnet_stack, "apps"),
+            json={"slug": slug, "title": "Widen", "notebook": notebook},
+            headers=people["studio"],
+            timeout=30,
+        )
+        assert made.status_code == 201, made.text
+        created.apps.add(made.json()["id"])
+        return made.json()["id"]
+
+    app = publish_cells(f"import carnet\ncarnet.sources[{data['cities']!r}].df()")
+    path = api_url(carnet_stack, f"apps/{app}/public-link")
+    link = requests.post(path, headers=people["studio"], timeout=30)
+    embedded = embed(carnet_stack, people["studio"], app)
+    assert link.json()["sources"] == [data["cities"]]
+    again = publish_cells(
+        "import json\nimport carnet\n"
+        "try:\n"
+        f"    print('@@SECRET ' + json.dumps(carnet.sources[{data['secret']!r}].df()['code'].tolist()))\n"
+        "except Exception as exc:\n"
+        "    print('@@SECRET ' + json.dumps(getattr(exc, 'status', repr(exc))))"
+    )
+    assert again == app
+    for url in (link.json()["url"], embedded.json()["url"]):
+        page = visit(carnet_stack, url)
+        assert page.status_code == 200, page.text[:300]
+        assert printed(page.text, "@@SECRET ") == 404
+        assert "top-secret-value" not in page.text
+    # An embed URL may name its sources explicitly (of the org): then those.
+    chosen = embed(carnet_stack, people["studio"], app, sources=[data["secret"]])
+    assert printed(visit(carnet_stack, chosen.json()["url"]).text, "@@SECRET ") == ["top-secret-value"]
+    assert_json_error(embed(carnet_stack, people["studio"], app, sources=["no such source"]), 400)

@@ -465,6 +465,8 @@ PATHS = {
                     "attributes": {"type": "object", "additionalProperties": {"type": "array", "items": STR}},
                     "variables": OBJ,
                     "expires_in": INT,
+                    # Default: the sources the current snapshot names (signed: later versions add none).
+                    "sources": {"type": "array", "maxItems": 200, "items": STR},
                 },
                 "additionalProperties": False,
             },

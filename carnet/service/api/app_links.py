@@ -41,10 +41,11 @@ class AppPublicLinkHandler(BaseHandler):
     """The app's public link: GET whether it has one (never the secret again), POST makes or rotates it
     (the URL is in this answer only), DELETE revokes it."""
 
-    def _app(self, session):
+    def _app(self, session, making: bool = False):
         principal = self.principal()
         app = find_openable_app(session, principal, self.path_kwargs["app_id"])
-        require_public_apps(session, principal, app)
+        if making:  # seeing and revoking a link stay possible after the org turned public apps off
+            require_public_apps(session, principal, app)
         return app
 
     @authorized("apps:share_public")
@@ -66,7 +67,7 @@ class AppPublicLinkHandler(BaseHandler):
         if unknown:
             raise ValidationError(f"Unknown field {unknown[0]!r}", field=unknown[0])
         with self.db() as session:
-            app = self._app(session)
+            app = self._app(session, making=True)
             sources = app_sources(session, self.settings_obj, app, body.get("sources"))
             rotated = public_link_of(session, app.id) is not None
             link, secret = create_public_link(session, app, principal.user_id, sources)
@@ -101,11 +102,13 @@ class AppEmbedHandler(BaseHandler):
     @authorized("apps:share_public")
     def post(self, app_id):
         principal = self.principal()
-        attributes, variables, expires_in = check_embed_request(self.get_json_body())
+        body = self.get_json_body()
+        attributes, variables, expires_in = check_embed_request(body)
         with self.db() as session:
             app = find_openable_app(session, principal, app_id)
             require_public_apps(session, principal, app)
-            token, expires_at = sign_embed(self.settings_obj, app, attributes, variables, expires_in)
+            sources = app_sources(session, self.settings_obj, app, body.get("sources"))
+            token, expires_at = sign_embed(self.settings_obj, app, attributes, variables, expires_in, sources)
             self.audit(
                 session,
                 "app.embed.create",
@@ -114,6 +117,7 @@ class AppEmbedHandler(BaseHandler):
                 public=True,
                 attributes=attributes,
                 variables=sorted(variables),
+                sources=sources,
                 expires_at=expires_at.isoformat(),
             )
             self.write_json(
@@ -144,9 +148,8 @@ class VisitorSessionHandler(BaseHandler):
             else:
                 payload, app = verify_embed(session, settings, embed_text)
                 kind = TokenKind.embed
-                # The sources its current snapshot names (an embed URL outlives republishing).
                 scope = {
-                    "sources": app_sources(session, settings, app),
+                    "sources": payload["src"],
                     "attributes": payload["attr"],
                     "variables": payload["var"],
                 }
