@@ -31,7 +31,12 @@ from carnet.extension.render_pool import Busy, pool_key, render_context, render_
 from carnet.extension.viewer_badge import PublicBadgeMixin
 from carnet.extension.viewer_csp import AppPagePolicyMixin
 from carnet.extension.viewer_kernels import KernelRequest, kernel_request
-from carnet.extension.viewer_static import LabextensionAssetHandler, StaticAssetHandler, check_asset_path
+from carnet.extension.viewer_static import (
+    LabextensionAssetHandler,
+    StaticAssetHandler,
+    check_asset_path,
+    fontawesome_path,
+)
 from carnet.hub_auth import limit_server_hub_auth_cache
 from carnet.settings import CarnetSettings
 
@@ -284,6 +289,11 @@ def _load_jupyter_server_extension(server_app):
                 },
             ),
             (url_path_join(base, "voila/static/(.*)"), StaticAssetHandler, {"paths": static_paths}),
+            (
+                url_path_join(base, r"carnet/fontawesome/(.*)"),
+                LabextensionAssetHandler,
+                {"path": [fontawesome_path()], "no_cache_paths": []},
+            ),
             (url_path_join(base, r"voila/api/shutdown/(?P<kernel_id>[\w-]+)"), OwnedKernelShutdownHandler),
             (
                 url_path_join(base, r"voila/labextensions/(.*)"),

@@ -5,6 +5,7 @@ never a 403 or 500 that would tell a file from no file."""
 
 from __future__ import annotations
 
+import os
 import posixpath
 
 from jupyter_server.base.handlers import FileFindHandler
@@ -66,3 +67,11 @@ class StaticAssetHandler(AssetsOnlyMixin, MultiStaticFileHandler):
 
 class LabextensionAssetHandler(AssetsOnlyMixin, FileFindHandler):
     """``voila/labextensions/``: the JupyterLab extensions' built files (widgets, plotly)."""
+
+
+def fontawesome_path() -> str:
+    """Font Awesome as JupyterHub ships it (its pages use it): the Viewer serves it itself, so app pages need
+    no CDN (their policy would refuse one) and widget icons (``fa fa-<name>``, through the v4 shims) show."""
+    from jupyterhub._data import DATA_FILES_PATH  # noqa: PLC0415 - only the Viewer needs it
+
+    return os.path.join(DATA_FILES_PATH, "static", "components", "@fortawesome", "fontawesome-free")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 
 import nbformat
 import pytest
@@ -251,3 +252,31 @@ def test_failing_cell_in_the_stacks_viewer_shows_the_generic_message(carnet_stac
         headers=viewer,
         timeout=60,
     )
+
+
+def test_the_page_loads_no_stylesheet_or_script_from_another_site():
+    page = render(notebook(code("x")))
+    remote = [
+        tag.get("href") or tag.get("src")
+        for tag in page.select("link[href], script[src]")
+        if "//" in (tag.get("href") or tag.get("src"))
+    ]
+    assert remote == []
+    icons = [link["href"] for link in page.select("link[rel=stylesheet]") if "fontawesome" in link["href"]]
+    assert icons == [
+        "/services/carnet-viewer/carnet/fontawesome/css/all.min.css",
+        "/services/carnet-viewer/carnet/fontawesome/css/v4-shims.min.css",
+    ]
+
+
+def test_the_viewer_serves_its_icon_font_and_nothing_else_from_that_folder(carnet_stack, hub_token):
+    viewer = auth(hub_token("viewer@acme.example"))
+    base = f"{carnet_stack.url}/services/carnet-viewer/carnet/fontawesome/"
+    css = requests.get(base + "css/all.min.css", headers=viewer, timeout=30)
+    assert css.status_code == 200 and "text/css" in css.headers["Content-Type"]
+    fonts = sorted({url for url in re.findall(r"url\(([^)]+\.woff2)\)", css.text)})
+    assert fonts, "the stylesheet names its web fonts"
+    font = requests.get(base + "css/" + fonts[0], headers=viewer, timeout=30)
+    assert font.status_code == 200 and font.content[:4] == b"wOF2"
+    for path in ("package.json", "README.md", "../../../jupyterhub_config.py", "css/%2e%2e/package.json"):
+        assert requests.get(base + path, headers=viewer, timeout=30).status_code == 404, path
