@@ -12,4 +12,13 @@ from carnet.kernel_helpers.warehouse import Table, Warehouse
 sources = SourceCollection()
 warehouse = Warehouse()  # carnet.warehouse.write(df, "sales", mode="replace")
 
-__all__ = ["Source", "SourceCollection", "Table", "Warehouse", "filters", "sources", "warehouse"]
+__all__ = ["Source", "SourceCollection", "Table", "Warehouse", "dash", "filters", "sources", "warehouse"]
+
+
+def __getattr__(name):
+    # carnet.dash imports ipywidgets and plotly helpers: only for notebooks that use it.
+    if name == "dash":
+        import importlib
+
+        return importlib.import_module("carnet.kernel_helpers.dash")
+    raise AttributeError(f"module 'carnet.kernel_helpers' has no attribute {name!r}")

@@ -6,6 +6,7 @@ A spec is what `src.df(...)` / `src.query(...)` send::
      "where": [["amount", ">=", 10], ["region", "in", ["north", "south"]], ["note", "is_null"]],
      "order_by": ["region", ["amount", "desc"]],
      "limit": 1000,
+     "offset": 2000,
      "group_by": ["region"],
      "aggregates": {"amount": "sum", "*": "count"}}
 
@@ -37,7 +38,7 @@ _INT64 = (-(2**63), 2**63 - 1)
 COMPARISONS = {"=": "=", "!=": "<>", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
 OPS = frozenset([*COMPARISONS, "in", "not_in", "like", "ilike", "is_null", "not_null", "between"])
 AGGREGATES = frozenset(["sum", "avg", "min", "max", "count", "count_distinct"])
-_SPEC_KEYS = frozenset(["columns", "where", "order_by", "limit", "group_by", "aggregates"])
+_SPEC_KEYS = frozenset(["columns", "where", "order_by", "limit", "offset", "group_by", "aggregates"])
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ class QuerySpec:
     limit: int | None = None
     group_by: tuple[str, ...] = ()
     aggregates: tuple[Aggregate, ...] = ()
+    offset: int = 0  # rows skipped before the limit (pages of a table); last, so positional uses stay valid
 
     @property
     def is_aggregate(self) -> bool:
@@ -110,7 +112,8 @@ def parse_spec(raw: Mapping | QuerySpec | None, known_columns: Iterable[str]) ->
     # Once grouped, only result columns can be sorted on; otherwise any column of the table.
     sortable = set(spec.output_columns()) if spec.is_aggregate else known
     order_by = tuple(_order(item, sortable) for item in _list(raw.get("order_by"), "order_by"))
-    return QuerySpec(columns, where, order_by, spec.limit, group_by, aggregates)
+    offset = _offset(raw.get("offset"))
+    return QuerySpec(columns, where, order_by, spec.limit, group_by, aggregates, offset)
 
 
 def _unparse(spec: QuerySpec) -> dict:
@@ -121,6 +124,7 @@ def _unparse(spec: QuerySpec) -> dict:
         "limit": spec.limit,
         "group_by": list(spec.group_by),
         "aggregates": {a.column: a.func for a in spec.aggregates},
+        "offset": spec.offset,
     }
 
 
@@ -205,6 +209,14 @@ def _limit(value) -> int | None:
     return value
 
 
+def _offset(value) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_LIMIT:
+        raise ValidationError(f"offset must be an integer from 0 to {MAX_LIMIT}", field="offset")
+    return value
+
+
 def _order(item, sortable: set[str]) -> tuple[str, str]:
     name, direction = (item, "asc") if isinstance(item, str) else (None, None)
     if isinstance(item, list | tuple) and len(item) == 2:
@@ -241,6 +253,8 @@ def to_sqlalchemy(spec: Mapping | QuerySpec | None, table: sa.Table | sa.Subquer
         query = query.order_by(expr.desc() if direction == "desc" else expr.asc())
     if spec.limit is not None:
         query = query.limit(spec.limit)
+    if spec.offset:
+        query = query.offset(spec.offset)
     return query
 
 
@@ -323,6 +337,9 @@ def to_duckdb(
     if spec.limit is not None:
         sql += " LIMIT ?"
         params.append(spec.limit)
+    if spec.offset:
+        sql += " OFFSET ?"
+        params.append(spec.offset)
     return sql, params
 
 

@@ -132,6 +132,7 @@ PATHS = {
                 where={"type": "array", "description": "[[column, operator, value], ...]"},
                 order_by={"type": "array", "description": "column or [column, 'asc'|'desc']"},
                 limit=INT,
+                offset={**INT, "minimum": 0, "description": "rows skipped before the limit (pages)"},
                 group_by={"type": "array", "items": STR},
                 aggregates={
                     "type": "object",
