@@ -22,9 +22,9 @@ Measured for each side:
 - new filter value: on a rendered page's kernel, a Python websocket client (Jupyter's JSON kernel protocol,
   as the page's widget manager does) sets the dropdown's index and waits for the display_data carrying the
   new chart (its title names the region); ``--repeats`` changes, one after another. Plain Voila's dropdown
-  filters and groups the DataFrame in pandas; the Viewer's asks Carnet's query service for the region's
-  totals (``carnet.sources[...].query(group_by=..., where=...)``, server-side, cached per value), as a
-  Carnet author would write it.
+  filters and groups the DataFrame in pandas; the Viewer's does the same (``--subset pandas``, the default)
+  or asks Carnet's query service for the region's totals (``--subset query``:
+  ``carnet.sources[...].query(group_by=..., where=...)``, server-side, cached per value).
 - The Viewer's stack runs with no kernel caps (CARNET_VIEWER_MAX_KERNELS_PER_APP/ORG=0).
 - ``--viewers`` concurrent viewers: that many threads open the page at once; p50/p95 latency, errors; memory
   per viewer = the summed RSS (/proc) of the kernels those renders started / viewers.
@@ -55,6 +55,7 @@ import requests
 import carnet
 from bench.common import start_stack, stop_stack
 from bench.viewer_support import (
+    PANDAS_SUBSET,
     TABLE,
     RenderFailed,
     bench_notebook,
@@ -299,7 +300,7 @@ def start_plain_voila(work: Path, parquet: Path, rows: int) -> tuple[subprocess.
     return process, side
 
 
-def carnet_side(stack, rows: int, parquet: Path) -> Side:
+def carnet_side(stack, rows: int, parquet: Path, subset: str = "pandas") -> Side:
     key = api_key(stack)
     client = carnet.Client(stack.url, key)
     loaded = client.warehouse.table(TABLE).load_file(parquet)  # the REST load route
@@ -310,13 +311,15 @@ def carnet_side(stack, rows: int, parquet: Path) -> Side:
     answer = requests.post(api + "sources", json=source, headers=headers, timeout=60)
     if answer.status_code != 201:
         raise RenderFailed(f"creating the source answered {answer.status_code}: {answer.text[:300]}")
-    # The dropdown asks the query service for the region's totals (server-side, as a Carnet author would
-    # write it); plain Voila's copy filters the DataFrame in pandas.
-    subset = (
-        f"by_product = carnet.sources[{TABLE!r}].query(group_by=['product'], aggregates={{'amount': 'sum'}},"
-        " where={'region': picker.value})"
-    )
-    notebook = bench_notebook(f'import carnet\ndf = carnet.sources["{TABLE}"].df()', rows, subset)
+    # --subset query: the dropdown asks the query service for the region's totals (server-side, cached per
+    # value); pandas (the default): the same callback as plain Voila's, over the DataFrame in the kernel.
+    subset_code = PANDAS_SUBSET
+    if subset == "query":
+        subset_code = (
+            f"by_product = carnet.sources[{TABLE!r}].query(group_by=['product'], "
+            "aggregates={'amount': 'sum'}, where={'region': picker.value})"
+        )
+    notebook = bench_notebook(f'import carnet\ndf = carnet.sources["{TABLE}"].df()', rows, subset_code)
     app = {"slug": f"bench-viewer-{uuid.uuid4().hex[:6]}", "title": "Viewer bench", "notebook": notebook}
     answer = requests.post(api + "apps", json=app, headers=headers, timeout=60)
     if answer.status_code != 201:
@@ -350,6 +353,12 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--rows", type=int, default=None, help="rows in the table (1,000,000)")
     parser.add_argument("--pool", type=int, default=1, help="the Viewer's pre-rendered pages per key (1)")
+    parser.add_argument(
+        "--subset",
+        choices=("pandas", "query"),
+        default="pandas",
+        help="the Viewer app's dropdown: pandas over the DataFrame (as plain Voila) or the query service",
+    )
     parser.add_argument("--quick", action="store_true", help="a check: 100,000 rows, 3 repeats, 4 viewers")
     args = parser.parse_args(argv)
     quick = (4, 3, 100_000) if args.quick else (50, 10, 1_000_000)
@@ -380,7 +389,7 @@ def main(argv=None) -> int:
                 "CARNET_VIEWER_MAX_KERNELS_PER_ORG": "0",
             }
         )
-        viewer = carnet_side(stack, args.rows, parquet)
+        viewer = carnet_side(stack, args.rows, parquet, args.subset)
         started = time.perf_counter()
         plain_result = measure(plain, args.repeats, args.viewers)
         viewer_result = measure(viewer, args.repeats, args.viewers)

@@ -15,10 +15,13 @@ Why sharing a pre-rendered page is safe, and what the key holds:
 - the viewer's OS account when kernels run as people's accounts (carnet.isolation): a kernel process
   cannot change account, and code of one person's app must not keep running as someone else. On a laptop
   (no accounts) people with the same row context share pages.
-The kernel is rendered with a token minted for the visitor who caused the refill; on hand-over it gets the
-new visitor's token through the Viewer's own kernel client (``carnet.kernel_helpers.identity.use_token``,
-never through the visitor's websocket, which drops code), so every read after a filter change is theirs.
-Previews (``?as_user=``) are never pooled.
+The kernel is rendered with a token minted for the visitor who caused the refill (short-lived: the pool's
+TTL + 10 min); on hand-over it gets the new visitor's token through the Viewer's own kernel client
+(``carnet.kernel_helpers.identity.use_token``, never through the visitor's websocket, which drops code),
+so every read after a filter change is theirs. Until hand-over the kernel belongs to no one (owner "": no
+websocket, no shutdown by anyone). Previews (``?as_user=``) and anonymous routes are never pooled.
+Sources whose data changes outside Carnet (SQL, REST) keep no version: a pooled page of them is at most
+``viewer_pool_ttl`` old.
 
 Caps: kernels of open pages and pooled ones count toward ``viewer_max_kernels_per_app`` / ``_per_org``
 (``Slot`` takes the place before the kernel starts, so concurrent requests cannot overshoot). A new
@@ -36,18 +39,14 @@ import asyncio
 import hashlib
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl
 
 from jupyter_core.utils import ensure_async
-from tornado.httputil import split_host_and_port
-from voila._version import __version__ as voila_version
-from voila.notebook_renderer import NotebookRenderer
-from voila.utils import ENV_VARIABLE, get_page_config
+from voila.utils import ENV_VARIABLE
 
-from carnet.extension.viewer_kernels import KernelRequest, kernel_request
+from carnet.extension.prerender import RenderContext, prerender
 from carnet.isolation import accounts_enabled
 
 log = logging.getLogger("carnet.viewer.pool")
@@ -110,45 +109,6 @@ class Slot:
     def free(self) -> None:
         if self in self._slots:
             self._slots.remove(self)
-
-
-@dataclass
-class RenderContext:
-    """What a render needs of the request that caused it, kept to render the same page later."""
-
-    handler: object  # the AppHandler (its server-wide managers and settings; its request is over)
-    notebook_path: str
-    page_config: dict
-    env: dict  # Voila's request variables for the kernel (QUERY_STRING etc.)
-
-
-def render_context(handler, notebook_path: str) -> RenderContext:
-    request = handler.request
-    host, port = split_host_and_port(request.host.lower())
-    env = {
-        ENV_VARIABLE.SCRIPT_NAME: request.path,
-        ENV_VARIABLE.PATH_INFO: "",
-        ENV_VARIABLE.QUERY_STRING: str(request.query),
-        ENV_VARIABLE.SERVER_SOFTWARE: f"voila/{voila_version}",
-        ENV_VARIABLE.SERVER_PROTOCOL: str(request.version),
-        ENV_VARIABLE.SERVER_PORT: str(port) if port else "",
-        ENV_VARIABLE.SERVER_NAME: host,
-        ENV_VARIABLE.VOILA_PREHEAT: "False",
-        ENV_VARIABLE.VOILA_BASE_URL: handler.base_url,
-        ENV_VARIABLE.VOILA_SERVER_URL: handler.settings.get("server_url", "/"),
-        ENV_VARIABLE.VOILA_REQUEST_URL: request.full_url(),
-        ENV_VARIABLE.VOILA_APP_PORT: str(port) if port else "",
-    }
-    kwargs = {
-        "base_url": handler.base_url,
-        "settings": handler.settings,
-        "log": handler.log,
-        "voila_configuration": handler.voila_configuration,
-    }
-    page_config = get_page_config(**kwargs)
-    if handler.page_config_hook:
-        page_config = handler.page_config_hook(page_config, **kwargs, notebook_path=notebook_path)
-    return RenderContext(handler, notebook_path, page_config, {str(k): v for k, v in env.items()})
 
 
 class Busy(Exception):
@@ -247,12 +207,12 @@ class RenderPool:
             except Busy:
                 return  # the pool never takes the last places from people
             try:
-                entry = await prerender(context, session, slot, key, self.km)
+                kernel_id, html = await prerender(context, session, slot, self.km)
             finally:
                 slot.free()
-            self.entries.setdefault(key, []).append(entry)
+            self.entries.setdefault(key, []).append(Entry(key, kernel_id, html))
             made = True
-            self.log.info("Pre-rendered app %s v%s in kernel %s", key.app_id, key.version, entry.kernel_id)
+            self.log.info("Pre-rendered app %s v%s in kernel %s", key.app_id, key.version, kernel_id)
         except Exception:
             self.log.exception("Pre-rendering app %s failed", key.app_id)
         finally:
@@ -325,47 +285,6 @@ class RenderPool:
                 await ensure_async(self.km.shutdown_kernel(kernel_id, now=True))
             except Exception:
                 log.exception("Shutting pooled kernel %s down failed", kernel_id)
-
-
-async def prerender(context: RenderContext, session: dict, slot: Slot, key: PoolKey, km) -> Entry:
-    """Voila's render (its non-preheated path in ``VoilaHandler.get_generator``) into a string, with a kernel
-    that belongs to no one yet."""
-    handler = context.handler
-    renderer = NotebookRenderer(
-        request_handler=None,
-        voila_configuration=handler.voila_configuration,
-        traitlet_config=handler.traitlet_config,
-        notebook_path=session["notebook_path"],
-        template_paths=handler.template_paths,
-        config_manager=handler.config_manager,
-        contents_manager=handler.contents_manager,
-        base_url=handler.base_url,
-        kernel_spec_manager=handler.kernel_spec_manager,
-        page_config=context.page_config,
-        mathjax_config=handler.settings.get("mathjax_config"),
-        mathjax_url=handler.settings.get("mathjax_url"),
-    )
-    await renderer.initialize()
-    request = KernelRequest(owner="", token=session["token"], user_id=session["user"]["id"], slot=slot)
-    reset = kernel_request.set(request)
-    try:
-        kernel_id = await ensure_async(
-            km.start_kernel(
-                kernel_name=renderer.notebook.metadata.kernelspec.name,
-                path=os.path.dirname(session["notebook_path"]),
-                env={**os.environ, **context.env},
-            )
-        )
-    finally:
-        kernel_request.reset(reset)
-    try:
-        parts = [
-            html async for html, _ in renderer.generate_content_generator(kernel_id, km.get_kernel(kernel_id))
-        ]
-    except BaseException:
-        await ensure_async(km.shutdown_kernel(kernel_id))
-        raise
-    return Entry(key, kernel_id, "".join(parts))
 
 
 def render_pool_of(handler) -> RenderPool:

@@ -27,7 +27,8 @@ from voila.static_file_handler import TemplateStaticFileHandler
 from voila.tornado.handler import TornadoVoilaHandler
 from voila.utils import get_data_dir, get_voila_labextensions_path, pjoin
 
-from carnet.extension.render_pool import Busy, pool_key, render_context, render_pool_of, write_busy
+from carnet.extension.prerender import render_context
+from carnet.extension.render_pool import Busy, pool_key, render_pool_of, write_busy
 from carnet.extension.viewer_badge import PublicBadgeMixin
 from carnet.extension.viewer_csp import AppPagePolicyMixin
 from carnet.extension.viewer_kernels import KernelRequest, kernel_request
@@ -37,6 +38,7 @@ from carnet.extension.viewer_static import (
     check_asset_path,
     fontawesome_path,
 )
+from carnet.extension.viewer_topojson import topojson_route
 from carnet.hub_auth import limit_server_hub_auth_cache
 from carnet.settings import CarnetSettings
 
@@ -154,7 +156,13 @@ class AppHandler(PublicBadgeMixin, AppPagePolicyMixin, TornadoVoilaHandler):
                 write_busy(self)
                 return
         token = kernel_request.set(
-            KernelRequest(owner=owner, token=session["token"], user_id=session["user"]["id"], slot=slot)
+            KernelRequest(
+                owner=owner,
+                token=session["token"],
+                user_id=session["user"]["id"],
+                slot=slot,
+                brand_color=branding.get("color") or "",  # carnet.dash's Theme (viewer_kernels.kernel_env)
+            )
         )
         try:
             async for html in self.get_generator(path=session["notebook_path"]):
@@ -294,6 +302,7 @@ def _load_jupyter_server_extension(server_app):
                 LabextensionAssetHandler,
                 {"path": [fontawesome_path()], "no_cache_paths": []},
             ),
+            topojson_route(base),  # map outlines for plotly (viewer_topojson.py)
             (url_path_join(base, r"voila/api/shutdown/(?P<kernel_id>[\w-]+)"), OwnedKernelShutdownHandler),
             (
                 url_path_join(base, r"voila/labextensions/(.*)"),

@@ -370,8 +370,8 @@ def test_a_pooled_page_in_a_browser_redraws_its_chart_on_a_dropdown_change(pool_
     close_pages(stack, app)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        # Playwright's wait_for_function evaluates its string: the Viewer's CSP (no unsafe-eval) refuses it.
-        context = browser.new_context(viewport={"width": 1280, "height": 900}, bypass_csp=True)
+        # Under the Viewer's page policy (extension/viewer_csp.py): functions, not strings to evaluate.
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
         page = context.new_page()
         try:
             page.goto(f"{stack.url}/hub/login")
@@ -380,11 +380,11 @@ def test_a_pooled_page_in_a_browser_redraws_its_chart_on_a_dropdown_change(pool_
             page.click("#login_submit")
             page.wait_for_url(f"{stack.url}/services/carnet/viewer/", timeout=30_000)
             page.goto(app.url, wait_until="commit")
-            page.wait_for_function(f"{CHART_TITLES}.includes('Sales by product in EU')", timeout=60_000)
+            page.wait_for_function(f"() => {CHART_TITLES}.includes('Sales by product in EU')", timeout=60_000)
             assert page_kernel(page) == ready  # the pooled page, its widgets on the pooled kernel
             page.locator(".widget-dropdown select").select_option("US")
             page.wait_for_function(
-                f"{CHART_TITLES}.includes('Sales by product in US')", timeout=30_000, polling=100
+                f"() => {CHART_TITLES}.includes('Sales by product in US')", timeout=30_000, polling=100
             )
             assert page.locator(CHARTS).count() >= 1
         finally:

@@ -747,7 +747,8 @@ PATHS = {
             "Carnet Viewer only: check that a user may open an app and mint their kernel token",
             None,
             ok="201",
-            body=_obj(["user", "app_id"], user=STR, app_id=INT),
+            # ttl_seconds: a shorter life for the token (the Viewer's pre-rendered pages, render_pool.py).
+            body=_obj(["user", "app_id"], user=STR, app_id=INT, as_user=STR, ttl_seconds=INT),
             **{"x-carnet-service-only": ["carnet-viewer"]},
         )
     },
