@@ -31,7 +31,7 @@ ASSET_SUFFIXES = frozenset(
 )
 
 
-def check_asset_path(path: str) -> str:
+def check_asset_path(path: str, suffixes: frozenset[str] = ASSET_SUFFIXES) -> str:
     """``path`` (already URL-decoded by Tornado) when it names an asset below the route's folders."""
     parts = path.split("/")
     if (
@@ -41,15 +41,17 @@ def check_asset_path(path: str) -> str:
         or "\x00" in path
         or posixpath.normpath(path) != path
         or any(part in ("", ".", "..") or part.startswith(".") for part in parts)
-        or posixpath.splitext(path)[1].lower() not in ASSET_SUFFIXES
+        or posixpath.splitext(path)[1].lower() not in suffixes
     ):
         raise web.HTTPError(404)
     return path
 
 
 class AssetsOnlyMixin:
+    suffixes = ASSET_SUFFIXES  # a route of data files allows its own (viewer_topojson.py: .json only)
+
     def parse_url_path(self, url_path):
-        return super().parse_url_path(check_asset_path(url_path))
+        return super().parse_url_path(check_asset_path(url_path, self.suffixes))
 
     def validate_absolute_path(self, root, absolute_path):
         try:
