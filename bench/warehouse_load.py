@@ -7,10 +7,12 @@
 
 Each contender runs in its own child process; its peak RSS is that child's VmHWM (sampled until it exits).
 The service's peak is VmHWM from /proc/<pid>/status (kept since it started: printed after start and after
-each load). Every loaded row count is checked (exit 1 if one is not ``--rows``). Target
-(issue 5): carnet within 1.5x of DuckDB, memory bounded (compare ``--rows 1000000`` with the full run).
+each load). ``--repeat`` rounds (default 3) run the three contenders in a rotated order and the medians are
+compared: on a shared 2-core machine a single run moves by up to 2x. Every loaded row count is checked (exit 1
+if one is not ``--rows``). Target (issue 5): carnet within 1.5x of DuckDB, memory bounded (compare ``--rows
+1000000`` with the full run).
 
-Run: ``.venv/bin/python -m bench.warehouse_load [--rows N] [--keep DIR] [--direct-first]``; default
+Run: ``.venv/bin/python -m bench.warehouse_load [--rows N] [--keep DIR] [--repeat N]``; default
 10,000,000 rows: ~1 GB of CSV in a temporary folder, removed at the end unless ``--keep DIR`` names one.
 """
 
@@ -166,7 +168,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--keep", help="generate into (and keep) this folder instead of a temporary one")
-    parser.add_argument("--direct-first", action="store_true", help="load direct to the service first")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="rounds of the three contenders; the medians are compared"
+    )
     args = parser.parse_args(argv)
     work = Path(args.keep or tempfile.mkdtemp(prefix="carnet-bench-load-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -180,14 +184,6 @@ def main(argv=None) -> int:
             print(f"generated {data} ({data.stat().st_size / 1e6:.0f} MB) in {seconds:.1f} s")
         size_mb = data.stat().st_size / 1e6
 
-        duck_db = work / "duckdb.duckdb"
-        duck_db.unlink(missing_ok=True)
-        duck = run_child([sys.executable, "-c", DUCKDB_CHILD, str(data), str(duck_db)])
-        duck_db.unlink(missing_ok=True)
-        if duck[4] != 0:
-            raise SystemExit(f"FAIL: duckdb child: {duck[3][-2000:]}")
-        duck_rows = int(duck[2].split()[-1])
-
         stack_dir = Path(tempfile.mkdtemp(prefix="carnet-bench-"))
         os.chmod(stack_dir, 0o711)  # noqa: S103 - people's OS accounts traverse it to their homes
         stack = CarnetStack(stack_dir)
@@ -197,16 +193,44 @@ def main(argv=None) -> int:
         hwm_start = vm_hwm_mb(pid)
         # The address kernels use (CARNET_API_URL): the same service without the Hub's proxy in between.
         direct = f"http://127.0.0.1:{stack.ports['SERVICE']}/services/carnet/"
-        if args.direct_first:  # the second load meets a fuller warehouse file, which slows the engine
-            via_service = load_with_cli(stack, key, pid, direct, TABLE + "_direct", data)
-        via_hub = load_with_cli(stack, key, pid, stack.url, TABLE, data)
-        if not args.direct_first:
-            via_service = load_with_cli(stack, key, pid, direct, TABLE + "_direct", data)
 
-        print(f"\n{args.rows:,} rows x 10 columns, {size_mb:.0f} MB of CSV, {os.cpu_count()} cores")
+        def duckdb_alone():
+            duck_db = work / "duckdb.duckdb"
+            duck_db.unlink(missing_ok=True)
+            duck = run_child([sys.executable, "-c", DUCKDB_CHILD, str(data), str(duck_db)])
+            duck_db.unlink(missing_ok=True)
+            if duck[4] != 0:
+                raise SystemExit(f"FAIL: duckdb child: {duck[3][-2000:]}")
+            return duck[0], duck[1], int(duck[2].split()[-1])
+
+        contenders = {
+            "duckdb": duckdb_alone,
+            "hub": lambda: load_with_cli(stack, key, pid, stack.url, TABLE, data),
+            "direct": lambda: load_with_cli(stack, key, pid, direct, TABLE + "_direct", data),
+        }
+        runs: dict[str, list] = {name: [] for name in contenders}
+        for round_ in range(args.repeat):
+            # Each round runs all three, in a rotated order: a busy moment of the machine hits each in turn.
+            order = list(contenders)[round_ % 3 :] + list(contenders)[: round_ % 3]
+            for name in order:
+                runs[name].append(contenders[name]())
+            print(
+                f"round {round_ + 1}: "
+                + ", ".join(f"{name} {runs[name][-1][0]:.2f} s" for name in contenders),
+                flush=True,
+            )
+
+        def median_run(name):
+            return sorted(runs[name], key=lambda run: run[0])[len(runs[name]) // 2]
+
+        duck, via_hub, via_service = median_run("duckdb"), median_run("hub"), median_run("direct")
+        print(
+            f"\n{args.rows:,} rows x 10 columns, {size_mb:.0f} MB of CSV, {os.cpu_count()} cores; "
+            f"median of {args.repeat} rounds"
+        )
         print(f"{'':52s} {'seconds':>8s} {'rows/s':>12s} {'peak RSS MB':>12s} {'x duckdb':>9s}")
         lines = [
-            ("raw DuckDB read_csv -> table (child process)", duck[0], duck[1], duck_rows),
+            ("raw DuckDB read_csv -> table (child process)", *duck),
             ("carnet load via the Hub's URL (CLI process)", *via_hub[:3]),
             ("carnet load direct to the service (CLI process)", *via_service[:3]),
         ]
@@ -214,16 +238,17 @@ def main(argv=None) -> int:
             rate = args.rows / seconds
             print(f"{name:52s} {seconds:8.2f} {rate:12,.0f} {peak:12.0f} {seconds / duck[0]:9.2f}")
         print(
-            f"Carnet service peak RSS (VmHWM): {hwm_start:.0f} MB after start, {via_hub[3]:.0f} MB after the "
-            f"first load, {via_service[3]:.0f} MB after the second"
+            f"Carnet service peak RSS (VmHWM): {hwm_start:.0f} MB after start, "
+            f"{max(vm_hwm_mb(pid), via_hub[3], via_service[3]):.0f} MB after all loads"
         )
         for name, run in (("via the Hub", via_hub), ("direct", via_service)):
             print(f"{name}: load engine's own time (load history) {run[4]} s; the CLI said: {run[5].strip()}")
         print("\n".join(progress_proof(via_hub[6])))
-        if any(rows != args.rows for _n, _s, _p, rows in lines):
-            print(f"FAIL: row count differs from {args.rows}: {[(n, r) for n, _s, _p, r in lines]}")
+        counts = [run[2] for name in runs for run in runs[name]]
+        if any(rows != args.rows for rows in counts):
+            print(f"FAIL: a row count differs from {args.rows}: {counts}")
             return 1
-        print(f"row counts OK: {', '.join(f'{rows:,}' for _n, _s, _p, rows in lines)}")
+        print(f"row counts OK: {len(counts)} loads of {args.rows:,} rows")
         return 0
     finally:
         if stack is not None:
