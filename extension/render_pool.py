@@ -12,9 +12,9 @@ Why sharing a pre-rendered page is safe, and what the key holds:
   attribute values): equal hashes read equal rows, so a page made for one viewer holds nothing another
   with the same hash could not read;
 - ``data_version``: the service's hash of the org's source versions, so a load makes older pages unused;
-- the viewer's OS account when kernels run as people's accounts (carnet.isolation): a kernel process
-  cannot change account, and code of one person's app must not keep running as someone else. On a laptop
-  (no accounts) people with the same row context share pages.
+- the person: a page is never handed to someone else, even with the same row context. An app may show
+  who it was rendered for (a Viewer kernel may read ``/me``), and with OS accounts (carnet.isolation) a
+  kernel process runs as one person's account and cannot change it.
 The kernel is rendered with a token minted for the visitor who caused the refill (short-lived: the pool's
 TTL + 10 min); on hand-over it gets the new visitor's token through the Viewer's own kernel client
 (``carnet.kernel_helpers.identity.use_token``, never through the visitor's websocket, which drops code),
@@ -29,8 +29,8 @@ kernel beyond a cap first evicts pooled pages of that app (or org); if none is l
 "busy" page (503, Retry-After). Pooled pages expire after ``viewer_pool_ttl`` and when the app's version or
 data change.
 
-Not done: preheated kernels not yet bound to anyone (imports done, identity given later). With OS
-accounts a kernel is bound to a person from its start, so such kernels would be per person anyway.
+Not done: preheated kernels not yet bound to anyone (imports done, identity given later): pages are per
+person, and with OS accounts a kernel is bound to a person from its start.
 """
 
 from __future__ import annotations
@@ -47,7 +47,6 @@ from jupyter_core.utils import ensure_async
 from voila.utils import ENV_VARIABLE
 
 from carnet.extension.prerender import RenderContext, prerender
-from carnet.isolation import accounts_enabled
 
 log = logging.getLogger("carnet.viewer.pool")
 RETRY_AFTER = 10  # seconds a busy visitor is asked to wait
@@ -64,10 +63,10 @@ class PoolKey:
     data_version: str
     page: str  # hash of the rest of the service's answer (title, branding, ...)
     query: str  # the URL's query, pairs sorted
-    account: int | None  # the viewer's user id when kernels run as their OS account
+    person: int  # the viewer's user id: pages are personal (see above)
 
 
-def pool_key(session: dict, query: str, accounts: bool | None = None) -> PoolKey | None:
+def pool_key(session: dict, query: str) -> PoolKey | None:
     """The key of a viewer session's page (the service's answer + the URL's query); None: not poolable."""
     if session.get("preview_by") or not session.get("row_context") or "data_version" not in session:
         return None
@@ -76,8 +75,6 @@ def pool_key(session: dict, query: str, accounts: bool | None = None) -> PoolKey
     # a field added to the answer later splits the pool rather than leaking across it.
     shown = {k: v for k, v in session.items() if k not in ("token", "user", "notebook_path")}
     page = json.dumps(shown, sort_keys=True, default=str)
-    if accounts is None:
-        accounts = accounts_enabled()
     return PoolKey(
         app_id=int(app["id"]),
         version=int(app["version"]),
@@ -86,7 +83,7 @@ def pool_key(session: dict, query: str, accounts: bool | None = None) -> PoolKey
         data_version=session["data_version"],
         page=hashlib.sha256(page.encode()).hexdigest()[:16],
         query=json.dumps(sorted(parse_qsl(query, keep_blank_values=True))),
-        account=int(session["user"]["id"]) if accounts else None,
+        person=int(session["user"]["id"]),
     )
 
 

@@ -63,26 +63,24 @@ def session_answer(**changes) -> dict:
 
 
 def test_pool_keys_separate_what_could_differ():
-    base = pool_key(session_answer(), "region=EU&year=2026", accounts=False)
+    base = pool_key(session_answer(), "region=EU&year=2026")
     # Query pairs in another order are the same filters.
-    assert pool_key(session_answer(), "year=2026&region=EU", accounts=False) == base
-    # Another person with the same row context, on a machine without OS accounts: the same page.
+    assert pool_key(session_answer(), "year=2026&region=EU") == base
+    # Another person with the same row context still gets a page of their own: an app may show who it was
+    # rendered for (a Viewer kernel may read /me), and with OS accounts a kernel is one person's process.
     other = session_answer(user={"id": 8, "email": "w@x", "role": "viewer"}, token="ck_c_d")
-    assert pool_key(other, "region=EU&year=2026", accounts=False) == base
+    assert pool_key(other, "region=EU&year=2026") != base
     different = [
-        pool_key(session_answer(row_context="ctx-us"), "region=EU&year=2026", accounts=False),
-        pool_key(session_answer(data_version="d2"), "region=EU&year=2026", accounts=False),
-        pool_key(session_answer(version=2), "region=EU&year=2026", accounts=False),
-        pool_key(session_answer(title="Renamed"), "region=EU&year=2026", accounts=False),
-        pool_key(session_answer(), "region=US&year=2026", accounts=False),
-        # With OS accounts a kernel process is one person's: never shared across people.
-        pool_key(session_answer(), "region=EU&year=2026", accounts=True),
+        pool_key(session_answer(row_context="ctx-us"), "region=EU&year=2026"),
+        pool_key(session_answer(data_version="d2"), "region=EU&year=2026"),
+        pool_key(session_answer(version=2), "region=EU&year=2026"),
+        pool_key(session_answer(title="Renamed"), "region=EU&year=2026"),
+        pool_key(session_answer(), "region=US&year=2026"),
     ]
     assert all(key != base for key in different)
-    assert pool_key(other, "region=EU&year=2026", accounts=True) != different[-1]
     # An admin's preview as someone else, or a session without the fingerprints: never pooled.
-    assert pool_key(session_answer(preview_by="admin@x"), "", accounts=False) is None
-    assert pool_key(session_answer(row_context=None), "", accounts=False) is None
+    assert pool_key(session_answer(preview_by="admin@x"), "") is None
+    assert pool_key(session_answer(row_context=None), "") is None
 
 
 def test_the_viewer_may_only_shorten_a_kernel_token():
@@ -125,7 +123,7 @@ def pooled(pool: RenderPool, kernels: FakeKernels, kernel_id: str, key: PoolKey,
 
 def test_caps_count_open_pooled_and_starting_kernels_and_evict_pooled_pages_first():
     pool, kernels = make_pool()
-    key = pool_key(session_answer(), "", accounts=False)
+    key = pool_key(session_answer(), "")
 
     async def scenario():
         kernels.kernel_apps["open"] = (2, 1)  # a page someone has open
@@ -154,10 +152,10 @@ def test_caps_count_open_pooled_and_starting_kernels_and_evict_pooled_pages_firs
 
 def test_expired_and_stale_pooled_pages_are_shut_down():
     pool, kernels = make_pool(viewer_pool_ttl=60)
-    old_key = pool_key(session_answer(), "", accounts=False)
-    new_key = pool_key(session_answer(data_version="d2"), "", accounts=False)
-    other_key = pool_key(session_answer(row_context="ctx-us"), "", accounts=False)
-    current_key = pool_key(session_answer(row_context="ctx-us", data_version="d2"), "", accounts=False)
+    old_key = pool_key(session_answer(), "")
+    new_key = pool_key(session_answer(data_version="d2"), "")
+    other_key = pool_key(session_answer(row_context="ctx-us"), "")
+    current_key = pool_key(session_answer(row_context="ctx-us", data_version="d2"), "")
 
     async def scenario():
         pooled(pool, kernels, "expired", other_key, made=1.0)  # made long ago
