@@ -24,7 +24,9 @@ Measured for each side:
   new chart (its title names the region); ``--repeats`` changes, one after another. Plain Voila's dropdown
   filters and groups the DataFrame in pandas; the Viewer's does the same (``--subset pandas``, the default)
   or asks Carnet's query service for the region's totals (``--subset query``:
-  ``carnet.sources[...].query(group_by=..., where=...)``, server-side, cached per value).
+  ``carnet.sources[...].query(group_by=..., where=...)``, server-side, cached per value), or draws with the
+  same pandas code through ``carnet.filters.prepared`` (``--subset prepared``: each region's chart kept, the
+  other regions' made ahead while the kernel is idle; the change then arrives as the Output widget's state).
 - The Viewer's stack runs with no kernel caps (CARNET_VIEWER_MAX_KERNELS_PER_APP/ORG=0).
 - ``--viewers`` concurrent viewers: that many threads open the page at once; p50/p95 latency, errors; memory
   per viewer = the summed RSS (/proc) of the kernels those renders started / viewers.
@@ -56,6 +58,7 @@ import carnet
 from bench.common import start_stack, stop_stack
 from bench.viewer_support import (
     PANDAS_SUBSET,
+    PREPARED_CALLBACK,
     TABLE,
     RenderFailed,
     bench_notebook,
@@ -319,7 +322,10 @@ def carnet_side(stack, rows: int, parquet: Path, subset: str = "pandas") -> Side
             f"by_product = carnet.sources[{TABLE!r}].query(group_by=['product'], "
             "aggregates={'amount': 'sum'}, where={'region': picker.value})"
         )
-    notebook = bench_notebook(f'import carnet\ndf = carnet.sources["{TABLE}"].df()', rows, subset_code)
+    callback = PREPARED_CALLBACK if subset == "prepared" else None
+    notebook = bench_notebook(
+        f'import carnet\ndf = carnet.sources["{TABLE}"].df()', rows, subset_code, callback
+    )
     app = {"slug": f"bench-viewer-{uuid.uuid4().hex[:6]}", "title": "Viewer bench", "notebook": notebook}
     answer = requests.post(api + "apps", json=app, headers=headers, timeout=60)
     if answer.status_code != 201:
@@ -355,9 +361,10 @@ def main(argv=None) -> int:
     parser.add_argument("--pool", type=int, default=1, help="the Viewer's pre-rendered pages per key (1)")
     parser.add_argument(
         "--subset",
-        choices=("pandas", "query"),
+        choices=("pandas", "query", "prepared"),
         default="pandas",
-        help="the Viewer app's dropdown: pandas over the DataFrame (as plain Voila) or the query service",
+        help="the Viewer app's dropdown: pandas over the DataFrame (as plain Voila), the query service, or "
+        "the pandas draw through carnet.filters.prepared (kept per region, other regions made ahead)",
     )
     parser.add_argument("--quick", action="store_true", help="a check: 100,000 rows, 3 repeats, 4 viewers")
     args = parser.parse_args(argv)

@@ -19,6 +19,7 @@ import re
 from urllib.parse import parse_qs, quote
 
 CLASS_PREFIX = "carnet-url-v-"
+__all__ = ["bind", "prepared", "url_values"]
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,39}$")
 MAX_TEXT = 200
 
@@ -124,3 +125,11 @@ def bind(widget, name: str, query: str | None = None):
     show()
     widget.observe(show, names="value")
     return widget
+
+
+def prepared(widget, output, draw, **options):
+    """``draw(value)`` shown in ``output`` for the widget's value, kept per value and made ahead for the other
+    options while the kernel is idle (carnet/kernel_helpers/prepared.py)."""
+    from carnet.kernel_helpers.prepared import prepared as prepare  # noqa: PLC0415 - only apps using it
+
+    return prepare(widget, output, draw, **options)
