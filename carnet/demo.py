@@ -1,5 +1,6 @@
 """The demo on embedded defaults: org Acme (one user per role) and org Globex (one viewer), Acme's warehouse
-loaded with public data that ships inside plotly, a source, a published app and a nightly report job.
+loaded with public data that ships inside plotly, a source, two published apps (a notebook, and a
+``carnet.dash`` dashboard from ``demo_dash.py``) and a nightly report job.
 
 Idempotent: a second run creates only what is missing and never prints a password again.
 """
@@ -13,6 +14,7 @@ from sqlalchemy import select
 
 from carnet.db import session_scope, upgrade
 from carnet.db.models import App, DataSource, Job, Membership, Organization, Role, User, utcnow
+from carnet.demo_dash import DASH_APP, DASH_TITLE, dash_notebook
 from carnet.passwords import generate_password, hash_password
 from carnet.publishing import publish
 from carnet.scheduler.cron import next_fire_time
@@ -39,6 +41,7 @@ class DemoResult:
     created_passwords: dict[str, str] = field(default_factory=dict)
     created: list[str] = field(default_factory=list)
     app_id: int | None = None
+    dash_app_id: int | None = None  # the sample carnet.dash dashboard (carnet/demo_dash.py)
     job_id: int | None = None
 
 
@@ -123,6 +126,24 @@ def demo_notebook() -> dict:
     return notebook
 
 
+def ensure_dash_app(session, settings: CarnetSettings, org_id: int, user_id: int, result: DemoResult) -> int:
+    """The sample dashboard made only of ``carnet.dash`` blocks, over the same source."""
+    app = session.scalar(select(App).where(App.org_id == org_id, App.slug == DASH_APP))
+    if app is None:
+        app = publish(
+            session,
+            settings,
+            org_id=org_id,
+            user_id=user_id,
+            slug=DASH_APP,
+            title=DASH_TITLE,
+            notebook=dash_notebook(),
+            description="A carnet.dash dashboard: filters, KPIs, charts, a map and a paged table",
+        )
+        result.created.append(f"app {DASH_APP}")
+    return app.id
+
+
 def load_demo_data(settings: CarnetSettings, org_id: int) -> int:
     import plotly.data
 
@@ -179,6 +200,7 @@ def seed_demo(settings: CarnetSettings) -> DemoResult:
             )
             result.created.append(f"app {DEMO_APP}")
         result.app_id = app.id
+        result.dash_app_id = ensure_dash_app(session, settings, acme.id, studio.id, result)
 
         job = session.scalar(select(Job).where(Job.org_id == acme.id, Job.name == DEMO_JOB))
         if job is None:

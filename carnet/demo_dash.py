@@ -1,10 +1,9 @@
 """The demo's sample dashboard made only of ``carnet.dash`` blocks, over the demo's gapminder source.
 
-Not seeded yet (``carnet/demo.py`` seeds one app, and tests count the demo's apps): ``dash_notebook()`` is
-the notebook, published by tests/test_dash_stack.py and tests/test_dash_browser.py. Its first cell is
-tagged ``filters`` (the Viewer's sticky bar): it builds the dashboard and shows its filters; after a
-heading, the last cell shows the rest. The year filter applies to every block but the trend over time
-(``applies_to``).
+Seeded by ``carnet/demo.py`` as the app "World dashboard" (``DemoResult.dash_app_id``; the tests use it as
+``carnet_stack.dash_app_id``). Its first cell is tagged ``filters`` (the Viewer's sticky bar): it builds the
+dashboard and shows its filters; after a heading, the last cell shows the rest. The year filter applies to
+every block but the trend over time (``applies_to``).
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ PAGE_SIZE = 10
 SETUP = f"""\
 from carnet import dash
 
-by_year = ["population", "countries", "life", "summary", "by_continent", "rows"]
+by_year = ["population", "countries", "life", "summary", "by_continent", "map", "rows"]
 year = dash.Dropdown("year", value=2007, all_label=None, applies_to=by_year)
 continent = dash.Dropdown("continent")
 board = dash.Dashboard(
@@ -33,11 +32,16 @@ board = dash.Dashboard(
         name="summary",
     ),
     dash.Tabs({{
-        "Charts": dash.Grid(
-            dash.Chart("bar", x="continent", y="pop", title="Population by continent", name="by_continent"),
-            dash.Chart("line", x="year", y="pop", color="continent", title="Population over time",
-                       name="over_time"),
-            columns=2,
+        "Charts": dash.Column(
+            dash.Grid(
+                dash.Chart("bar", x="continent", y="pop", title="Population by continent",
+                           name="by_continent"),
+                dash.Chart("line", x="year", y="pop", color="continent", title="Population over time",
+                           name="over_time"),
+                columns=2,
+            ),
+            dash.Chart("map", x="country", y="lifeExp", agg="avg", title="Life expectancy by country",
+                       name="map"),
         ),
         "Rows": dash.Table(
             ["country", "continent", "pop", "lifeExp", "gdpPercap"],

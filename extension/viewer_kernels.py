@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import os
+import re
 import time
 from dataclasses import dataclass
 from queue import Empty
@@ -16,11 +17,13 @@ from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelMana
 from tornado import web
 from traitlets import Type
 
+from carnet.extension.viewer_topojson import topojson_env
 from carnet.isolation import KERNEL_ACCOUNT_ENV, accounts_enabled, ensure_account
 from carnet.settings import CarnetSettings
 
 # Environment variables of the Viewer service that never reach a kernel.
 _PRIVATE_ENV_PREFIXES = ("JUPYTERHUB_", "CARNET_", "JPY_")
+_BRAND_COLOR = re.compile(r"#[0-9a-fA-F]{6}")
 # Longest a wait on a kernel's shell socket may overlook a reply that already arrived (WakefulShellChannel).
 _SHELL_WAKE_UP = 0.25
 # A viewer's browser may change only the values a person picks in the app's widgets (ipykernel's extension).
@@ -34,6 +37,8 @@ class KernelRequest:
     user_id: int  # their Carnet user id: the kernel runs as their OS account (carnet.isolation)
     # The place taken for this kernel under the per-app/per-org caps (render_pool.Slot), if any.
     slot: object | None = None
+    # The primary colour of the app's org (its branding), for carnet.dash's Theme; "" for Carnet's own.
+    brand_color: str = ""
 
 
 kernel_request: contextvars.ContextVar[KernelRequest | None] = contextvars.ContextVar(
@@ -41,10 +46,14 @@ kernel_request: contextvars.ContextVar[KernelRequest | None] = contextvars.Conte
 )
 
 
-def kernel_env(base_env: dict, token: str) -> dict:
+def kernel_env(base_env: dict, token: str, brand_color: str = "") -> dict:
     env = {k: v for k, v in base_env.items() if not k.startswith(_PRIVATE_ENV_PREFIXES)}
     env["CARNET_API_URL"] = os.environ.get("CARNET_API_URL", "")
     env["CARNET_TOKEN"] = token
+    env.update(topojson_env())  # where plotly finds map outlines (viewer_topojson.py)
+    # Only a checked #rrggbb reaches the kernel (it is written into the dashboard's HTML and styles).
+    if _BRAND_COLOR.fullmatch(brand_color or ""):
+        env["CARNET_BRAND_COLOR"] = brand_color.lower()
     return env
 
 
@@ -61,7 +70,7 @@ class ViewerKernelManager(AsyncMappingKernelManager):
         request = kernel_request.get()
         if request is None:
             raise web.HTTPError(403, "Kernels are started only to render an app")
-        env = kernel_env(kwargs.get("env") or dict(os.environ), request.token)
+        env = kernel_env(kwargs.get("env") or dict(os.environ), request.token, request.brand_color)
         if accounts_enabled():
             account = await asyncio.to_thread(ensure_account, CarnetSettings(), request.user_id)
             env.update(account.environment())

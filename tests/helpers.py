@@ -115,6 +115,7 @@ class CarnetStack:
         self.log_path = self.data_dir / "stack.log"
         self.passwords: dict[str, str] = {}
         self.app_id = None
+        self.dash_app_id = None  # the demo's carnet.dash dashboard
         self.job_id = None
 
     @property
@@ -132,6 +133,7 @@ class CarnetStack:
         result = seed_demo(self.settings)
         self.passwords = result.created_passwords
         self.app_id, self.job_id = result.app_id, result.job_id
+        self.dash_app_id = result.dash_app_id
 
     def start(self, timeout: float = 90):
         self.seed()

@@ -187,7 +187,12 @@ def test_layouts_are_widget_containers_and_tabs_keep_every_panel(api):
     tabs = root.children[1]
     assert isinstance(tabs, widgets.Tab) and tabs.titles == ("Overview", "Rows")
     assert all("carnet-dash-tab" in panel._dom_classes for panel in tabs.children)
-    overview, second = tabs.children
+    # Each panel starts with its title, shown only in print (carnet.css), then the tab's content.
+    headings = [panel.children[0] for panel in tabs.children]
+    titled = [f'<h2 class="carnet-dash-tab-heading">{title}</h2>' for title in tabs.titles]
+    assert [h.value for h in headings] == titled
+    assert all(h.layout.display == "none" and "carnet-dash-tab-title" in h._dom_classes for h in headings)
+    overview, second = (panel.children[1] for panel in tabs.children)
     assert isinstance(overview, widgets.HBox) and overview.children == (kpi.widget, chart.widget)
     assert isinstance(second, widgets.GridBox) and "<em>Note</em>" in second.children[1].value
     with pytest.raises(ValueError, match="same name"):

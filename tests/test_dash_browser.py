@@ -1,6 +1,7 @@
 """The sample carnet.dash dashboard (carnet/demo_dash.py) in a real headless Chromium, as a viewer: it opens
 with the URL's continent; choosing another continent changes the KPIs, the text and the charts (and the
-address); the table's tab pages on the server with "Next" and downloads its rows as CSV.
+address) and the world map draws (outlines from the Viewer); the table's tab pages on the server with "Next"
+and downloads its rows as CSV.
 Screenshots: /tmp/carnet-dash*.png."""
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from carnet.demo_dash import PAGE_SIZE
-from tests.test_dash_stack import dash_app, expected  # noqa: F401 - dash_app is a fixture
+from tests.test_dash_stack import dash_app, expected  # noqa: F401 - dash_app is a fixture (the seeded app)
 from tests.test_viewer_browser import browser, sign_in  # noqa: F401 - browser is a fixture
 
 pytestmark = pytest.mark.slow
@@ -61,6 +62,15 @@ def test_a_dash_dashboard_in_a_browser(browser, carnet_stack, dash_app):  # noqa
             " && c.querySelector('.legendtext')?.textContent == 'Asia').length == 1",
             timeout=60_000,
         )
+        # The map draws its countries with outlines the Viewer serves itself (no CDN: the page's policy
+        # refuses it); its colour scale follows the filter too.
+        page.wait_for_function(
+            f"() => [...document.querySelectorAll('{CHARTS}')].filter(c => c.offsetParent"
+            f" && c.data?.[0]?.type == 'choropleth' && c.data[0].locations.length == {asia['count']}"
+            " && c.querySelectorAll('.choroplethlayer path').length >= 20).length == 1",
+            timeout=60_000,
+        )
+        assert not page.locator(".carnet-dash-chart .carnet-dash-error").count()
         bar, line = (page.locator(f"{CHARTS}:visible").nth(i).bounding_box() for i in (0, 1))
         assert bar["width"] > 450 and line["width"] > 450 and line["x"] > bar["x"] + bar["width"] - 5
         assert abs(bar["y"] - line["y"]) < 5

@@ -2,19 +2,19 @@
 stack's Viewer for a viewer: the kernel reads the demo's gapminder source through the query service, the
 URL's filter value is taken, and over the kernel's websocket (as a browser talks to it) a filter change
 redraws the KPIs, the text and the charts with the new values, and the table's "Next" button shows the
-second page. Expected values are computed from the same data (plotly's gapminder) in the test."""
+second page. The app is the demo's seeded "World dashboard". Expected values are computed from the same data
+(plotly's gapminder) in the test."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 
 import plotly
 import pytest
 import requests
 
-from carnet.demo_dash import DASH_TITLE, PAGE_SIZE, dash_notebook
+from carnet.demo_dash import DASH_TITLE, PAGE_SIZE
 from tests.api_support import api_url, auth
 from tests.test_viewer_security import kernel_id_of, viewer_url, ws_url
 from tests.widget_wire import WidgetWire
@@ -24,17 +24,12 @@ STUDIO, ACME_VIEWER = "studio@acme.example", "viewer@acme.example"
 
 @pytest.fixture(scope="module")
 def dash_app(carnet_stack, hub_token):
-    notebook = dash_notebook()
-    studio = auth(hub_token(STUDIO))
-    answer = requests.post(
-        api_url(carnet_stack, "apps"),
-        json={"slug": f"dash-{uuid.uuid4().hex[:8]}", "title": DASH_TITLE, "notebook": notebook},
-        headers=studio,
-        timeout=30,
+    """The demo's own "World dashboard" app, as seeded (carnet/demo.py)."""
+    app = requests.get(
+        api_url(carnet_stack, f"apps/{carnet_stack.dash_app_id}"), headers=auth(hub_token(STUDIO)), timeout=30
     )
-    assert answer.status_code == 201, answer.text
-    yield answer.json()["id"]
-    requests.delete(api_url(carnet_stack, f"apps/{answer.json()['id']}"), headers=studio, timeout=30)
+    assert app.status_code == 200 and app.json()["title"] == DASH_TITLE, app.text
+    return carnet_stack.dash_app_id
 
 
 def expected(continent: str, year: int = 2007) -> dict:
@@ -52,6 +47,7 @@ def expected(continent: str, year: int = 2007) -> dict:
             PAGE_SIZE : 2 * PAGE_SIZE
         ],
         "count": len(rows),
+        "countries_list": rows["country"].tolist(),
     }
 
 
@@ -144,11 +140,15 @@ def test_a_carnet_dash_dashboard_renders_and_follows_its_filters(carnet_stack, h
     assert "carnet-kpi-up" in result["kpi_asia"]
     assert "<strong>Asia</strong>" in result["text_asia"] and asia["life"] in result["text_asia"]
     assert all(f"<td>{c}</td>" in result["table_asia"] for c in asia["first_page"])
-    # Both charts follow the continent (the year filter does not apply to the trend over time).
+    # The charts follow the continent (the year filter does not apply to the trend over time).
     titles = {figure["layout"]["title"]["text"]: figure for figure in result["figures"]}
-    assert sorted(titles) == ["Population by continent", "Population over time"]
+    assert sorted(titles) == ["Life expectancy by country", "Population by continent", "Population over time"]
     assert list(titles["Population by continent"]["data"][0]["x"]) == ["Asia"]
     assert [trace["name"] for trace in titles["Population over time"]["data"]] == ["Asia"]
+    # The map's outlines come from the Viewer itself (viewer_topojson.py), relative to the app's page.
+    world = titles["Life expectancy by country"]
+    assert sorted(world["data"][0]["locations"]) == sorted(asia["countries_list"])
+    assert world["config"] == {"topojsonURL": "../carnet/topojson/"}
     assert result["errors"] == []
 
     assert all(f"<td>{c}</td>" in result["table_page2"] for c in asia["second_page"])

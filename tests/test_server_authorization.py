@@ -57,6 +57,9 @@ VIEWER_ROUTES = [
     (r"voila/static/(.*)$",                                 "GET", "voila/static/voila.js",      200, 200, 200, 200, 200, 200, 200),
     (r"voila/api/shutdown/(?P<kernel_id>[\w-]+)$",          "POST", "voila/api/shutdown/{kernel}", 403, 404, 404, 404, 404, 404, 403),
     (r"voila/labextensions/(.*)$",                          "GET", "voila/labextensions/no-such-extension/package.json", 404, 404, 404, 404, 404, 404, 404),
+    # The icon font and plotly's map outlines (viewer_static.py, viewer_topojson.py): public files, no data.
+    (r"carnet/fontawesome/(.*)$",                           "GET", "carnet/fontawesome/css/all.min.css", 200, 200, 200, 200, 200, 200, 200),
+    (r"carnet/topojson/(.*)$",                              "GET", "carnet/topojson/world_110m.json", 200, 200, 200, 200, 200, 200, 200),
     (r"static/(.*)$",                                       "GET", "static/favicon.ico",         200, 200, 200, 200, 200, 200, 200),
     (r"api/spec.yaml$",                                     "GET", "api/spec.yaml",              LOGIN, 403, 403, 403, 403, 403, LOGIN),
     (r"api/status$",                                        "GET", "api/status",                 403, 403, 403, 403, 403, 403, 403),

