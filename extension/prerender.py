@@ -74,7 +74,14 @@ async def prerender(context: RenderContext, session: dict, slot, km) -> tuple[st
         mathjax_url=handler.settings.get("mathjax_url"),
     )
     await renderer.initialize()
-    request = KernelRequest(owner="", token=session["token"], user_id=session["user"]["id"], slot=slot)
+    request = KernelRequest(
+        owner="",
+        token=session["token"],
+        user_id=session["user"]["id"],
+        slot=slot,
+        # The same kernel environment as a page rendered on request (the branding is in the pool's key).
+        brand_color=(session.get("branding") or {}).get("color") or "",
+    )
     reset = kernel_request.set(request)
     try:
         kernel_id = await ensure_async(
