@@ -212,7 +212,19 @@ def test_kernel_carries_the_viewers_identity_and_no_service_variables(carnet_sta
         names = printed(page.text, "@@ENV ")
         assert {"CARNET_TOKEN", "CARNET_API_URL"} <= set(names)
         assert [n for n in names if n.startswith("JUPYTERHUB_")] == []
-        assert [n for n in names if n.startswith("CARNET_")] == ["CARNET_API_URL", "CARNET_TOKEN"]
+        # Besides the API and the person's token, only public page settings (viewer_kernels.kernel_env):
+        # the map outlines' URL and the org's brand colour when it has one.
+        carnet_names = {n for n in names if n.startswith("CARNET_")}
+        assert (
+            {"CARNET_API_URL", "CARNET_TOKEN"}
+            <= carnet_names
+            <= {
+                "CARNET_API_URL",
+                "CARNET_TOKEN",
+                "CARNET_TOPOJSON_URL",
+                "CARNET_BRAND_COLOR",
+            }
+        )
         assert "CARNET_DB_URL" not in names and "CARNET_DATA_DIR" not in names
         # The app's code is not in the page: only what it printed.
         assert "get_json(" not in page.text and "os.environ" not in page.text
