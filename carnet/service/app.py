@@ -44,7 +44,6 @@ from carnet.settings import CarnetSettings
 
 # The admin page is three modules: people (admin_page), viewer groups, organization settings.
 HANDLER_MODULES = [meta, sources, apps, jobs, internal, users, groups, audit, keys, org, gallery]
-BODY_CHUNK_BYTES = 1024 * 1024
 HANDLER_MODULES += [connections]
 HANDLER_MODULES += [source_cache]
 HANDLER_MODULES += [uploads]
@@ -134,9 +133,7 @@ class CarnetService(Application):
         settings = CarnetSettings(parent=self)
         prepare_state(settings, self.log)
         app = self.make_app()
-        # Bodies (loads, uploads) reach data_received in pieces of up to 1 MiB, not Tornado's 64 KiB: a 1 GB
-        # load is ~1,000 callbacks and writes instead of ~16,000.
-        app.listen(self.port, address="127.0.0.1", chunk_size=BODY_CHUNK_BYTES)
+        app.listen(self.port, address="127.0.0.1")
         self.log.info("Carnet service listening on 127.0.0.1:%s%s", self.port, self.service_prefix)
         ioloop.IOLoop.current().start()
 
