@@ -33,6 +33,8 @@ c.ServerApp.kernel_manager_class = "carnet.extension.viewer_kernels.ViewerKernel
 # Renders must not stall when widget outputs are synced as a reply arrives (see WakefulShellChannel).
 c.ServerKernelManager.client_class = "carnet.extension.viewer_kernels.ViewerKernelClient"
 c.ServerApp.authorizer_class = "carnet.extension.viewer.ViewerAuthorizer"
+# Widget changes answer at once (Nagle's algorithm delayed each by ~40 ms: see NoDelayWebsocketConnection).
+c.ServerApp.kernel_websocket_connection_class = "carnet.extension.viewer_kernels.NoDelayWebsocketConnection"
 c.ContentsManager.allow_hidden = False
 
 # Viewers interact through widgets only: code sent over the websocket is dropped.

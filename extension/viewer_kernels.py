@@ -13,6 +13,7 @@ from queue import Empty
 
 from jupyter_client.asynchronous import AsyncKernelClient
 from jupyter_client.channels import AsyncZMQSocketChannel
+from jupyter_server.services.kernels.connection.channels import ZMQChannelsWebsocketConnection
 from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
 from tornado import web
 from traitlets import Type
@@ -119,3 +120,13 @@ class ViewerKernelClient(AsyncKernelClient):
     """The client Voila renders an app with (``ServerKernelManager.client_class`` in viewer_config.py)."""
 
     shell_channel_class = Type(WakefulShellChannel)
+
+
+class NoDelayWebsocketConnection(ZMQChannelsWebsocketConnection):
+    """A kernel websocket with Nagle's algorithm off (``ServerApp.kernel_websocket_connection_class``). A
+    widget change is answered with several small frames (busy, the echo, the new outputs, idle); with Nagle
+    on, Tornado's default, each frame after the first waited for the peer's delayed ACK: ~40 ms a change."""
+
+    def connect(self):
+        self.websocket_handler.set_nodelay(True)
+        return super().connect()
