@@ -61,28 +61,17 @@ class ViewerAuthorizer(JupyterHubAuthorizer):
         return owner is not None and owner == user.username
 
 
-async def request_viewer_session(
-    username: str, app_id: str, as_user: str | None = None, ttl_seconds: int | None = None
-) -> dict:
-    """Ask the Carnet service whether ``username`` may open ``app_id``; get their kernel token if so. With
-    ``as_user`` (an admin's preview), the token carries that member's identity instead; ``ttl_seconds``
-    shortens the token's life (the render pool's pre-renders)."""
-    api_url = os.environ["CARNET_API_URL"]
+async def ask_service(path: str, body: dict) -> dict:
+    """POST ``body`` to the Carnet service's ``api/v1/internal/<path>`` with the Viewer's own Hub token; the
+    service's refusals become the Viewer's answers (404 as for an unknown app, its 403 message shown)."""
     request = HTTPRequest(
-        url_path_join(api_url, "api/v1/internal/viewer-sessions"),
+        url_path_join(os.environ["CARNET_API_URL"], "api/v1/internal", path),
         method="POST",
         headers={
             "Authorization": f"token {os.environ['JUPYTERHUB_API_TOKEN']}",
             "Content-Type": "application/json",
         },
-        body=json.dumps(
-            {
-                "user": username,
-                "app_id": app_id,
-                **({"as_user": as_user} if as_user else {}),
-                **({"ttl_seconds": ttl_seconds} if ttl_seconds else {}),
-            }
-        ),
+        body=json.dumps(body),
         request_timeout=30,
     )
     try:
@@ -91,7 +80,7 @@ async def request_viewer_session(
         if exc.code == 404:
             raise web.HTTPError(404, "No such app") from None
         if exc.code == 403 and exc.response is not None:
-            # A person with a one-time password: the service says where to choose their own.
+            # E.g. a person with a one-time password: the service says where to choose their own.
             message = json.loads(exc.response.body).get("message", "Not allowed")
             # As the reason: Voila's error page shows the reason, not the message.
             raise web.HTTPError(403, "%s", message, reason=message.replace("\n", " ")) from None
@@ -99,6 +88,23 @@ async def request_viewer_session(
     except OSError:
         raise web.HTTPError(503, "The Carnet service is not reachable; try again shortly") from None
     return json.loads(response.body)
+
+
+async def request_viewer_session(
+    username: str, app_id: str, as_user: str | None = None, ttl_seconds: int | None = None
+) -> dict:
+    """Ask the Carnet service whether ``username`` may open ``app_id``; get their kernel token if so. With
+    ``as_user`` (an admin's preview), the token carries that member's identity instead; ``ttl_seconds``
+    shortens the token's life (the render pool's pre-renders)."""
+    return await ask_service(
+        "viewer-sessions",
+        {
+            "user": username,
+            "app_id": app_id,
+            **({"as_user": as_user} if as_user else {}),
+            **({"ttl_seconds": ttl_seconds} if ttl_seconds else {}),
+        },
+    )
 
 
 class AppHandler(PublicBadgeMixin, AppPagePolicyMixin, TornadoVoilaHandler):

@@ -12,18 +12,14 @@ kernel still reads as an anonymous visitor.
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import secrets
 
 from jupyter_server.auth.decorator import allow_unauthenticated
 from jupyter_server.auth.identity import User
 from jupyter_server.utils import url_path_join
-from tornado import web
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
-from carnet.extension.viewer import AppHandler
+from carnet.extension.viewer import AppHandler, ask_service
 
 VISITOR_COOKIE = "carnet-visitor"
 VISITOR_PREFIX = "visitor:"
@@ -54,28 +50,7 @@ def visitor_from_cookie(handler) -> VisitorUser | None:
 
 async def request_visitor_session(kind: str, token: str) -> dict:
     """Ask the Carnet service for the kernel token of a public link's or embed URL's visitor."""
-    request = HTTPRequest(
-        url_path_join(os.environ["CARNET_API_URL"], "api/v1/internal/visitor-sessions"),
-        method="POST",
-        headers={
-            "Authorization": f"token {os.environ['JUPYTERHUB_API_TOKEN']}",
-            "Content-Type": "application/json",
-        },
-        body=json.dumps({kind: token}),
-        request_timeout=30,
-    )
-    try:
-        response = await AsyncHTTPClient().fetch(request)
-    except HTTPClientError as exc:
-        if exc.code == 404:
-            raise web.HTTPError(404, "No such app") from None
-        if exc.code == 403 and exc.response is not None:
-            message = json.loads(exc.response.body).get("message", "Not allowed")
-            raise web.HTTPError(403, "%s", message, reason=message.replace("\n", " ")) from None
-        raise web.HTTPError(502, "The Carnet service refused the request") from None
-    except OSError:
-        raise web.HTTPError(503, "The Carnet service is not reachable; try again shortly") from None
-    return json.loads(response.body)
+    return await ask_service("visitor-sessions", {kind: token})
 
 
 class VisitorAppHandler(AppHandler):
