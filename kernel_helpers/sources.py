@@ -6,8 +6,8 @@ typed (``carnet.errors.NotFound``, ``ValidationError`` naming the field, ``RowLi
 carrying the HTTP ``status`` and the server's ``message``.
 
 Filters are data, never SQL text: ``where`` is a list of ``(column, operator, value)`` tuples (operators
-``= != < <= > >= in not_in like ilike between is_null not_null``) or a dict ``{column: value}`` meaning
-equality (a list value meaning ``in``).
+``= != < <= > >= in not_in like ilike contains between is_null not_null``) or a dict ``{column: value}``
+meaning equality (a list value meaning ``in``).
 """
 
 from __future__ import annotations

@@ -36,7 +36,8 @@ MAX_STRING = 65_536
 _INT64 = (-(2**63), 2**63 - 1)
 
 COMPARISONS = {"=": "=", "!=": "<>", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
-OPS = frozenset([*COMPARISONS, "in", "not_in", "like", "ilike", "is_null", "not_null", "between"])
+# contains: the value as literal text (its % and _ match themselves), any case: a search box's operator.
+OPS = frozenset([*COMPARISONS, "in", "not_in", "like", "ilike", "contains", "is_null", "not_null", "between"])
 AGGREGATES = frozenset(["sum", "avg", "min", "max", "count", "count_distinct"])
 _SPEC_KEYS = frozenset(["columns", "where", "order_by", "limit", "offset", "group_by", "aggregates"])
 
@@ -175,8 +176,8 @@ def _condition(item, column) -> Condition:
         if len(bounds) != 2:
             raise ValidationError("between takes [low, high]", field="where")
         return Condition(name, op, tuple(_scalar(v, "where") for v in bounds))
-    if op in ("like", "ilike") and not isinstance(value, str):
-        raise ValidationError(f"{op} takes a string pattern", field="where")
+    if op in ("like", "ilike", "contains") and not isinstance(value, str):
+        raise ValidationError(f"{op} takes a string", field="where")
     return Condition(name, op, _scalar(value, "where"))
 
 
@@ -289,6 +290,8 @@ def _sa_condition(cond: Condition, col):
         return col.like(value)
     if op == "ilike":
         return col.ilike(value)
+    if op == "contains":
+        return col.icontains(value, autoescape=True)
     if op == "is_null":
         return col.is_(None)
     if op == "not_null":
@@ -364,6 +367,9 @@ def _duck_condition(cond: Condition, params: list) -> str:
     if op in ("like", "ilike"):
         params.append(value)
         return f"{col} {op.upper()} ?"
+    if op == "contains":
+        params.append(value)
+        return f"contains(lower({col}), lower(?))"
     if op == "is_null":
         return f"{col} IS NULL"
     if op == "not_null":

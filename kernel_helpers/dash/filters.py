@@ -236,11 +236,11 @@ class NumberRange(_Range):
 
 
 class TextSearch(Filter):
-    """Rows whose column contains the text (case-insensitive; ``%`` and ``_`` act as wildcards)."""
+    """Rows whose column contains the text, in any case (``%`` and ``_`` are plain characters)."""
 
     def _build(self, fetch):
         return widgets.Text(value="", description=self.label, continuous_update=False)
 
     def conditions(self):
         text = self.widget.value.strip()
-        return [(self.column, "ilike", f"%{text}%")] if text else []
+        return [(self.column, "contains", text)] if text else []
