@@ -26,7 +26,7 @@ from tornado.websocket import websocket_connect
 
 from carnet.app_links import detect_sources, sign_embed
 from carnet.db import session_scope
-from carnet.db.models import App, AuditEvent, Connection, DataSource, Membership, Role, User
+from carnet.db.models import App, AuditEvent, Connection, DataSource, Membership, Role, Token, User
 from carnet.passwords import hash_password
 from tests.api_support import UNKNOWN_ID, api_url, assert_json_error, auth, unique
 from tests.helpers import hub_login, make_hub_token
@@ -479,6 +479,12 @@ def test_an_embed_url_reads_with_its_signed_attributes(carnet_stack, people, app
     # The visitor's token is no person's: not even /me answers it.
     token = auth(printed(page.text, "@@TOKEN "))
     assert_json_error(requests.get(api_url(carnet_stack, "me"), headers=token, timeout=30), 403)
+    # It ends with the embed URL (600 s), not after the kernels' usual 12 hours.
+    prefix = printed(page.text, "@@TOKEN ").split("_")[1]
+    with session_scope(carnet_stack.settings.db_url) as session:
+        row = session.scalar(select(Token).where(Token.prefix == prefix))
+        lifetime = (row.expires_at - row.created_at).total_seconds()
+    assert 500 < lifetime <= 600
 
 
 def test_public_pages_are_not_framable_by_other_sites(carnet_stack, visited):

@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import time
+
 from jupyterhub.utils import url_path_join
 
 from carnet.app_links import (
@@ -153,7 +155,8 @@ class VisitorSessionHandler(BaseHandler):
                     "attributes": payload["attr"],
                     "variables": payload["var"],
                 }
-                ttl = settings.kernel_token_ttl
+                # The kernel's token ends with the embed URL (verify_embed refused an expired one).
+                ttl = max(1, min(settings.kernel_token_ttl, int(payload["exp"] - time.time())))
             org = session.get(Organization, app.org_id)
             if kind == TokenKind.embed:
                 frame_ancestors = setting(org, EMBED_ORIGINS_SETTING) or "*"
