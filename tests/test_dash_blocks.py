@@ -223,3 +223,17 @@ def test_every_chart_kind_draws_a_themed_figure(api, kind):
         drawn = trace.marker.color if kind == "bar" else trace.line.color
         assert drawn == "#aa3300"
     assert len(figure.data) >= 1
+
+
+def test_a_filter_whose_options_cannot_be_read_stops_only_the_blocks_it_applies_to(api, capfd):
+    api.tables["regions"] = gapminder()
+    api.fail.add("regions")  # the options query of the filter fails
+    region = dash.Dropdown("continent", source="regions", all_label=None, url=False)
+    theirs = dash.KPI("People", {"pop": "sum"}, source="regions", name="theirs")
+    ours = dash.KPI("People", {"pop": "sum"}, name="ours")  # gapminder: the filter does not apply
+    board(api, theirs, ours, filters=[region])
+    assert region.failed and region.widget.disabled
+    assert theirs.state == "error" and "filter Continent" in html_of(theirs)
+    assert "No source" not in html_of(theirs)  # the cause goes to the log, not to the page
+    assert ours.state == "ready"
+    assert "filter 'continent' failed" in capfd.readouterr().err

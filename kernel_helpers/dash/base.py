@@ -9,9 +9,12 @@ Viewer's log, never to the page). Output is plain ipywidgets, so it renders alik
 from __future__ import annotations
 
 import html
+import io
 import itertools
 import logging
 import math
+import os
+import sys
 
 import ipywidgets as widgets
 import pandas as pd
@@ -32,13 +35,32 @@ class BlockError(Exception):
     the block's error state instead of the generic message."""
 
 
-def _log_to_process_stderr() -> None:
-    # ipykernel forwards sys.stderr to the page; the detail belongs in the Viewer's log only.
-    if not log.handlers:
-        from carnet.kernel_helpers.widget_guard import _process_stderr
+class _ProcessStderr(logging.Handler):
+    """Writes to the kernel process's own stderr (the Viewer's log), found at each record: ipykernel
+    forwards sys.stderr (and fd 2) to the page, but its ``fileno()`` is a copy of the real stderr."""
 
-        log.addHandler(logging.StreamHandler(_process_stderr()))
+    def emit(self, record):
+        try:
+            fd = sys.stderr.fileno()
+        except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+            fd = 2
+        try:
+            os.write(fd, (self.format(record) + "\n").encode(errors="replace"))
+        except OSError:
+            self.handleError(record)
+
+
+def _log_to_process_stderr() -> None:
+    # The detail belongs in the Viewer's log only, never in the page.
+    if not log.handlers:
+        log.addHandler(_ProcessStderr())
         log.propagate = False
+
+
+def log_failure(what: str) -> None:
+    """The current exception with its traceback, to the kernel process's stderr (the Viewer's log)."""
+    _log_to_process_stderr()
+    log.exception("carnet.dash: %s failed", what)
 
 
 def fmt(value, spec: str | None) -> str:
@@ -77,8 +99,7 @@ class Block:
         try:
             drawn = self.draw(batch, extra, context, filters)
         except Exception as error:  # noqa: BLE001 - every failure of a block is its error state
-            _log_to_process_stderr()
-            log.exception("carnet.dash: block %r failed", self.name)
+            log_failure(f"block {self.name!r}")
             detail = f" ({type(error).__name__}: {getattr(error, 'message', error)})" if self.debug else ""
             self.show_message(str(error) if isinstance(error, BlockError) else ERROR + detail, "error")
             return

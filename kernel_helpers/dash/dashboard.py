@@ -22,6 +22,8 @@ from carnet.kernel_helpers.dash.query import Fetch, QueryBatch, api_fetch
 from carnet.kernel_helpers.dash.text import Text
 from carnet.kernel_helpers.dash.theme import Theme
 
+FILTER_FAILED = "This part of the dashboard depends on the filter {label}, which could not be loaded."
+
 
 class Dashboard:
     def __init__(
@@ -84,6 +86,12 @@ class Dashboard:
         batch = QueryBatch(self.fetch)
         context = self.context()
         for block in blocks:
+            failed = [f for f in self.filters if f.failed and f.applies(block)]
+            if failed:
+                # Drawn without the filter it would show rows the viewer did not choose (a whole year
+                # summed over all years): an error instead, naming the filter, never its cause.
+                block.show_message(FILTER_FAILED.format(label=failed[0].label), "error")
+                continue
             block.update(batch, self.conditions_for(block), context, self.depends_on(block))
         self.batches.append(batch)
         return batch

@@ -17,6 +17,7 @@ from collections.abc import Iterable
 import ipywidgets as widgets
 
 from carnet.kernel_helpers import filters as url_filters
+from carnet.kernel_helpers.dash.base import log_failure
 from carnet.kernel_helpers.dash.query import Fetch, Query
 
 MAX_OPTIONS = 1000
@@ -65,12 +66,20 @@ class Filter:
         self.applies_to = None if applies_to is None else frozenset(applies_to)
         self.url = url
         self.widget: widgets.Widget | None = None
+        self.failed = False  # its options could not be read: the blocks it applies to show an error
 
     # -- what the dashboard calls -------------------------------------------------------------------------
     def setup(self, fetch: Fetch, default_source: str | None) -> widgets.Widget:
         """Build the widget (asking the service for options if needed) and bind it to the URL."""
         self.source = self.source or default_source
-        self.widget = self._build(fetch)
+        try:
+            self.widget = self._build(fetch)
+        except Exception:  # noqa: BLE001 - a filter that cannot load must not take the dashboard down
+            log_failure(f"filter {self.name!r}")
+            self.failed = True
+            self.widget = widgets.Dropdown(options=[], description=self.label, disabled=True)
+            self.widget.add_class("carnet-dash-filter-failed")
+            return self.widget
         if self.url:
             for widget, suffix in self._url_widgets():
                 url_filters.bind(widget, self.name + suffix)
@@ -82,6 +91,8 @@ class Filter:
         return block.query_source == self.source
 
     def observe(self, callback) -> None:
+        if self.failed:
+            return
         for widget, _suffix in self._url_widgets():
             widget.observe(lambda _change: callback(self), names="value")
 
