@@ -5,6 +5,9 @@ The Viewer serves people who may only look: see carnet.extension.viewer for what
 
 import os
 
+from jupyterhub.log import log_request as hub_log_request
+
+from carnet.extension.viewer_logs import log_without_link_secrets
 from carnet.settings import CarnetSettings
 
 c = get_config()  # noqa: F821 - provided by the Jupyter server when it loads this file
@@ -25,6 +28,8 @@ c.ServerApp.jpserver_extensions = {
     "nbclassic": False,
 }
 c.ServerApp.terminals_enabled = False
+# The request log never holds a public link's or embed URL's secret (JupyterHub's log format otherwise).
+c.ServerApp.tornado_settings = {"log_function": log_without_link_secrets(hub_log_request)}
 # The published snapshots are the only files the Viewer can reach; authors cannot write there.
 settings.published_dir.mkdir(parents=True, exist_ok=True)
 c.ServerApp.root_dir = str(settings.published_dir)

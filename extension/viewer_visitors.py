@@ -20,6 +20,7 @@ from jupyter_server.auth.identity import User
 from jupyter_server.utils import url_path_join
 
 from carnet.extension.viewer import AppHandler, ask_service
+from carnet.extension.viewer_logs import without_link_secret
 
 VISITOR_COOKIE = "carnet-visitor"
 VISITOR_PREFIX = "visitor:"
@@ -58,6 +59,10 @@ class VisitorAppHandler(AppHandler):
 
     kind = ""  # "link" or "embed": the field of the service's visitor-sessions call
     carnet_public = True
+
+    def _request_summary(self) -> str:
+        # Tornado's line for a refused request ("404 GET <uri> (<ip>): No such app"), without the secret.
+        return f"{self.request.method} {without_link_secret(self.request.uri)} ({self.request.remote_ip})"
 
     def _owner(self) -> str:
         user = self.current_user

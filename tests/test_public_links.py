@@ -657,3 +657,19 @@ def test_a_new_version_naming_other_sources_does_not_widen_earlier_links(carnet_
     chosen = embed(carnet_stack, people["studio"], app, sources=[data["secret"]])
     assert printed(visit(carnet_stack, chosen.json()["url"]).text, "@@SECRET ") == ["top-secret-value"]
     assert_json_error(embed(carnet_stack, people["studio"], app, sources=["no such source"]), 400)
+
+
+def test_link_secrets_never_reach_the_viewers_log(carnet_stack):
+    """Refused visits are logged (warning level, with the URI): the secret of a public link or embed URL,
+    which is the credential itself, is replaced in those lines."""
+    secrets_tried = [f"pl{uuid.uuid4().hex}", f"em{uuid.uuid4().hex}.sig{uuid.uuid4().hex}"]
+    for kind, secret in zip(("public", "embed"), secrets_tried, strict=True):
+        answer = requests.get(f"{carnet_stack.url}{VIEWER_PREFIX}{kind}/{secret}?x=1", timeout=60)
+        assert answer.status_code == 404
+    deadline = time.monotonic() + 10
+    while "[secret]" not in carnet_stack.log_tail(400) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    logged = carnet_stack.log_path.read_text(errors="replace")
+    assert f"{VIEWER_PREFIX}public/[secret]" in logged and f"{VIEWER_PREFIX}embed/[secret]" in logged
+    for secret in secrets_tried:
+        assert secret.split(".")[0] not in logged
