@@ -143,3 +143,12 @@ def branding(data_dir: str | Path, org: Organization, with_logo: bool = True) ->
         data, content_type = logo
         result["logo"] = f"data:{content_type};base64,{base64.b64encode(data).decode('ascii')}"
     return result
+
+
+_KERNEL_COLOR = re.compile(r"#[0-9a-fA-F]{6}")
+
+
+def brand_color_env(color: str | None) -> dict[str, str]:
+    """``CARNET_BRAND_COLOR`` for a kernel (carnet.dash's Theme), only for a checked ``#rrggbb``: the value
+    is written into dashboards' HTML and styles."""
+    return {"CARNET_BRAND_COLOR": color.lower()} if _KERNEL_COLOR.fullmatch(color or "") else {}

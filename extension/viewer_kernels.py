@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import os
-import re
 import time
 from dataclasses import dataclass
 from queue import Empty
@@ -18,13 +17,13 @@ from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelMana
 from tornado import web
 from traitlets import Type
 
+from carnet.branding import brand_color_env
 from carnet.extension.viewer_topojson import topojson_env
 from carnet.isolation import KERNEL_ACCOUNT_ENV, accounts_enabled, ensure_account
 from carnet.settings import CarnetSettings
 
 # Environment variables of the Viewer service that never reach a kernel.
 _PRIVATE_ENV_PREFIXES = ("JUPYTERHUB_", "CARNET_", "JPY_")
-_BRAND_COLOR = re.compile(r"#[0-9a-fA-F]{6}")
 # Longest a wait on a kernel's shell socket may overlook a reply that already arrived (WakefulShellChannel).
 _SHELL_WAKE_UP = 0.25
 # A viewer's browser may change only the values a person picks in the app's widgets (ipykernel's extension).
@@ -52,9 +51,7 @@ def kernel_env(base_env: dict, token: str, brand_color: str = "") -> dict:
     env["CARNET_API_URL"] = os.environ.get("CARNET_API_URL", "")
     env["CARNET_TOKEN"] = token
     env.update(topojson_env())  # where plotly finds map outlines (viewer_topojson.py)
-    # Only a checked #rrggbb reaches the kernel (it is written into the dashboard's HTML and styles).
-    if _BRAND_COLOR.fullmatch(brand_color or ""):
-        env["CARNET_BRAND_COLOR"] = brand_color.lower()
+    env.update(brand_color_env(brand_color))
     return env
 
 

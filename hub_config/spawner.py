@@ -12,17 +12,23 @@ from jupyterhub.spawner import SimpleLocalProcessSpawner
 from sqlalchemy import select
 from tornado import web
 
+from carnet.branding import brand_color_env, branding
 from carnet.db import session_scope
-from carnet.db.models import AUTHOR_ROLES, TokenKind, User
+from carnet.db.models import AUTHOR_ROLES, Organization, TokenKind, User
 from carnet.errors import PasswordChangeRequired
 from carnet.first_sign_in import require_own_password
 from carnet.isolation import Account, account_for
 from carnet.settings import CarnetSettings
 from carnet.tokens import mint_token, revoke_tokens
 
+# Studio pages are on the Hub's origin, like the Viewer: maps of carnet.dash read the Viewer's outlines.
+STUDIO_TOPOJSON_URL = "/services/carnet-viewer/carnet/topojson/"
 
-def mint_studio_token(settings: CarnetSettings, email: str) -> tuple[str, int]:
-    """A token for ``email``'s Studio kernels, and their Carnet user id. 403 for anyone not an author."""
+
+def mint_studio_token(settings: CarnetSettings, email: str) -> tuple[str, int, dict]:
+    """A token for ``email``'s Studio kernels, their Carnet user id and the page settings their kernels get
+    (carnet.dash draws as in the Viewer: the org's brand colour, the map outlines). 403 for anyone not an
+    author."""
     with session_scope(settings.db_url) as session:
         user = session.scalar(select(User).where(User.email == email))
         memberships = [
@@ -43,7 +49,8 @@ def mint_studio_token(settings: CarnetSettings, email: str) -> tuple[str, int]:
             ttl_seconds=None,  # lives as long as the server; revoked at stop
             note="studio server",
         )
-        return token, user.id
+        color = branding(settings.data_dir, session.get(Organization, memberships[0].org_id), False)["color"]
+        return token, user.id, {"CARNET_TOPOJSON_URL": STUDIO_TOPOJSON_URL, **brand_color_env(color)}
 
 
 def revoke_studio_tokens(settings: CarnetSettings, email: str) -> None:
@@ -62,12 +69,13 @@ class CarnetSpawner(SimpleLocalProcessSpawner):
 
     async def start(self):
         settings = CarnetSettings(parent=self)
-        token, user_id = await asyncio.to_thread(mint_studio_token, settings, self.user.name)
+        token, user_id, page_env = await asyncio.to_thread(mint_studio_token, settings, self.user.name)
         self._account = await asyncio.to_thread(account_for, settings, user_id)
         self.environment = {
             **self.environment,
             "CARNET_API_URL": settings.api_url,
             "CARNET_TOKEN": token,
+            **page_env,  # read when the server starts: a new brand colour shows after a restart
         }
         return await super().start()
 

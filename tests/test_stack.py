@@ -127,6 +127,12 @@ def test_studio_kernel_reads_a_source_without_any_credential(carnet_stack, login
 
     env = out["env"]
     assert env["CARNET_TOKEN"].startswith("ck_")
+    # carnet.dash draws as in the Viewer: the map outlines the Viewer serves (same origin), the org's colour.
+    assert env["CARNET_TOPOJSON_URL"] == "/services/carnet-viewer/carnet/topojson/"
+    outlines = requests.get(f"{carnet_stack.url}{env['CARNET_TOPOJSON_URL']}world_110m.json", timeout=30)
+    assert outlines.status_code == 200 and outlines.json()["type"] == "Topology"
+    # The colour is the one the org had when this server started (tests/test_units.py checks which).
+    assert re.fullmatch(r"(#[0-9a-f]{6})?", env.get("CARNET_BRAND_COLOR", ""))
     for forbidden in ("CARNET_DB_URL", "CARNET_DATA_DIR", "CARNET_SMTP_HOST", "CARNET_OUTBOX_DIR"):
         assert forbidden not in env
     secrets = [

@@ -760,3 +760,16 @@ def test_carnet_warehouse_module_forwards_kernel_calls_to_the_helper(monkeypatch
         ("sync", ("orders_pg", "orders"), {"mode": "upsert", "key": "id", "types": None, "variables": None}),
         ("write", ([{"a": 1}], "t"), {"mode": "append", "key": None, "types": None}),
     ]
+
+
+def test_studio_kernels_get_the_orgs_brand_colour_and_the_map_outlines(settings, world):
+    """carnet.dash draws in JupyterLab as in the Viewer (hub_config/spawner.py): only a checked #rrggbb."""
+    from carnet.hub_config.spawner import STUDIO_TOPOJSON_URL, mint_studio_token
+
+    for stored, given in (("#AA3300", "#aa3300"), ("", None), ("red;}body{", None)):
+        with session_scope(settings.db_url) as session:
+            session.get(Organization, world["acme"]).settings = {"primary_color": stored}
+        token, user_id, page_env = mint_studio_token(settings, "ana@acme.example")
+        assert token.startswith("ck_") and user_id == world["ana"]
+        assert page_env.get("CARNET_BRAND_COLOR") == given
+        assert page_env["CARNET_TOPOJSON_URL"] == STUDIO_TOPOJSON_URL
