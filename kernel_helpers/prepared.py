@@ -20,9 +20,9 @@ ranges); at most ``max_values`` outputs are kept (the first ones made are droppe
 from __future__ import annotations
 
 import asyncio
-import sys
-import traceback
 from collections import OrderedDict
+
+from carnet.kernel_helpers.process_log import process_logger
 
 GENERIC_ERROR = "This part of the dashboard could not be displayed."
 _ERROR_HTML = f'<div class="carnet-cell-error" role="alert">{GENERIC_ERROR}</div>'
@@ -80,8 +80,8 @@ class PreparedOutput:
             with capture_output(stdout=True, stderr=False, display=True) as captured:
                 self.draw(value)
         except Exception:
-            print(f"carnet.filters.prepared: draw({value!r}) failed", file=sys.__stderr__)
-            traceback.print_exc(file=sys.__stderr__)
+            # Not sys.__stderr__: ipykernel forwards file descriptor 2 to the page.
+            process_logger("carnet.filters").exception("carnet.filters.prepared: draw(%r) failed", value)
             return None
         outputs = _as_outputs(captured)
         self.kept[key] = outputs

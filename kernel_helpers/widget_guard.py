@@ -12,10 +12,9 @@ kernel's state back, so what the person sees is what the app uses.
 
 from __future__ import annotations
 
-import io
 import logging
-import os
-import sys
+
+from carnet.kernel_helpers.process_log import process_logger
 
 # The traits the standard widgets' front ends change when a person uses them: value (sliders, text, check
 # boxes, pickers, upload), index (selections), selected_index (tabs, accordions), outputs (Output widgets
@@ -24,15 +23,6 @@ FRONTEND_TRAITS = frozenset({"value", "index", "selected_index", "outputs", "pla
 
 log = logging.getLogger("carnet.widget_guard")
 _installed = False
-
-
-def _process_stderr():
-    """The kernel process's own stderr (the Viewer's log). ipykernel sends what is written to sys.stderr to
-    the browser as well; its ``fileno()`` is a copy of the real stderr."""
-    try:
-        return os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1)
-    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
-        return sys.__stderr__
 
 
 def allowed_update(widget, state: dict) -> tuple[dict, list[str]]:
@@ -50,10 +40,7 @@ def install() -> None:
     from ipywidgets import Widget
     from traitlets import TraitError
 
-    handler = logging.StreamHandler(_process_stderr())
-    handler.setFormatter(logging.Formatter("[W %(asctime)s carnet.widget_guard] %(message)s"))
-    log.addHandler(handler)
-    log.propagate = False
+    process_logger(log.name, "[W %(asctime)s carnet.widget_guard] %(message)s")
     original = Widget.set_state
 
     def set_state(self, sync_data):

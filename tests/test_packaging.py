@@ -69,6 +69,7 @@ def test_wheel_contains_each_part(wheel):
         "carnet/extension/viewer_config.py",
         "carnet/extension/viewer_kernels.py",
         "carnet/extension/viewer_logs.py",
+        "carnet/kernel_helpers/process_log.py",
         "carnet/kernel_helpers/__init__.py",
         "carnet/hub_config/jupyterhub_config.py",
         "carnet/scheduler/app.py",

@@ -5,7 +5,9 @@ kept output without drawing again, a failing draw shows the generic message and 
 from __future__ import annotations
 
 import json
+import queue
 import textwrap
+import time
 
 import pytest
 from jupyter_client.manager import start_new_kernel
@@ -47,11 +49,14 @@ def run(client, code: str) -> dict:
 
 
 def _collect(msg):
-    if msg["msg_type"] == "stream" and msg["content"]["name"] == "stdout":
-        _collect.text.append(msg["content"]["text"].strip().splitlines()[-1])
+    if msg["msg_type"] == "stream":
+        _collect.streams.append(msg["content"]["text"])  # everything the page would be sent
+        if msg["content"]["name"] == "stdout":
+            _collect.text.append(msg["content"]["text"].strip().splitlines()[-1])
 
 
 _collect.text = []
+_collect.streams = []
 
 
 def test_outputs_are_drawn_kept_and_made_ahead(kernel):
@@ -105,6 +110,18 @@ print(json.dumps({"new_calls": calls[before:], "outputs": [dict(o) for o in char
     assert shown["new_calls"] == ["broken"]  # a viewer's choice tries again
     html = shown["outputs"][0]["data"]["text/html"]
     assert "could not be displayed" in html and "secret detail" not in json.dumps(shown)
+    # The detail (traceback) goes to the kernel process's log, never to the page: no stream message of any
+    # parent carries it (ipykernel forwards file descriptor 2 too, with whatever parent is current).
+    kernel.execute('picker.value = "EU"; picker.value = "broken"')
+    streams, deadline = [], time.monotonic() + 3
+    while time.monotonic() < deadline:
+        try:
+            msg = kernel.get_iopub_msg(timeout=0.2)
+        except queue.Empty:
+            continue
+        if msg["msg_type"] == "stream":
+            streams.append(msg["content"]["text"])
+    assert not [text for text in streams if "secret detail" in text or "Traceback" in text], streams
 
 
 def test_only_selection_widgets_are_prepared(kernel):

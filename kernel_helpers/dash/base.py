@@ -9,18 +9,16 @@ Viewer's log, never to the page). Output is plain ipywidgets, so it renders alik
 from __future__ import annotations
 
 import html
-import io
 import itertools
 import logging
 import math
-import os
-import sys
 
 import ipywidgets as widgets
 import pandas as pd
 
 from carnet.kernel_helpers.dash.query import Query, QueryBatch
 from carnet.kernel_helpers.dash.theme import Theme
+from carnet.kernel_helpers.process_log import process_logger
 
 BLANK = "No data for these filters."
 ERROR = (
@@ -35,26 +33,9 @@ class BlockError(Exception):
     the block's error state instead of the generic message."""
 
 
-class _ProcessStderr(logging.Handler):
-    """Writes to the kernel process's own stderr (the Viewer's log), found at each record: ipykernel
-    forwards sys.stderr (and fd 2) to the page, but its ``fileno()`` is a copy of the real stderr."""
-
-    def emit(self, record):
-        try:
-            fd = sys.stderr.fileno()
-        except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
-            fd = 2
-        try:
-            os.write(fd, (self.format(record) + "\n").encode(errors="replace"))
-        except OSError:
-            self.handleError(record)
-
-
 def _log_to_process_stderr() -> None:
     # The detail belongs in the Viewer's log only, never in the page.
-    if not log.handlers:
-        log.addHandler(_ProcessStderr())
-        log.propagate = False
+    process_logger(log.name)
 
 
 def log_failure(what: str) -> None:
