@@ -25,6 +25,7 @@ from carnet.loads import load_table
 from carnet.loads.types import AbandonableStream, StreamAbandoned
 from carnet.uploads.csv_files import CsvOptions, read_csv
 from carnet.uploads.csv_stream import read_csv_fast
+from carnet.uploads.growing import BodyFailed, BodyTooSlow, GrowingFile
 from carnet.warehouse import check_identifier
 
 FORMATS = ("csv", "tsv", "xlsx", "parquet")
@@ -33,6 +34,9 @@ PREVIEW_ROWS = 20
 # whose members are compressed more than this ratio (zip bombs), before any XML parser sees it.
 XLSX_MAX_EXPANSION = 10
 XLSX_MAX_RATIO = 200
+# A CSV body is loaded while it arrives (follow_load_file) only past this size: below it the overlap gains
+# nothing, and the usual path gives the empty/header-only/malformed file messages.
+FOLLOW_MIN_BYTES = 8 * 1024 * 1024
 _NOT_IDENTIFIER = re.compile(r"[^a-z0-9_]+")
 
 
@@ -243,6 +247,10 @@ def parse_upload(
             "loaded from Parquet or Arrow)",
             field="file",
         )
+    return _with_warehouse_names(table, names, used, sheets)
+
+
+def _with_warehouse_names(table, names: list, used: dict, sheets=None) -> ParsedUpload:
     columns, renamed = normalize_columns(names)
     if isinstance(table, AbandonableStream):
         table = table.with_reader(_renamed_reader(table.reader, columns))
@@ -257,6 +265,27 @@ def _renamed_reader(reader: pa.RecordBatchReader, names: list[str]) -> pa.Record
     schema = pa.schema([field.with_name(name) for field, name in zip(reader.schema, names, strict=True)])
     batches = (pa.RecordBatch.from_arrays(batch.columns, schema=schema) for batch in reader)
     return pa.RecordBatchReader.from_batches(schema, batches)
+
+
+def follow_load_file(body: GrowingFile, options: UploadOptions, load) -> tuple | None:
+    """(``load(data)``'s result, the renamed columns) for a CSV/TSV body loaded WHILE IT ARRIVES, or None
+    when it is not followed: it is small (``FOLLOW_MIN_BYTES``), needs the strict reader, arrives slowly
+    (the load would hold the org's warehouse for a slow client) or never arrives whole. None leaves nothing
+    behind (the load engine undoes an abandoned stream and keeps no history row): the caller loads the
+    file with ``load_file`` once the body is complete, as it would have anyway."""
+    if options.format not in ("csv", "tsv"):
+        return None
+    forced = "\t" if options.format == "tsv" else None
+    try:
+        if body.wait_for(FOLLOW_MIN_BYTES) < FOLLOW_MIN_BYTES:
+            return None  # already complete, and small: nothing to overlap
+        quick = read_csv_fast(body, options.csv, forced, stream=True)
+        if quick is None:
+            return None
+        parsed = _with_warehouse_names(*quick)
+        return load(parsed.table), parsed.renamed
+    except (BodyTooSlow, BodyFailed, StreamAbandoned):
+        return None
 
 
 def load_file(path: Path, options: UploadOptions, max_bytes: int, load) -> tuple:

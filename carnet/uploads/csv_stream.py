@@ -13,6 +13,10 @@ With ``stream`` the rest of the file is cut into chunks at line ends (a line end
 there is no quote) and parsed by ``PARSE_WORKERS`` threads while the consumer takes the batches in order, so
 parsing runs in parallel, alongside the warehouse's ingest, and memory holds only a few chunks whatever the
 file's size.
+
+The file may still be arriving (a GrowingFile, carnet/uploads/growing.py: a load follows its request body):
+nothing reads the whole file before parsing starts, so the checks that make the fast path safe (no NUL byte,
+no quote, valid UTF-8) are made on each chunk just before it is parsed, by the parsing thread.
 """
 
 from __future__ import annotations
@@ -28,7 +32,6 @@ import pyarrow.csv as pacsv
 
 from carnet.loads.types import AbandonableStream, StreamAbandoned
 from carnet.uploads.csv_files import (
-    CHUNK_BYTES,
     HEADER_SAMPLE_ROWS,
     SAMPLE_BYTES,
     CsvOptions,
@@ -36,6 +39,7 @@ from carnet.uploads.csv_files import (
     sniff_delimiter,
     sniff_header,
 )
+from carnet.uploads.growing import BodyFailed, BodyTooSlow, GrowingFile
 
 # The first block fixes the types (~20,000 rows of a typical file), as pyarrow's streaming reader does.
 BLOCK_BYTES = 2 * 1024 * 1024
@@ -47,9 +51,30 @@ CHUNK_BYTES_PARALLEL = 2 * 1024 * 1024
 PARSE_WORKERS = 2
 
 
-def _header_span(path: Path, skip_rows: int) -> tuple[int, int, bytes]:
+def _open(source: Path | GrowingFile):
+    """The file for reading: a growing one's reader waits for the bytes it is asked for."""
+    return source.open() if isinstance(source, GrowingFile) else open(source, "rb")  # noqa: SIM115
+
+
+class NotPlain(pa.ArrowInvalid):
+    """A chunk the fast path cannot read safely (a quote, a NUL byte, invalid UTF-8): the strict path must.
+    An ArrowInvalid so that it takes the same way out as any other parse surprise."""
+
+
+def check_plain(chunk: bytes, quote: bytes) -> None:
+    """Chunks are cut at line feeds, which never occur inside a UTF-8 sequence: each decodes on its own."""
+    if b"\x00" in chunk or quote in chunk:
+        raise NotPlain("a quote or NUL byte after the header")
+    if not chunk.isascii():
+        try:
+            chunk.decode("utf-8")
+        except UnicodeDecodeError:
+            raise NotPlain("not valid UTF-8") from None
+
+
+def _header_span(source: Path | GrowingFile, skip_rows: int) -> tuple[int, int, bytes]:
     """Byte offsets of the first line after ``skip_rows`` lines, and that line."""
-    with open(path, "rb") as raw:
+    with _open(source) as raw:
         for _ in range(skip_rows):
             if not raw.readline():
                 break
@@ -58,66 +83,51 @@ def _header_span(path: Path, skip_rows: int) -> tuple[int, int, bytes]:
         return start, raw.tell(), line
 
 
-def plain_utf8(path: Path, quote: str, skip_rows: int) -> bool:
-    """Valid UTF-8 with no NUL byte and no quote character outside the header line (one C-speed scan)."""
-    start, end, line = _header_span(path, skip_rows)
-    mark = quote.encode()
-    if b"\r" in line.rstrip(b"\r\n"):
+def plain_header(line: bytes, quote: str) -> bool:
+    """The header line: valid UTF-8, no NUL, its quotes closed on the line, not ended by a bare CR."""
+    if b"\r" in line.rstrip(b"\r\n") or b"\x00" in line:
         return False  # lines end with a bare CR: chunks are cut at LF, so the strict path reads it
     try:
         header = line.decode("utf-8")
         next(csv.reader([header], quotechar=quote, strict=True), None)  # its quotes must close on its line
     except (UnicodeDecodeError, csv.Error):
         return False
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="strict")
-    offset = 0
-    with open(path, "rb") as raw:
-        while chunk := raw.read(CHUNK_BYTES):
-            if b"\x00" in chunk:
-                return False
-            # Quotes are allowed only in [start, end); a chunk straddling it is checked around it.
-            outside = chunk
-            if offset < end and offset + len(chunk) > start:
-                outside = chunk[: max(start - offset, 0)] + chunk[max(end - offset, 0) :]
-            if mark in outside:
-                return False
-            # An ASCII chunk needs no decoding unless a multi-byte sequence is pending from the last one.
-            if not chunk.isascii() or decoder.getstate()[0]:
-                try:
-                    decoder.decode(chunk, final=False)
-                except UnicodeDecodeError:
-                    return False
-            offset += len(chunk)
-    try:
-        decoder.decode(b"", final=True)
-    except UnicodeDecodeError:
-        return False
     return True
 
 
-def _sample_lines(path: Path, skip_rows: int) -> list[str]:
-    with open(path, encoding="utf-8", newline="") as handle:
+def _sample_lines(source: Path | GrowingFile, skip_rows: int) -> list[str] | None:
+    """The lines the settings are sniffed from (None: not UTF-8)."""
+    with _open(source) as raw:
         for _ in range(skip_rows):
-            if not handle.readline():
+            if not raw.readline():
                 break
-        text = handle.read(SAMPLE_BYTES)
+        data = raw.read(SAMPLE_BYTES)
+    try:
+        # Not final: the sample may end inside a character (the last line is dropped below anyway).
+        text = codecs.getincrementaldecoder("utf-8")(errors="strict").decode(data, final=False)
+    except UnicodeDecodeError:
+        return None
     lines = text.splitlines(keepends=True)
-    return lines[:-1] if len(text) == SAMPLE_BYTES and len(lines) > 1 else lines  # the last may be cut
+    return lines[:-1] if len(data) == SAMPLE_BYTES and len(lines) > 1 else lines  # the last may be cut
 
 
-def read_csv_fast(path: Path, options: CsvOptions, default_delimiter: str | None, stream: bool = False):
+def read_csv_fast(
+    source: Path | GrowingFile, options: CsvOptions, default_delimiter: str | None, stream: bool = False
+):
     """(Arrow table, or with ``stream`` an AbandonableStream of batches; the file's header texts; the
-    settings used), or None when the file needs the slow path."""
+    settings used), or None when the file needs the slow path. ``source`` may be a file still arriving
+    (only with ``stream``); reading it may then raise BodyTooSlow or BodyFailed."""
     if options.encoding and codecs.lookup(options.encoding).name != "utf-8":
         return None
-    with open(path, "rb") as raw:
+    with _open(source) as raw:
         if raw.read(3) == codecs.BOM_UTF8:
             return None
-    if not plain_utf8(path, options.quote, options.skip_rows):
+    header_start, header_end, header_line = _header_span(source, options.skip_rows)
+    if not plain_header(header_line, options.quote):
         return None
-    lines = _sample_lines(path, options.skip_rows)
-    if not "".join(lines).strip():
-        return None  # the slow path says it is empty
+    lines = _sample_lines(source, options.skip_rows)
+    if lines is None or not "".join(lines).strip():
+        return None  # the slow path says it is empty, or which bytes are not UTF-8
     delimiter = options.delimiter or default_delimiter or sniff_delimiter(lines, options.quote)
     rows = [row for row in csv.reader(lines, delimiter=delimiter, quotechar=options.quote) if row]
     rows = rows[:HEADER_SAMPLE_ROWS]
@@ -128,15 +138,18 @@ def read_csv_fast(path: Path, options: CsvOptions, default_delimiter: str | None
     decimal = options.decimal or sniff_decimal(rows[1:] if header else rows, delimiter)
     names = list(rows[0]) if header else [f"column_{i + 1}" for i in range(width)]
     parser = _ChunkParser(width, delimiter, options.quote, decimal, options.null_values)
-    with open(path, "rb") as raw:
+    with _open(source) as raw:
         start = _data_start(raw, options.skip_rows, header)
-        raw.seek(start)
+        raw.seek(0)
+        before = raw.read(start)
         first_chunk = _read_chunk(raw, BLOCK_BYTES)
         after_first = raw.tell()
     try:
+        # The lines before the data (skipped rows, blank lines) may hold no quote either, header aside.
+        check_plain(before[:header_start] + before[header_end:], parser.quote)
         first = parser.parse(first_chunk)
     except (pa.ArrowInvalid, pa.ArrowTypeError):
-        return None  # ragged rows...: the slow path says which
+        return None  # ragged rows, a quote...: the slow path says which
     # A column with no value in the first block has Arrow's null type, which the warehouse cannot store:
     # text, as the slow path makes it (a later value in it is a type change: slow path).
     schema = pa.schema(
@@ -150,9 +163,9 @@ def read_csv_fast(path: Path, options: CsvOptions, default_delimiter: str | None
     parser.column_types = schema
     try:
         data = (
-            _stream(path, after_first, first, parser)
+            _stream(source, after_first, first, parser)
             if stream
-            else _collect(path, after_first, first, parser)
+            else _collect(source, after_first, first, parser)
         )
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         return None  # a type change after the first block...: the slow path says which
@@ -194,12 +207,14 @@ class _ChunkParser:
 
     def __init__(self, width: int, delimiter: str, quote: str, decimal: str, null_values):
         self.names = [f"c{i}" for i in range(width)]
+        self.quote = quote.encode()
         self.parse_options = pacsv.ParseOptions(delimiter=delimiter, quote_char=quote, double_quote=True)
         self.decimal = decimal
         self.null_values = null_values
         self.column_types: pa.Schema | None = None
 
     def parse(self, chunk: bytes) -> pa.Table:
+        check_plain(chunk, self.quote)
         convert = pacsv.ConvertOptions(
             decimal_point=self.decimal, strings_can_be_null=True, column_types=self.column_types
         )
@@ -217,19 +232,21 @@ class _ChunkParser:
         return table
 
 
-def _chunks(path: Path, offset: int):
-    with open(path, "rb") as raw:
+def _chunks(source: Path | GrowingFile, offset: int):
+    with _open(source) as raw:
         raw.seek(offset)
         while chunk := _read_chunk(raw, CHUNK_BYTES_PARALLEL):
             yield chunk
 
 
-def _collect(path: Path, offset: int, first: pa.Table, parser: _ChunkParser) -> pa.Table:
-    tables = [first] + [parser.parse(chunk) for chunk in _chunks(path, offset)]
+def _collect(source: Path, offset: int, first: pa.Table, parser: _ChunkParser) -> pa.Table:
+    tables = [first] + [parser.parse(chunk) for chunk in _chunks(source, offset)]
     return pa.concat_tables([table.cast(first.schema) for table in tables])
 
 
-def _stream(path: Path, offset: int, first: pa.Table, parser: _ChunkParser) -> AbandonableStream:
+def _stream(
+    source: Path | GrowingFile, offset: int, first: pa.Table, parser: _ChunkParser
+) -> AbandonableStream:
     stream = AbandonableStream(None)
 
     def batches():
@@ -237,12 +254,15 @@ def _stream(path: Path, offset: int, first: pa.Table, parser: _ChunkParser) -> A
         pool = ThreadPoolExecutor(PARSE_WORKERS, thread_name_prefix="carnet-csv")
         pending: deque = deque()
         try:
-            for chunk in _chunks(path, offset):
+            for chunk in _chunks(source, offset):
                 pending.append(pool.submit(parser.parse, chunk))
                 if len(pending) > PARSE_WORKERS:
                     yield from _parsed(pending.popleft())
             while pending:
                 yield from _parsed(pending.popleft())
+        except (BodyTooSlow, BodyFailed) as error:
+            stream.give_up()  # the load is undone; it is made again once the whole body is here
+            raise StreamAbandoned(f"stopped following the upload: {error}") from None
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 

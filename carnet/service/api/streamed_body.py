@@ -3,7 +3,9 @@
 Shared by the upload routes (carnet/service/api/uploads.py), the warehouse load route
 (carnet/service/api/warehouse.py) and push URLs (carnet/service/api/push.py, with their own cap): a body
 over the cap (``upload_max_bytes`` unless ``body_limit`` says otherwise) is refused (413) without ever
-being held in memory, and the file is removed before any answer is sent.
+being held in memory, and the file is removed before any answer is sent. ``follow_body`` lets a reader
+start on the file while it still grows (carnet/uploads/growing.py: the load route parses big CSV bodies as
+they arrive).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from carnet.errors import CarnetError, PermissionDenied, UploadTooLarge, ValidationError
+from carnet.uploads.growing import GrowingFile
 
 OCTET_STREAM = "application/octet-stream"
 # Tornado itself drops a connection whose body runs this far past the cap (a chunked body has no
@@ -35,6 +38,7 @@ class StreamedBodyMixin:
     _received = 0
     _too_large = False
     _refusal: CarnetError | None = None
+    _growing: GrowingFile | None = None
 
     def prepare(self):
         try:
@@ -82,6 +86,12 @@ class StreamedBodyMixin:
         fd, name = tempfile.mkstemp(prefix=prefix, dir=folder)
         self._path, self._handle = Path(name), os.fdopen(fd, "wb")
 
+    def follow_body(self) -> GrowingFile:
+        """The body as a GrowingFile, for a reader that starts before it has all arrived (after start_body):
+        each piece is then flushed to disk as it comes."""
+        self._growing = GrowingFile(self._path)
+        return self._growing
+
     def data_received(self, chunk: bytes) -> None:
         self._received += len(chunk)
         if self._too_large or self._handle is None:
@@ -92,6 +102,9 @@ class StreamedBodyMixin:
             self._cleanup()
             return
         self._handle.write(chunk)
+        if self._growing is not None:
+            self._handle.flush()
+            self._growing.wrote(len(chunk))
 
     def finish_body(self) -> Path:
         """The complete body on disk (413 if it went over the cap). Call ``_cleanup`` when done with it."""
@@ -101,9 +114,13 @@ class StreamedBodyMixin:
             raise self.too_large()
         self._handle.close()
         self._handle = None
+        if self._growing is not None:
+            self._growing.complete()
         return self._path
 
     def _cleanup(self) -> None:
+        if self._growing is not None and not self._growing.is_complete:
+            self._growing.fail()  # a reader following the body stops waiting for it
         if self._handle is not None:
             self._handle.close()
             self._handle = None

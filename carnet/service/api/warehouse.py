@@ -10,6 +10,7 @@ to the load engine (carnet.loads), which records the load's history. After a loa
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow as pa
@@ -21,7 +22,7 @@ from carnet.loads.invalidation import after_load, forget_all
 from carnet.row_security import refuse_ruled_table, ruled_tables
 from carnet.service.api.base import API_PREFIX, BaseHandler, authorized
 from carnet.service.api.streamed_body import StreamedBodyMixin
-from carnet.uploads import load_file, options_from_query, preview_rows
+from carnet.uploads import follow_load_file, load_file, options_from_query, preview_rows
 from carnet.warehouse import check_identifier, open_warehouse
 
 READ, LOAD = "warehouse:read", "warehouse:load"
@@ -29,6 +30,9 @@ MODES = ("replace", "append", "upsert", "delete")
 FORMATS = ("arrow", "parquet", "csv", "tsv", "xlsx")
 BATCH_OPS = ("insert", "upsert", "delete")
 MAX_PREVIEW = 1000
+# Threads that load a CSV body while it arrives (each waits for its body, so not asyncio's default pool): a
+# body that finds them all busy is loaded once it has arrived, as any other.
+FOLLOWERS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="carnet-follow-load")
 TABLE = r"warehouse/tables/(?P<table>[^/]+)"
 
 
@@ -197,14 +201,22 @@ class LoadHandler(StreamedBodyMixin, WarehouseHandler):
             else None
         )
         self.start_body(prefix="load-")
+        self._loader = self._make_loader()
+        self._followed = None
+        if self.format in ("csv", "tsv") and self._refusal is None:
+            # Parse and ingest while the body arrives (it gives up, undoing itself, when the body is
+            # small, odd or slow: post() then loads the whole file as before).
+            body = self.follow_body()
+            self._followed = FOLLOWERS.submit(follow_load_file, body, self.options, self._loader)
 
-    def _load(self, path: Path):
+    def _make_loader(self):
         actor_id, actor, origin = self.actor()
+        org_id = self.principal().org_id
 
         def load(data):
             return loads.load_table(
                 self.settings_obj,
-                self.principal().org_id,
+                org_id,
                 self.table,
                 data,
                 mode=self.mode,
@@ -215,19 +227,34 @@ class LoadHandler(StreamedBodyMixin, WarehouseHandler):
                 origin=origin,
             )
 
+        return load
+
+    def _load(self, path: Path):
         if self.options is None:  # Arrow or Parquet
             self.renamed = {}
-            return load(read_stream_body(path, self.format))
+            return self._loader(read_stream_body(path, self.format))
         # CSV/TSV/Excel: header names made warehouse identifiers (warehouse column -> the file's name, as
         # an upload answers); CSV parsed as it is loaded, again by the strict reader if the fast one gives up.
-        result, self.renamed = load_file(path, self.options, self.settings_obj.upload_max_bytes, load)
+        result, self.renamed = load_file(path, self.options, self.settings_obj.upload_max_bytes, self._loader)
+        return result
+
+    async def _followed_result(self):
+        """The load made while the body arrived, or None (not followed, or it gave up)."""
+        if self._followed is None or self._followed.cancel():  # never started: all followers were busy
+            return None
+        followed = await asyncio.wrap_future(self._followed)
+        if followed is None:
+            return None
+        result, self.renamed = followed
         return result
 
     @authorized(LOAD)
     async def post(self, table):
         path = self.finish_body()
         try:
-            result = await asyncio.to_thread(self._load, path)
+            result = await self._followed_result()
+            if result is None:
+                result = await asyncio.to_thread(self._load, path)
         finally:
             self._cleanup()  # before any answer: the data never stays on disk outside the warehouse
         # A parsed file says which of its column names became other warehouse names (duplicates: a_2).
