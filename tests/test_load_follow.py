@@ -246,7 +246,9 @@ def test_a_slow_body_through_the_load_route_is_loaded_once_it_has_arrived(carnet
     during = []
 
     def stall():
-        time.sleep(3)  # past the follower's waiting budget (2 s): it gives up and undoes its load
+        # Past the follower's waiting budget (2 s, or as long as it worked on the first 10 MB, well under
+        # a second): it gives up and undoes its load.
+        time.sleep(4)
         during.extend(h["status"] for h in history_or_none(stack, token, table))
 
     response = post_csv(stack, token, table, pieces(body, FOLLOW_MIN_BYTES + 2 * 1024 * 1024, stall))

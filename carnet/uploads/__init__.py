@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import logging
 import math
 import re
 import unicodedata
@@ -28,6 +29,7 @@ from carnet.uploads.csv_stream import read_csv_fast
 from carnet.uploads.growing import BodyFailed, BodyTooSlow, GrowingFile
 from carnet.warehouse import check_identifier
 
+log = logging.getLogger("carnet.loads")
 FORMATS = ("csv", "tsv", "xlsx", "parquet")
 PREVIEW_ROWS = 20
 # An .xlsx is a zip of XML: refuse one that would unpack to more than this many times the upload cap, or
@@ -284,7 +286,9 @@ def follow_load_file(body: GrowingFile, options: UploadOptions, load) -> tuple |
             return None
         parsed = _with_warehouse_names(*quick)
         return load(parsed.table), parsed.renamed
-    except (BodyTooSlow, BodyFailed, StreamAbandoned):
+    except (BodyTooSlow, BodyFailed, StreamAbandoned) as reason:
+        # Said once per load, for whoever wonders why a load began only after its upload.
+        log.info("Not loading %s while it arrives (loaded once it has): %s", body.path.name, reason)
         return None
 
 

@@ -6,10 +6,11 @@ reads the same file through ``GrowingFile.open()``, whose ``read``/``readline`` 
 until more is written, the body is complete (then they return what is left, like a plain file) or it failed.
 
 A load holds its warehouse's write lock (loads of one organization take turns), so following a SLOW upload
-would make the org's other loads wait for that client. The reader therefore has a waiting budget
-(``wait_budget`` seconds in total): once the loader has waited that long for data, ``BodyTooSlow`` is raised
-and the caller abandons the attempt (the load rolls back, no history row) and loads the file once the whole
-body has arrived, as it always did.
+would make the org's other loads wait for that client. The readers may therefore wait for data, in all, at
+most as long as they have spent working since the body began (or ``wait_budget`` seconds, whichever is
+more): following then at most doubles the time the load holds the lock compared with loading the arrived
+file. Past that, ``BodyTooSlow`` is raised and the caller abandons the attempt (the load rolls back, no
+history row) and loads the file once the whole body has arrived, as it always did.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import threading
 import time
 from pathlib import Path
 
-# What a loader may spend waiting for the body, in all, before it gives up following it.
+# What a loader may always spend waiting for the body, in all, before it gives up following it (more when
+# it has worked longer than that: see above).
 WAIT_BUDGET_SECONDS = 2.0
 
 
@@ -37,6 +39,7 @@ class GrowingFile:
         self.path = path
         self.wait_budget = wait_budget
         self.waited = 0.0  # seconds readers spent waiting for data, in all
+        self.started = time.monotonic()
         self._size = 0
         self._complete = False
         self._failed = False
@@ -72,10 +75,14 @@ class GrowingFile:
                     raise BodyFailed("the request body did not arrive whole")
                 if self._size >= size or self._complete:
                     return self._size
-                if self.waited >= self.wait_budget:
-                    raise BodyTooSlow(f"the body arrives slowly: waited {self.waited:.1f} s for it")
                 started = time.monotonic()
-                self._changed.wait(self.wait_budget - self.waited)
+                worked = started - self.started - self.waited
+                allowed = max(self.wait_budget, worked)
+                if self.waited >= allowed:
+                    raise BodyTooSlow(
+                        f"the body arrives slowly: waited {self.waited:.1f} s for it, worked {worked:.1f} s"
+                    )
+                self._changed.wait(allowed - self.waited)
                 self.waited += time.monotonic() - started
 
     def open(self) -> FollowingReader:
