@@ -4,6 +4,8 @@ blocks a filter change reads again, identical queries sent once, server-side tab
 
 from __future__ import annotations
 
+import base64
+
 import ipywidgets as widgets
 import pytest
 
@@ -136,12 +138,11 @@ def test_tables_page_on_the_server_sort_and_download(api):
 
     rows.sort_by("country")
     assert "Rows 1–4 of 142" in rows.position.value and "<td>Afghanistan</td>" in html_of(rows)
-    assert rows.sorter.value == ("country", "asc")
+    assert rows.header_buttons["country"].description == "country ↑"
     year.widget.value = 1952  # a filter change starts again at the first page
     assert "Rows 1–4 of 142" in rows.position.value
-    assert [label for label, _ in rows.sorter.options][:2] == ["country ↑", "country ↓"]
     rows.go(2)
-    rows.sorter.value = ("pop", "asc")  # what a person picks in the table's "Sort" dropdown
+    rows.sort_by("pop", "asc")
     data = gapminder().query("year == 1952").sort_values("pop")
     assert "Rows 1–4 of 142" in rows.position.value
     assert f"<td>{data['country'].iloc[0]}</td>" in html_of(rows)
@@ -151,8 +152,87 @@ def test_tables_page_on_the_server_sort_and_download(api):
     assert (
         'download="gapminder.csv"' in rows.download_links.value and "(142 rows)" in rows.download_links.value
     )
+    csv = base64.b64decode(rows.download_links.value.split("base64,")[1].split('"')[0]).decode()
+    assert csv.splitlines()[1].startswith(f"{data['country'].iloc[0]},1952,")  # the order shown
     rows.offer_download("xlsx")
     assert "spreadsheetml" in rows.download_links.value
+
+
+def test_a_click_on_a_column_header_sorts_the_table_by_it(api):
+    rows = dash.Table(
+        ["country", "year", "lifeExp"], page_size=3, formats={"lifeExp": ".1f", "year": "d"}, name="rows"
+    )
+    year = dash.Dropdown("year", value=2007, url=False)
+    search = dash.TextSearch("country", url=False)
+    board(api, rows, filters=[year, search])
+    header = rows.header_buttons
+    assert list(header) == ["country", "year", "lifeExp"] and rows.header.children == tuple(header.values())
+    assert rows.header.layout.grid_template_columns == "repeat(3, minmax(0, 1fr))"
+    assert rows.header.layout.display == "grid" and "aria-sort" not in html_of(rows)
+    assert [b.description for b in header.values()] == ["country", "year", "lifeExp"]
+    data = gapminder().query("year == 2007").sort_values("lifeExp")
+    shortest, longest = data.iloc[0], data.iloc[-1]
+
+    rows.go(2)
+    assert "Rows 7–9 of 142" in rows.position.value
+    header["lifeExp"].click()  # what a person's click on the header does
+    body = api.requests[-1][1]
+    assert body["order_by"] == [["lifeExp", "asc"], "country", "year"] and "offset" not in body
+    assert "Rows 1–3 of 142" in rows.position.value and rows.previous_button.disabled
+    first_row = html_of(rows).split("<tbody><tr>")[1]
+    assert first_row.startswith(
+        f"<td>{shortest['country']}</td><td>2007</td><td>{shortest['lifeExp']:.1f}</td>"
+    )
+    assert (
+        header["lifeExp"].description == "lifeExp ↑"
+        and "carnet-dash-sorted" in header["lifeExp"]._dom_classes
+    )
+    assert header["lifeExp"].tooltip == "Sorted by lifeExp, ascending. Click to sort descending."
+    assert '<th scope="col" aria-sort="ascending">lifeExp</th>' in html_of(rows)
+    assert (
+        header["country"].description == "country"
+        and "carnet-dash-sorted" not in header["country"]._dom_classes
+    )
+    assert header["country"].tooltip == "Click to sort by country, ascending."
+
+    rows.go(1)
+    header["lifeExp"].click()  # again: the other direction, from the first page
+    assert api.requests[-1][1]["order_by"] == [["lifeExp", "desc"], "country", "year"]
+    assert "Rows 1–3 of 142" in rows.position.value
+    assert html_of(rows).split("<tbody><tr>")[1].startswith(f"<td>{longest['country']}</td>")
+    assert header["lifeExp"].description == "lifeExp ↓" and 'aria-sort="descending">lifeExp' in html_of(rows)
+    header["lifeExp"].click()  # and back
+    assert api.requests[-1][1]["order_by"][0] == ["lifeExp", "asc"]
+
+    header["country"].click()  # another column: ascending, the marker moves
+    assert api.requests[-1][1]["order_by"] == [["country", "asc"], "year", "lifeExp"]
+    assert html_of(rows).split("<tbody><tr>")[1].startswith("<td>Afghanistan</td>")
+    assert header["country"].description == "country ↑" and header["lifeExp"].description == "lifeExp"
+    assert html_of(rows).count("aria-sort") == 1
+
+    before = len(api.requests)
+    with pytest.raises(ValueError, match="no column 'gdpPercap'"):
+        rows.sort_by("gdpPercap")  # not shown: no header for it, and no query
+    with pytest.raises(ValueError, match="'asc' or 'desc'"):
+        rows.sort_by("year", "sideways")
+    assert len(api.requests) == before and rows.sort == ("country", "asc")
+
+    search.widget.value = "no country is called this"  # no rows: the message alone, no header
+    assert rows.state == "blank" and rows.header.layout.display == "none"
+    search.widget.value = ""
+    year.widget.value = 1952  # the chosen order stays across filter changes
+    assert rows.header.layout.display == "grid" and header["country"].description == "country ↑"
+    assert api.requests[-1][1]["order_by"][0] == ["country", "asc"]
+
+
+def test_a_table_of_every_column_has_a_header_button_for_each(api):
+    rows = dash.Table(title="All of it", page_size=2, name="rows")
+    board(api, rows)
+    assert list(rows.header_buttons) == list(gapminder().columns)
+    assert rows.caption.value == "<b>All of it</b>" and rows.caption.layout.display is None
+    rows.header_buttons["pop"].click()
+    assert api.requests[-1][1]["order_by"][0] == ["pop", "asc"]
+    assert f"<td>{gapminder()['pop'].min():,}</td>" in html_of(rows)
 
 
 def test_text_templates_values_and_filters_escaped(api):

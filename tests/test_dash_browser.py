@@ -1,13 +1,14 @@
 """The sample carnet.dash dashboard (carnet/demo_dash.py) in a real headless Chromium, as a viewer: it opens
 with the URL's continent; choosing another continent changes the KPIs, the text and the charts (and the
-address) and the world map draws (outlines from the Viewer); the table's tab pages on the server with "Next"
-and downloads its rows as CSV.
+address) and the world map draws (outlines from the Viewer); the table's tab pages on the server with "Next",
+sorts by a click on a column's header and downloads its rows as CSV in that order.
 Screenshots: /tmp/carnet-dash*.png."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import plotly
 import pytest
 
 from carnet.demo_dash import PAGE_SIZE
@@ -90,6 +91,40 @@ def test_a_dash_dashboard_in_a_browser(browser, carnet_stack, dash_app):  # noqa
         )
         assert table.locator("tbody tr td").first.inner_text() == asia["second_page"][0]
 
+        # A click on a column's header sorts by it from the first page, ascending then descending; the
+        # header shows the order (marker, tooltip) and the table's header cell says it to screen readers.
+        life = plotly.data.gapminder().query("continent == 'Asia' and year == 2007").sort_values("lifeExp")
+        header = page.locator(".carnet-dash-table .carnet-dash-table-header")
+        header.get_by_role("button", name="lifeExp").click()
+        first_row = table.locator("tbody tr").first.locator("td")
+        page.wait_for_function(
+            "() => document.querySelector('.carnet-dash-table tbody td')?.textContent"
+            f" == {life['country'].iloc[0]!r}",
+            timeout=60_000,
+        )
+        assert first_row.nth(3).inner_text() == f"{life['lifeExp'].iloc[0]:.1f}"
+        assert page.get_by_text(f"Rows 1–{PAGE_SIZE} of {asia['count']}").is_visible()
+        sorted_header = header.locator(".carnet-dash-sorted")
+        assert sorted_header.inner_text() == "lifeExp ↑"
+        assert "ascending" in sorted_header.get_attribute("title")
+        assert table.locator("th[aria-sort]").evaluate_all(
+            "ths => ths.map(t => [t.textContent, t.ariaSort])"
+        ) == [["lifeExp", "ascending"]]
+        header.get_by_role("button", name="lifeExp").click()
+        page.wait_for_function(
+            "() => document.querySelector('.carnet-dash-table tbody td')?.textContent"
+            f" == {life['country'].iloc[-1]!r}",
+            timeout=60_000,
+        )
+        assert first_row.nth(3).inner_text() == f"{life['lifeExp'].iloc[-1]:.1f}"
+        assert sorted_header.inner_text() == "lifeExp ↓"
+        # Each header button stands above its column.
+        buttons = header.locator("button").evaluate_all("bs => bs.map(b => b.getBoundingClientRect().x)")
+        cells = first_row.evaluate_all("tds => tds.map(t => t.getBoundingClientRect().x)")
+        assert len(buttons) == len(cells) == 5 and all(
+            abs(b - c) < 3 for b, c in zip(buttons, cells, strict=True)
+        )
+
         # CSV download of every matching row, built in the kernel and offered as a link.
         page.locator(".carnet-dash-table").get_by_role("button", name="CSV").click()
         link = page.get_by_role("link", name="Download gapminder.csv")
@@ -99,6 +134,7 @@ def test_a_dash_dashboard_in_a_browser(browser, carnet_stack, dash_app):  # noqa
         assert download.value.suggested_filename == "gapminder.csv"
         lines = Path(download.value.path()).read_text().splitlines()
         assert lines[0] == "country,continent,pop,lifeExp,gdpPercap" and len(lines) == asia["count"] + 1
+        assert lines[1].startswith(f"{life['country'].iloc[-1]},Asia,")  # in the order chosen on the page
         page.screenshot(path=str(SCREENSHOT), full_page=True)
     finally:
         page.close(run_before_unload=True)

@@ -18,6 +18,7 @@ pytestmark = pytest.mark.slow
 
 ACME_VIEWER = "viewer@acme.example"
 TABS = ("Charts", "Rows")
+HEADER = ["country", "continent", "pop", "lifeExp", "gdpPercap"]  # the demo table's columns
 CHART_TITLES = ("Population by continent", "Population over time", "Life expectancy by country")
 
 
@@ -57,6 +58,13 @@ def test_printing_a_dashboard_gives_each_tab_its_own_pages(browser, carnet_stack
         page.emulate_media(media="print")
         assert page.locator(".carnet-dash-tabs > .lm-TabBar").is_hidden()
         assert page.locator(".carnet-dash-tab-title:visible").all_inner_texts() == list(TABS)
+        # The table's header buttons print as a header row: no button background or frame, a rule below.
+        looks = page.locator(".carnet-dash-table-header button").evaluate_all(
+            "bs => bs.map(b => { const s = getComputedStyle(b);"
+            " return [b.textContent, s.backgroundColor, s.borderTopStyle, s.borderBottomStyle] })"
+        )
+        assert [text for text, *_ in looks] == [*HEADER[:2], "pop ↓", *HEADER[3:]]
+        assert all(look[1:] == ["rgba(0, 0, 0, 0)", "none", "solid"] for look in looks), looks
         pdf = page.pdf(format="A4", landscape=True, print_background=True)
     finally:
         page.close(run_before_unload=True)
@@ -76,4 +84,9 @@ def test_printing_a_dashboard_gives_each_tab_its_own_pages(browser, carnet_stack
     assert all(title in charts_text for title in CHART_TITLES), charts_text[:2000]
     assert all(country in rows_text for country in europe["first_page"]), rows_text[:2000]
     assert f"Rows 1–{PAGE_SIZE} of {europe['count']}" in rows_text
+    # The header row, once, above the first row (not the hidden <thead> kept for screen readers).
+    rows_lines = [line.split() for page in pages[rows:] for line in page]
+    header_at = [i for i, words in enumerate(rows_lines) if words[:2] == HEADER[:2]]
+    assert len(header_at) == 1 and rows_lines[header_at[0]] == [*HEADER[:3], "↓", *HEADER[3:]], rows_lines
+    assert rows_lines[header_at[0] + 1][0] == europe["first_page"][0]
     assert "Population by continent" not in rows_text and europe["first_page"][-1] not in charts_text

@@ -1,9 +1,9 @@
-"""``Table``: rows of a source, paged on the server (``limit``/``offset`` of the query spec), sortable by a
-column, with number formats and CSV/XLSX downloads of every matching row.
+"""``Table``: rows of a source, paged on the server (``limit``/``offset`` of the query spec), sorted by
+clicking a column's header, with number formats and CSV/XLSX downloads of every matching row.
 
 Pages are ordered by the sort column then every shown column, so a row appears on exactly one page; the
 total comes from a count query of the same filters. A download asks for all matching rows (the service's
-row cap applies) and offers them as a ``data:`` link.
+row cap applies) in the order shown and offers them as a ``data:`` link.
 """
 
 from __future__ import annotations
@@ -18,9 +18,24 @@ from carnet.kernel_helpers.dash.base import Block, _log_to_process_stderr, fmt, 
 from carnet.kernel_helpers.dash.query import Query, QueryBatch
 
 DOWNLOADS = {"csv": "text/csv", "xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"}
+DIRECTIONS = {"asc": ("↑", "ascending"), "desc": ("↓", "descending")}
+# The table's own <thead> stays in the page for screen readers (column headers with aria-sort) but is not
+# seen: the header buttons above the rows are its visible form. Inline, because JupyterLab has no Carnet CSS.
+TABLE_STYLE = "width:100%;table-layout:fixed;border-collapse:collapse;border-spacing:0;margin:0"
+HIDDEN_HEAD = "position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0);white-space:nowrap"
 
 
 class Table(Block):
+    """A paged table. Its header is a row of buttons, one per shown column, laid out on the same equal-width
+    columns as the rows (the page's policy runs no inline script, so the header cells cannot call the
+    kernel themselves; ipywidgets buttons work in the Viewer and in JupyterLab alike).
+
+    Sorting: a click on a column's header sorts the rows by it ascending; a click on the column already
+    sorted reverses the direction (asc <-> desc). The sorted header shows ↑ or ↓, its tooltip says the
+    order, and the table's header cell carries ``aria-sort``. Any new order starts again at the first page;
+    downloads follow it. ``order_by`` (a column or ``(column, direction)``) is the order before any click.
+    """
+
     kind = "table"
 
     def __init__(
@@ -43,8 +58,13 @@ class Table(Block):
         self.downloads = tuple(downloads)
         self.page_number = 0
         self.total = 0
+        self.shown: list[str] = []  # the columns on screen, known after the first draw
         self._fetch = None  # set by update(): paging and sorting re-read this table alone
         self._extra, self._context = [], {}
+        self.caption = widgets.HTML(layout=widgets.Layout(display="none"))  # the title, above the header
+        self.header = widgets.GridBox([], layout=widgets.Layout(display="none", width="100%", grid_gap="0"))
+        self.header.add_class("carnet-dash-table-header")
+        self.header_buttons: dict[str, widgets.Button] = {}
         self.previous_button = widgets.Button(description="Previous", icon="chevron-left")
         self.next_button = widgets.Button(description="Next", icon="chevron-right")
         self.position = widgets.HTML()
@@ -54,35 +74,49 @@ class Table(Block):
         buttons = [widgets.Button(description=kind.upper(), icon="download") for kind in self.downloads]
         for button, kind in zip(buttons, self.downloads, strict=True):
             button.on_click(lambda _b, kind=kind: self.offer_download(kind))
-        # Options are (column, direction) pairs, filled once the shown columns are known.
-        self.sorter = widgets.Dropdown(description="Sort", options=[], layout=widgets.Layout(width="220px"))
-        self.sorter.observe(self._sort_chosen, names="value")
-        self._filling = False
-        pager = widgets.HBox([self.previous_button, self.position, self.next_button, self.sorter, *buttons])
+        pager = widgets.HBox([self.previous_button, self.position, self.next_button, *buttons])
         pager.add_class("carnet-dash-pager")
-        self.widget.children = [self.body, pager, self.download_links]
+        self.body.layout.margin = "0"  # the rows' left edge is the header's
+        self.widget.children = [self.caption, self.header, self.body, pager, self.download_links]
 
     def order(self, columns: list[str]) -> list:
         first = [] if self.sort is None else [tuple(self.sort)]
         return first + [c for c in columns if self.sort is None or c != self.sort[0]]
 
-    def _fill_sorter(self, shown: list[str]) -> None:
-        if self.sorter.options:
+    def _build_header(self, shown: list[str]) -> None:
+        """One button per shown column, made once (the shown columns do not change between draws)."""
+        if list(self.header_buttons) == shown:
             return
-        self._filling = True  # setting options changes the value: not a person's choice
-        try:
-            self.sorter.options = [
-                (f"{column} {arrow}", (column, direction))
-                for column in shown
-                for direction, arrow in (("asc", "↑"), ("desc", "↓"))
-            ]
-            self.sorter.value = tuple(self.sort) if self.sort else None
-        finally:
-            self._filling = False
+        self.header_buttons = {}
+        for column in shown:
+            button = widgets.Button(description=str(column), layout=widgets.Layout(width="auto", margin="0"))
+            button.add_class("carnet-dash-sort")
+            button.on_click(lambda _b, column=column: self.header_clicked(column))
+            self.header_buttons[column] = button
+        self.header.children = list(self.header_buttons.values())
+        self.header.layout.grid_template_columns = f"repeat({len(shown)}, minmax(0, 1fr))"
 
-    def _sort_chosen(self, change) -> None:
-        if not self._filling and change["new"] is not None and tuple(change["new"]) != self.sort:
-            self.sort_by(*change["new"])
+    def _mark_header(self) -> None:
+        """The sorted column's marker and every header's tooltip (what a click will do)."""
+        for column, button in self.header_buttons.items():
+            direction = self.sort[1] if self.sort and self.sort[0] == column else None
+            if direction:
+                arrow, word = DIRECTIONS[direction]
+                button.description = f"{column} {arrow}"
+                button.add_class("carnet-dash-sorted")
+                other = DIRECTIONS["desc" if direction == "asc" else "asc"][1]
+                button.tooltip = f"Sorted by {column}, {word}. Click to sort {other}."
+            else:
+                button.description = str(column)
+                button.remove_class("carnet-dash-sorted")
+                button.tooltip = f"Click to sort by {column}, ascending."
+
+    def header_clicked(self, column: str) -> None:
+        """What a click on a column's header does: ascending first, then the other direction each time."""
+        if self.sort and self.sort[0] == column:
+            self.sort_by(column, "desc" if self.sort[1] == "asc" else "asc")
+        else:
+            self.sort_by(column, "asc")
 
     def page_query(self, shown: list[str], extra) -> Query:
         query = self.base(columns=shown, order_by=self.order(shown)).narrowed(extra)
@@ -104,19 +138,26 @@ class Table(Block):
         self._again()
 
     def sort_by(self, column: str, direction: str = "asc") -> None:
+        """Rows ordered by one of the shown columns, from the first page."""
+        if direction not in DIRECTIONS:
+            raise ValueError(f"A table sorts 'asc' or 'desc', not {direction!r}")
+        if self.shown and column not in self.shown:
+            raise ValueError(f"The table {self.name!r} shows no column {column!r}")
         self.sort, self.page_number = (column, direction), 0
-        if self.sorter.options and self.sorter.value != self.sort:
-            self._filling = True
-            try:
-                self.sorter.value = self.sort
-            finally:
-                self._filling = False
+        self._mark_header()
         if self._fetch is not None:
             self._again()
 
+    def show_message(self, text: str, state: str) -> None:
+        # Blank and error states have no rows: no header above the message, the title in the message.
+        self.caption.layout.display = self.header.layout.display = "none"
+        super().show_message(text, state)
+
     def draw(self, batch, extra, context, filters):
         shown = self.columns or list(batch.get(self.base(limit=0)).columns)
-        self._fill_sorter(shown)
+        self.shown = shown
+        self._build_header(shown)
+        self._mark_header()
         self.total = int(batch.get(self.base().counted().narrowed(extra))["count"].iloc[0])
         frame = batch.get(self.page_query(shown, extra))
         last = max(0, (self.total - 1) // self.page_size)
@@ -130,19 +171,32 @@ class Table(Block):
             f'<span class="carnet-dash-position">Rows {first:,}–{first + len(frame) - 1:,} of '
             f"{self.total:,}</span>"
         )
-        head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
         rows = "".join(
             "<tr>"
             + "".join(f"<td>{html.escape(fmt(v, self.formats.get(c)))}</td>" for c, v in row.items())
             + "</tr>"
             for _, row in frame.iterrows()
         )
-        title = f"<b>{html.escape(self.title)}</b>" if self.title else ""
+        self.caption.value = f"<b>{html.escape(self.title)}</b>"
+        self.caption.layout.display = None if self.title else "none"
+        self.header.layout.display = "grid"
+        # Equal fixed columns, no spacing: the same grid as the header's (see the class docstring).
+        cols = f'<col style="width:{100 / len(frame.columns):.4f}%">' * len(frame.columns)
         self.body.value = (
-            f'{title}<table class="carnet-dash-rows jp-RenderedHTMLCommon"><thead><tr>{head}</tr></thead>'
+            f'<table class="carnet-dash-rows jp-RenderedHTMLCommon" style="{TABLE_STYLE}">'
+            f"<colgroup>{cols}</colgroup>"
+            f'<thead style="{HIDDEN_HEAD}"><tr>{self._head_cells(frame.columns)}</tr></thead>'
             f"<tbody>{rows}</tbody></table>"
         )
         return True
+
+    def _head_cells(self, columns) -> str:
+        cells = []
+        for column in columns:
+            sorted_as = self.sort[1] if self.sort and self.sort[0] == column else None
+            aria = f' aria-sort="{DIRECTIONS[sorted_as][1]}"' if sorted_as else ""
+            cells.append(f'<th scope="col"{aria}>{html.escape(str(column))}</th>')
+        return "".join(cells)
 
     def offer_download(self, kind: str) -> None:
         """A link to every matching row as CSV or XLSX (built in the kernel, no file on the server)."""
