@@ -77,6 +77,7 @@ VIEWER = "viewer@acme.example"
 STALL = 60.0
 KEPT_LOG = Path(tempfile.gettempdir()) / "carnet-bench-viewer-stack.log"
 RENDER_LIMIT = 600.0  # seconds: 50 kernels starting at once on 2 cores take minutes, not hours
+SNAPSHOT_LINE = "Served a snapshot of app {app} "
 
 
 @dataclass
@@ -133,6 +134,7 @@ class Result:
     kernels: int = 0
     memory_per_viewer: float = 0.0
     leftover: int = 0  # kernels still running after the concurrent phase (of failed renders)
+    snapshots: int = 0  # concurrent visitors served a snapshot (extension/snapshots.py), no kernel of theirs
 
 
 def measure(side: Side, repeats: int, viewers: int) -> Result:
@@ -174,6 +176,7 @@ def measure(side: Side, repeats: int, viewers: int) -> Result:
     )
 
     side.wait_for_pool()  # the concurrent visitors arrive on a Viewer that had time to pre-render
+    snapshots_before = side.pool_lines(SNAPSHOT_LINE)
     barrier = threading.Barrier(viewers)
 
     def viewer(_):
@@ -188,6 +191,7 @@ def measure(side: Side, repeats: int, viewers: int) -> Result:
         outcomes = list(pool.map(viewer, range(viewers)))
     started = kernel_pids(side.server_pid) - baseline
     result.kernels = len(started)
+    result.snapshots = side.pool_lines(SNAPSHOT_LINE) - snapshots_before
     result.memory_per_viewer = sum(rss_mb(pid) for pid in started) / viewers
     for outcome in outcomes:
         if isinstance(outcome, Exception):
@@ -271,6 +275,10 @@ def report(plain: Result, viewer: Result, args) -> None:
         "  the whole page read (non-progressive Voila: it ends when every cell ran), checked for the chart."
     )
     print(f"kernels started by the concurrent renders: plain {plain.kernels}, Carnet {viewer.kernels}")
+    print(
+        f"Carnet concurrent visitors served a snapshot at once (their live page rendered afterwards, "
+        f"CARNET_VIEWER_PRERENDER_CONCURRENCY at a time): {viewer.snapshots} of {args.viewers}"
+    )
     print(f"kernels still running a minute after: plain {plain.leftover}, Carnet {viewer.leftover}")
     for name, r in (("plain", plain), ("Carnet", viewer)):
         # A render held open by heartbeats until a cell timeout: the stall STACK-NOTES describes.

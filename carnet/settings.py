@@ -271,6 +271,22 @@ class CarnetSettings(Configurable):
     def _default_viewer_pool_ttl(self):
         return int(os.environ.get("CARNET_VIEWER_POOL_TTL", "600"))
 
+    viewer_prerender_concurrency = Integer(
+        help="""Pre-renders the Viewer runs at the same time (each runs a whole notebook in a new kernel). A
+        burst of viewers is served snapshots at once (carnet/extension/snapshots.py) while their own live
+        pages are rendered this many at a time, instead of every notebook at once on the same cores.
+        Environment: CARNET_VIEWER_PRERENDER_CONCURRENCY.""",
+    ).tag(config=True)
+
+    @default("viewer_prerender_concurrency")
+    def _default_viewer_prerender_concurrency(self):
+        value = int(os.environ.get("CARNET_VIEWER_PRERENDER_CONCURRENCY", "2"))
+        return _at_least_one("viewer_prerender_concurrency", value)
+
+    @validate("viewer_prerender_concurrency")
+    def _validate_viewer_prerender_concurrency(self, proposal):
+        return _at_least_one("viewer_prerender_concurrency", proposal["value"])
+
     @validate(
         "viewer_max_kernels_per_app", "viewer_max_kernels_per_org", "viewer_pool_size", "viewer_pool_ttl"
     )
@@ -539,6 +555,12 @@ class CarnetSettings(Configurable):
     @property
     def runs_dir(self) -> Path:
         return Path(self.data_dir) / "runs"
+
+
+def _at_least_one(name: str, value: int) -> int:
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1")
+    return value
 
 
 def _not_negative(name: str, value: int) -> int:

@@ -29,6 +29,10 @@ kernel beyond a cap first evicts pooled pages of that app (or org); if none is l
 "busy" page (503, Retry-After). Pooled pages expire after ``viewer_pool_ttl`` and when the app's version or
 data change.
 
+A pre-render also leaves a snapshot of its page (snapshots.py): a viewer with no pooled page of their own
+is shown the snapshot of the same app version, data, filters and row context at once, while their own page
+is pre-rendered (``viewer_prerender_concurrency`` at a time), and the page reloads into it when it is ready.
+
 Not done: preheated kernels not yet bound to anyone (imports done, identity given later): pages are per
 person, and with OS accounts a kernel is bound to a person from its start.
 """
@@ -47,6 +51,7 @@ from jupyter_core.utils import ensure_async
 from voila.utils import ENV_VARIABLE
 
 from carnet.extension.prerender import RenderContext, prerender
+from carnet.extension.snapshots import SnapshotStore, record_snapshot
 
 log = logging.getLogger("carnet.viewer.pool")
 RETRY_AFTER = 10  # seconds a busy visitor is asked to wait
@@ -123,6 +128,9 @@ class RenderPool:
         self.slots: list[Slot] = []
         self._tasks: set[asyncio.Task] = set()
         self._reaper: asyncio.Task | None = None
+        # Pre-renders at a time (a burst of viewers gets snapshots meanwhile, snapshots.py).
+        self._rendering = asyncio.Semaphore(settings.viewer_prerender_concurrency)
+        self.snapshots = SnapshotStore(self.ttl)
 
     # -- caps -----------------------------------------------------------------------------------------
     def kernels_of(self, app_id: int, org_id: int) -> tuple[int, int]:
@@ -178,35 +186,43 @@ class RenderPool:
             return entry
         return None
 
-    def refill(self, key: PoolKey | None, context: RenderContext, new_session) -> None:
+    def refill(
+        self, key: PoolKey | None, context: RenderContext, new_session, someone_waits: bool = False
+    ) -> None:
         """Renders ``key``'s page in the background if the pool lacks one; ``new_session()`` asks the service
-        for a fresh viewer session (a token of the same person) for it."""
+        for a fresh viewer session (a token of the same person) for it. ``someone_waits``: the person has a
+        snapshot page open that reloads into this one (snapshots.py), so it may evict other pooled pages at
+        a cap, as that person's own render would."""
         if key is None or not self.size or key in self.refilling or self.pooled(key) >= self.size:
             return
         self.refilling.add(key)
         # "scheduled" and "ended" lines pair up: bench/viewer.py waits for them to know the pool is ready.
         self.log.info("Pre-render of app %s scheduled", key.app_id)
-        task = asyncio.ensure_future(self._refill(key, context, new_session))
+        task = asyncio.ensure_future(self._refill(key, context, new_session, someone_waits))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _refill(self, key: PoolKey, context: RenderContext, new_session) -> None:
+    async def _refill(self, key: PoolKey, context: RenderContext, new_session, someone_waits=False) -> None:
         made = False
         try:
-            if self._room(key.app_id, key.org_id) is not None:
+            if self._room(key.app_id, key.org_id) is not None and not someone_waits:
                 return  # at a cap: not even a token is minted for it
             session = await new_session()
             query = context.env[ENV_VARIABLE.QUERY_STRING]
             if pool_key(session, query) != key:
                 return  # the app or its data changed meanwhile: the next visit renders anew
             try:
-                slot = await self.reserve(key.app_id, key.org_id, evict=False)
+                # The pool never takes the last places from people, unless for a person waiting.
+                slot = await self.reserve(key.app_id, key.org_id, evict=someone_waits)
             except Busy:
-                return  # the pool never takes the last places from people
+                return
             try:
-                kernel_id, html = await prerender(context, session, slot, self.km)
+                async with self._rendering:
+                    kernel_id, html = await prerender(context, session, slot, self.km)
             finally:
                 slot.free()
+            # Before the page is offered: its widgets' states are read while nobody has it yet.
+            await record_snapshot(self.snapshots, self.km, key, kernel_id, html, session)
             self.entries.setdefault(key, []).append(Entry(key, kernel_id, html))
             made = True
             self.log.info("Pre-rendered app %s v%s in kernel %s", key.app_id, key.version, kernel_id)
@@ -291,6 +307,7 @@ def render_pool_of(handler) -> RenderPool:
         from carnet.settings import CarnetSettings
 
         pool = handler.settings["carnet_render_pool"] = RenderPool(handler.kernel_manager, CarnetSettings())
+        handler.settings["carnet_snapshots"] = pool.snapshots  # the replay websocket finds them there
     return pool
 
 

@@ -29,6 +29,12 @@ from voila.utils import get_data_dir, get_voila_labextensions_path, pjoin
 
 from carnet.extension.prerender import render_context
 from carnet.extension.render_pool import Busy, pool_key, render_pool_of, write_busy
+from carnet.extension.snapshots import (
+    LiveHandler,
+    ViewerKernelHandler,
+    ViewerKernelWebsocketHandler,
+    shared_key,
+)
 from carnet.extension.viewer_badge import PublicBadgeMixin
 from carnet.extension.viewer_csp import AppPagePolicyMixin
 from carnet.extension.viewer_kernels import KernelRequest, kernel_request
@@ -140,11 +146,14 @@ class AppHandler(PublicBadgeMixin, AppPagePolicyMixin, TornadoVoilaHandler):
             context = render_context(self, session["notebook_path"])
             app_id, username = session["app"]["id"], owner
 
-            def refill():
+            def refill(someone_waits=False):
                 # The pre-render's token lives only as long as a pooled page may wait (+ its render).
                 ttl = pool.ttl + 600
                 pool.refill(
-                    key, context, lambda: request_viewer_session(username, str(app_id), ttl_seconds=ttl)
+                    key,
+                    context,
+                    lambda: request_viewer_session(username, str(app_id), ttl_seconds=ttl),
+                    someone_waits=someone_waits,
                 )
 
             entry = await pool.hand_over(key, owner, session["token"])
@@ -153,6 +162,18 @@ class AppHandler(PublicBadgeMixin, AppPagePolicyMixin, TornadoVoilaHandler):
                 self.set_header("Cache-Control", "no-cache, no-store, must-revalidate")
                 refill()  # before the page ends: the refill is logged by the time the visitor has it
                 self.finish(entry.html)
+                return
+            # No page of their own: the latest page of the same data and row context at once, while theirs
+            # is pre-rendered; the snapshot page reloads into it (snapshots.py).
+            snapshot = pool.snapshots.get(shared_key(key))
+            if snapshot is not None:
+                live = url_path_join(self.base_url, "carnet/live/{session_id}")
+                html, snapshot_id = pool.snapshots.open(snapshot, owner, key, live)
+                self.set_header("Content-Type", "text/html")
+                self.set_header("Cache-Control", "no-cache, no-store, must-revalidate")
+                refill(someone_waits=True)
+                self.log.info("Served a snapshot of app %s (%s)", key.app_id, snapshot_id)
+                self.finish(html)
                 return
         slot = None
         if session["app"].get("org_id") is not None:
@@ -198,6 +219,13 @@ class OwnedKernelShutdownHandler(VoilaShutdownKernelHandler):
 
     @web.authenticated
     async def post(self, kernel_id):
+        snapshots = self.settings.get("carnet_snapshots")
+        snapshot = snapshots.session(kernel_id) if snapshots is not None else None
+        if snapshot is not None and snapshot.owner == self.current_user.username:
+            snapshots.close(kernel_id)  # a snapshot page has no kernel: its replay ends
+            self.set_status(204)
+            self.finish()
+            return
         if self.kernel_manager.owner_of(kernel_id) != self.current_user.username:
             raise web.HTTPError(404, "No such kernel")
         await ensure_async(self.kernel_manager.shutdown_kernel(kernel_id))
@@ -310,6 +338,13 @@ def _load_jupyter_server_extension(server_app):
             ),
             topojson_route(base),  # map outlines for plotly (viewer_topojson.py)
             (url_path_join(base, r"voila/api/shutdown/(?P<kernel_id>[\w-]+)"), OwnedKernelShutdownHandler),
+            # A snapshot page's kernel websocket is a replay; other ids go to Jupyter's (snapshots.py).
+            (
+                url_path_join(base, r"api/kernels/(?P<kernel_id>\w+-\w+-\w+-\w+-\w+)/channels"),
+                ViewerKernelWebsocketHandler,
+            ),
+            (url_path_join(base, r"api/kernels/(?P<kernel_id>\w+-\w+-\w+-\w+-\w+)"), ViewerKernelHandler),
+            (url_path_join(base, r"carnet/live/(?P<session_id>[\w-]+)"), LiveHandler),
             (
                 url_path_join(base, r"voila/labextensions/(.*)"),
                 LabextensionAssetHandler,

@@ -77,6 +77,12 @@ VIEWER_ROUTES = [
     (r"api/kernels/(?P<kernel_id>\w+-\w+-\w+-\w+-\w+)$",    "GET", "api/kernels/{kernel}",       403, 403, 403, 403, 403, 403, 403),
     (r"api/kernels/(?P<kernel_id>\w+-\w+-\w+-\w+-\w+)/(?P<action>restart|interrupt)$", "POST", "api/kernels/{kernel}/restart", 403, 403, 403, 403, 403, 403, 403),
     (r"api/kernels/(?P<kernel_id>\w+-\w+-\w+-\w+-\w+)/channels$", "GET", "api/kernels/{kernel}/channels", 403, 403, 403, 403, 403, 403, 403),
+    # The same two kernel routes again: Carnet's handlers in front of Jupyter's, answering a snapshot page's
+    # fake kernel id for its own person only (snapshots.py); any other id goes to Jupyter's, as above.
+    (r"api/kernels/(?P<kernel_id>\w+-\w+-\w+-\w+-\w+)$",    "GET", "api/kernels/{kernel}",       403, 403, 403, 403, 403, 403, 403),
+    (r"api/kernels/(?P<kernel_id>\w+-\w+-\w+-\w+-\w+)/channels$", "GET", "api/kernels/{kernel}/channels", 403, 403, 403, 403, 403, 403, 403),
+    # A snapshot page's "is my live page ready" (snapshots.py): only the person the snapshot was given to.
+    (r"carnet/live/(?P<session_id>[\w-]+)$",                "GET", "carnet/live/{kernel}",       LOGIN, 404, 404, 404, 404, 404, LOGIN),
     (r"kernelspecs/(?P<kernel_name>[\w\.\-%]+)/(?P<path>.*)$", "GET", "kernelspecs/python3/kernel.json", LOGIN, 403, 403, 403, 403, 403, LOGIN),
     (r"api/kernelspecs$",                                   "GET", "api/kernelspecs",            403, 403, 403, 403, 403, 403, 403),
     (r"api/kernelspecs/(?P<kernel_name>[\w\.\-%]+)$",       "GET", "api/kernelspecs/python3",    403, 403, 403, 403, 403, 403, 403),

@@ -106,7 +106,11 @@ class FakeKernels:
 
 def make_pool(**settings) -> tuple[RenderPool, FakeKernels]:
     values = dict(
-        viewer_pool_size=1, viewer_pool_ttl=600, viewer_max_kernels_per_app=2, viewer_max_kernels_per_org=3
+        viewer_pool_size=1,
+        viewer_pool_ttl=600,
+        viewer_max_kernels_per_app=2,
+        viewer_max_kernels_per_org=3,
+        viewer_prerender_concurrency=2,
     )
     values.update(settings)
     kernels = FakeKernels()
@@ -395,7 +399,8 @@ def test_beyond_the_app_cap_the_page_says_busy(pool_stack, pool_app):
     stack, app = pool_stack, pool_app
     answers = []
     for _ in range(CAP + 1):
-        response = app.session.get(app.url, timeout=120)
+        # Filters nobody used before: no pooled page or snapshot (snapshots.py) to serve, a kernel each.
+        response = app.session.get(f"{app.url}?visit={uuid.uuid4().hex}", timeout=120)
         answers.append(response)
         if response.status_code == 200:
             app.opened.append(kernel_id_of(response.text))

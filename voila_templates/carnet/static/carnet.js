@@ -131,4 +131,61 @@
       });
     });
   });
+
+  // A snapshot page (carnet/extension/snapshots.py): the latest page of this app for the same data and
+  // filters, shown at once while this person's own page is rendered; it reloads into that page once the
+  // Viewer has it. Its widgets show the recorded values and do not react until then.
+  var SNAPSHOT_POLLS = 120;
+  function snapshotConfig() {
+    var element = document.getElementById("jupyter-config-data");
+    try {
+      return (element && JSON.parse(element.textContent).carnetSnapshot) || null;
+    } catch (error) {
+      return null;
+    }
+  }
+  document.addEventListener("DOMContentLoaded", function () {
+    var snapshot = snapshotConfig();
+    if (!snapshot) {
+      return;
+    }
+    document.body.classList.add("carnet-snapshot");
+    var note = document.createElement("div");
+    note.className = "carnet-snapshot-note";
+    note.setAttribute("role", "status");
+    note.textContent = "Showing the latest results \u00b7 interactive in a moment";
+    document.body.insertBefore(note, document.body.firstChild);
+    var polls = 0;
+    // The Hub's sign-in accepts a script's request (not a navigation) only with the XSRF token, as Jupyter's
+    // own front end sends it.
+    var xsrf = (document.cookie.match(/(?:^|;\s*)_xsrf=([^;]*)/) || [])[1] || "";
+    function ask() {
+      polls += 1;
+      fetch(snapshot.live, {
+        credentials: "same-origin",
+        cache: "no-store",
+        headers: { "X-XSRFToken": decodeURIComponent(xsrf) },
+      })
+        .then(function (response) {
+          return response.ok ? response.json() : { ready: false, gone: true };
+        })
+        .then(
+          function (answer) {
+            if (answer.ready) {
+              window.location.reload();
+            } else if (!answer.gone && polls < SNAPSHOT_POLLS) {
+              window.setTimeout(ask, 1000);
+            } else {
+              note.textContent = "Showing the latest results \u00b7 reload the page to use the filters";
+            }
+          },
+          function () {
+            if (polls < SNAPSHOT_POLLS) {
+              window.setTimeout(ask, 2000);
+            }
+          }
+        );
+    }
+    window.setTimeout(ask, 1000);
+  });
 })();
