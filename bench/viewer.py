@@ -67,6 +67,7 @@ from bench.viewer_support import (
     kernel_pids,
     mem_available_mb,
     render,
+    render_page,
     rss_mb,
     write_parquet,
 )
@@ -110,6 +111,23 @@ class Side:
         if self.cookies is not None:
             session.cookies.update(self.cookies)
         return session
+
+    def live_kernel(self, session: requests.Session) -> str:
+        """A rendered page's live kernel. The Viewer may answer with a snapshot (extension/snapshots.py),
+        whose widgets answer no change: then wait, as the page does, until the person's live page is ready,
+        and open that (the snapshot's page is closed as its beforeunload would)."""
+        origin = "/".join(self.page_url.split("/")[:3])
+        while True:
+            _seconds, config = render_page(session, self.page_url, RENDER_LIMIT)
+            kernel, live = config["kernelId"], (config.get("carnetSnapshot") or {}).get("live")
+            if live is None:
+                return kernel
+            wait_until(
+                lambda live=live: session.get(origin + live, timeout=30).json().get("ready"),
+                RENDER_LIMIT,
+                what="the live page after a snapshot",
+            )
+            self.shutdown(kernel)
 
     def shutdown(self, kernel_id: str) -> None:
         # The page's own beforeunload call: otherwise every render leaves a ~200 MB kernel behind.
@@ -166,7 +184,7 @@ def measure(side: Side, repeats: int, viewers: int) -> Result:
         )
     else:
         result.cached = result.repeats  # no render cache: a later visit is a cold render again
-    _seconds, kernel = render(session, side.page_url, RENDER_LIMIT)
+    kernel = side.live_kernel(session)
     try:
         result.filters = filter_changes(f"{side.ws_base}{kernel}/channels", side.headers, repeats)
     finally:

@@ -106,18 +106,28 @@ def bench_notebook(
     return notebook
 
 
-def kernel_id_of(page_html: str) -> str:
+def page_config(page_html: str) -> dict:
     match = re.search(
         r'<script id="jupyter-config-data" type="application/json">(.*?)</script>', page_html, re.S
     )
     if not match:
         raise RenderFailed("the page has no jupyter-config-data")
-    return json.loads(match.group(1))["kernelId"]
+    return json.loads(match.group(1))
+
+
+def kernel_id_of(page_html: str) -> str:
+    return page_config(page_html)["kernelId"]
 
 
 def render(session: requests.Session, url: str, limit: float) -> tuple[float, str]:
+    seconds, config = render_page(session, url, limit)
+    return seconds, config["kernelId"]
+
+
+def render_page(session: requests.Session, url: str, limit: float) -> tuple[float, dict]:
     """GET the app page and read it to its end (Voila's default rendering: the response ends once every cell
-    ran, so this is "first paint with the chart"). Returns (seconds, kernel id); raises RenderFailed.
+    ran, so this is "first paint with the chart"). Returns (seconds, the page's front-end configuration:
+    ``kernelId``, ``carnetSnapshot`` on a snapshot page); raises RenderFailed.
 
     ``limit`` is a wall-clock cap on the whole read: a stalled render keeps the response alive with
     heartbeats (STACK-NOTES), so a read timeout alone would never fire."""
@@ -138,7 +148,7 @@ def render(session: requests.Session, url: str, limit: float) -> tuple[float, st
     missing = [marker for marker in PAGE_MARKERS if marker not in page]
     if missing:
         raise RenderFailed(f"the page lacks {missing} (a cell failed?)")
-    return seconds, kernel_id_of(page)
+    return seconds, page_config(page)
 
 
 # -- the filter: a dropdown change sent as the page's widget manager would, over the kernel websocket ---

@@ -42,10 +42,16 @@ EMBED_KEY_FILE = "embed_signing_key"
 MAX_EMBED_SECONDS = 30 * 24 * 3600
 DEFAULT_EMBED_SECONDS = 24 * 3600
 MAX_SOURCES = 200
-VISITOR_NAME = {TokenKind.public_app: "public link visitor", TokenKind.embed: "embed visitor"}
+VISITOR_NAME = {
+    TokenKind.public_app: "public link visitor",
+    TokenKind.embed: "embed visitor",
+    TokenKind.print_page: "report printer",
+}
 _LINK = re.compile(r"^([0-9a-f]{12})_([A-Za-z0-9_-]{20,100})$")
 # sources["x"], sources['x'], sources.get("x"), carnet.sources["x"], src.sources.get('x')...
 _SOURCE_USE = re.compile(r"""\bsources\s*(?:\[\s*|\.get\(\s*)(?P<q>["'])(?P<name>[^"'\n]{1,200})(?P=q)""")
+# carnet.dash: Dashboard(..., source="x"), a block's source="x", dash.Query.of("x", ...).
+_DASH_SOURCE = re.compile(r"""\b(?:source\s*=\s*|Query\.of\(\s*)(?P<q>["'])(?P<name>[^"'\n]{1,200})(?P=q)""")
 # {name} placeholders of carnet.sources.sql("..."): only inside that call's first string.
 _SQL_CALL = re.compile(r"""\bsources\.sql\(\s*[rfbu]*(?P<q>\"\"\"|'''|"|')(?P<sql>.*?)(?P=q)""", re.S)
 _PLACEHOLDER = re.compile(r"\{([^{}\n]{1,200})\}")
@@ -54,7 +60,8 @@ _PLACEHOLDER = re.compile(r"\{([^{}\n]{1,200})\}")
 # -- which sources an app reads ----------------------------------------------------------------------------
 def detect_sources(notebook_text: str) -> list[str]:
     """Source names the notebook's code cells name literally (``sources["x"]``, ``sources.get("x")``,
-    ``{x}`` in ``sources.sql("...")``). Names built at run time are not found: pass them explicitly."""
+    ``{x}`` in ``sources.sql("...")``, carnet.dash's ``source="x"`` and ``Query.of("x")``). Names built at
+    run time are not found: pass them explicitly."""
     try:
         cells = json.loads(notebook_text).get("cells", [])
     except ValueError:
@@ -65,7 +72,7 @@ def detect_sources(notebook_text: str) -> list[str]:
             continue
         code = cell.get("source", "")
         code = "".join(code) if isinstance(code, list) else str(code)
-        names = [m.group("name") for m in _SOURCE_USE.finditer(code)]
+        names = [m.group("name") for pattern in (_SOURCE_USE, _DASH_SOURCE) for m in pattern.finditer(code)]
         for call in _SQL_CALL.finditer(code):
             names += _PLACEHOLDER.findall(call.group("sql"))
         found += [n.strip() for n in names if n.strip() and n.strip() not in found]
@@ -220,24 +227,38 @@ def sign_embed(
         "src": list(sources),
         "exp": expires,
     }
+    return signed(settings, payload), datetime.fromtimestamp(expires, UTC)
+
+
+def signed(settings, payload: dict) -> str:
+    """``<payload>.<signature>``: HMAC-SHA256 with the embed key (also used by carnet.print_pages)."""
     body = _b64(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode())
     signature = _b64(hmac.new(embed_key(settings), body.encode(), hashlib.sha256).digest())
-    return f"{body}.{signature}", datetime.fromtimestamp(expires, UTC)
+    return f"{body}.{signature}"
 
 
-def verify_embed(session, settings, text: str) -> tuple[dict, App]:
-    """The payload of an authentic, unexpired embed token and its published app. Tampered or unknown: 404
-    (like an unknown app); authentic but expired: 403 saying so (its holder got it legitimately)."""
+def verified(session, settings, text: str, use: str | None) -> tuple[dict, App]:
+    """The payload of an authentic, unexpired token made for ``use`` (None: an embed URL, whose payload names
+    no use) and its published app. Tampered, unknown or made for another use: 404 (like an unknown app)."""
     body, _, signature = (text or "").partition(".")
     expected = _b64(hmac.new(embed_key(settings), body.encode(), hashlib.sha256).digest())
     if not body or not hmac.compare_digest(signature.encode(), expected.encode()):
         raise NotFound("No such app")
     payload = json.loads(_unb64(body))
+    if payload.get("use") != use:
+        raise NotFound("No such app")
     if payload["exp"] <= time.time():
-        raise PermissionDenied("This embed link has expired")
+        raise PermissionDenied("This embed link has expired" if use is None else "This link has expired")
     app = session.get(App, payload["app"])
     if app is None or app.current_version < 1 or app.org_id != payload["org"]:
         raise NotFound("No such app")
+    return payload, app
+
+
+def verify_embed(session, settings, text: str) -> tuple[dict, App]:
+    """The payload of an authentic, unexpired embed token and its published app. Tampered or unknown: 404
+    (like an unknown app); authentic but expired: 403 saying so (its holder got it legitimately)."""
+    payload, app = verified(session, settings, text, None)
     if not public_apps_allowed(session, app.org_id):
         raise NotFound("No such app")
     return payload, app
@@ -263,7 +284,8 @@ def visitor_principal(session, token: Token) -> Principal | None:
     app = session.get(App, token.app_id) if token.app_id else None
     if token.kind not in VISITOR_NAME or app is None or app.current_version < 1 or app.org_id != token.org_id:
         return None
-    if not public_apps_allowed(session, app.org_id):
+    # A print page is the platform's own (the scheduler's PDFs): it does not depend on public apps.
+    if token.kind != TokenKind.print_page and not public_apps_allowed(session, app.org_id):
         return None
     if token.kind == TokenKind.public_app:
         link = public_link_of(session, app.id)

@@ -50,7 +50,7 @@ APP_KERNEL_KINDS = frozenset({TokenKind.viewer_kernel, TokenKind.job})
 # Kernels of anonymous visitors (public links, embed URLs; carnet.app_links): no person behind them, so no
 # /me either; they list and read only their app's sources (``Principal.scope``).
 ANONYMOUS_KERNEL_ACTIONS = frozenset({"sources:list", "sources:read_data"})
-ANONYMOUS_KERNEL_KINDS = frozenset({TokenKind.public_app, TokenKind.embed})
+ANONYMOUS_KERNEL_KINDS = frozenset({TokenKind.public_app, TokenKind.embed, TokenKind.print_page})
 API_KEY_VIA = "api_key"
 # Only a person signed in through the Hub (browser or Hub token) may do these: never an API key (keys are for
 # programs, key management is for people) nor a kernel's token, whatever the role.

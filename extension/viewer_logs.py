@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import re
 
-_SECRET_IN_PATH = re.compile(r"(/(?:public|embed)/)[^/?#]+")
+_SECRET_IN_PATH = re.compile(r"(/(?:public|embed|print)/)[^/?#]+")
 
 
 def without_link_secret(uri: str) -> str:
-    """``uri`` with a public link's or embed URL's secret replaced by ``[secret]``."""
+    """``uri`` with a public link's, embed URL's or print page's (carnet.print_pages) secret replaced by
+    ``[secret]``."""
     return _SECRET_IN_PATH.sub(r"\1[secret]", uri)
 
 

@@ -1,5 +1,6 @@
-"""Anonymous visitors of the Viewer: ``public/<link>`` (an app's public link) and ``embed/<signed token>`` (a
-signed embed URL, framable by the org's ``embed_origins``). See carnet.app_links for what they may read.
+"""Anonymous visitors of the Viewer: ``public/<link>`` (an app's public link), ``embed/<signed token>`` (a
+signed embed URL, framable by the org's ``embed_origins``) and ``print/<signed token>`` (the scheduler's
+headless browser printing an app to PDF). See carnet.app_links and carnet.print_pages for what they read.
 
 A visitor has no Hub account, so the page gives their browser a signed cookie (``carnet-visitor``, signed
 with the Viewer's cookie secret) naming a random pseudo-user ``visitor:<random>``; the kernel started for the
@@ -27,7 +28,7 @@ VISITOR_PREFIX = "visitor:"
 _VISITOR_ID = re.compile(r"^[0-9a-f]{32}$")
 # Paths (after the Viewer's base URL) where the visitor cookie identifies someone.
 _VISITOR_PATHS = re.compile(
-    r"^(api/kernels/[\w-]+(/channels)?|voila/api/shutdown/[\w-]+|public/.+|embed/.+)$"
+    r"^(api/kernels/[\w-]+(/channels)?|voila/api/shutdown/[\w-]+|public/.+|embed/.+|print/.+)$"
 )
 _ORIGIN = re.compile(r"^(\*|https?://[A-Za-z0-9.*-]+(:\d{1,5})?)$")
 
@@ -57,7 +58,7 @@ async def request_visitor_session(kind: str, token: str) -> dict:
 class VisitorAppHandler(AppHandler):
     """Renders an app for an anonymous visitor (no Hub sign-in needed)."""
 
-    kind = ""  # "link" or "embed": the field of the service's visitor-sessions call
+    kind = ""  # "link", "embed" or "print": the field of the service's visitor-sessions call
     carnet_public = True
 
     def _request_summary(self) -> str:
@@ -119,9 +120,18 @@ class EmbedAppHandler(VisitorAppHandler):
     kind = "embed"
 
 
+class PrintAppHandler(VisitorAppHandler):
+    """/print/<payload>.<signature>: the scheduler's page of an app to print as a PDF (carnet.print_pages,
+    scheduler/viewer_pdf.py). Not a public page: no "Public" mark, not framable."""
+
+    kind = "print"
+    carnet_public = False
+
+
 def visitor_handlers(base: str, handler_kwargs: dict) -> list[tuple]:
     # Any token shape reaches the service, which answers 404 for anything it does not know.
     return [
         (url_path_join(base, r"public/(?P<token>[^/]{1,200})/?"), PublicAppHandler, handler_kwargs),
         (url_path_join(base, r"embed/(?P<token>[^/]{1,8000})/?"), EmbedAppHandler, handler_kwargs),
+        (url_path_join(base, r"print/(?P<token>[^/]{1,8000})/?"), PrintAppHandler, handler_kwargs),
     ]

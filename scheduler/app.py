@@ -2,7 +2,9 @@
 into queued runs and executes queued runs, one at a time.
 
 State lives in the platform database, so a restart loses nothing: due jobs are enqueued on the next
-tick, and runs a killed scheduler left 'running' are marked failed (interrupted) at start-up.
+tick (carnet/scheduler/run_queue.py: misfires, skipped overlaps), and runs a killed scheduler left
+'running' are marked failed (interrupted) once the lease is taken. Exactly one instance runs jobs: the one
+holding the lease (carnet/scheduler/lease.py); another waits for it.
 """
 
 from __future__ import annotations
@@ -12,71 +14,23 @@ import os
 import signal
 import threading
 
-from sqlalchemy import select, update
 from traitlets import Float, Integer, default
 from traitlets.config import Application
 
-from carnet.db import session_scope, upgrade
-from carnet.db.models import Job, JobRun, RunStatus, utcnow
-from carnet.scheduler.cron import next_fire_time
+from carnet.db import upgrade
 from carnet.scheduler.executor import ReportExecutor
+from carnet.scheduler.lease import LeaseKeeper
+from carnet.scheduler.run_queue import claim_next_run, enqueue_due_runs, fail_interrupted_runs
+from carnet.scheduler.viewer_pdf import ViewerPdfSettings, ViewerPrinter
 from carnet.settings import CarnetSettings
 
 log = logging.getLogger("carnet.scheduler")
 
 
-def enqueue_due_runs(db_url: str, now=None) -> list[int]:
-    """Queue one run per due job and move the job's next fire time past ``now`` (missed fires collapse
-    into one run). The compare-and-set on next_run_at keeps two schedulers from queuing the same fire."""
-    now = now or utcnow()
-    queued = []
-    with session_scope(db_url) as session:
-        due = session.scalars(
-            select(Job).where(Job.enabled.is_(True), Job.next_run_at.is_not(None), Job.next_run_at <= now)
-        ).all()
-        for job in due:
-            fire = job.next_run_at
-            changed = session.execute(
-                update(Job)
-                .where(Job.id == job.id, Job.next_run_at == fire)
-                .values(next_run_at=next_fire_time(job.cron, job.timezone, now))
-            ).rowcount
-            if changed:
-                run = JobRun(job_id=job.id, status=RunStatus.queued, trigger="schedule", scheduled_for=fire)
-                session.add(run)
-                session.flush()
-                queued.append(run.id)
-    return queued
-
-
-def claim_next_run(db_url: str) -> int | None:
-    with session_scope(db_url) as session:
-        run_id = session.scalar(
-            select(JobRun.id).where(JobRun.status == RunStatus.queued).order_by(JobRun.id).limit(1)
-        )
-        if run_id is None:
-            return None
-        claimed = session.execute(
-            update(JobRun)
-            .where(JobRun.id == run_id, JobRun.status == RunStatus.queued)
-            .values(status=RunStatus.running, started_at=utcnow())
-        ).rowcount
-        return run_id if claimed else None
-
-
-def fail_interrupted_runs(db_url: str) -> int:
-    with session_scope(db_url) as session:
-        return session.execute(
-            update(JobRun)
-            .where(JobRun.status == RunStatus.running)
-            .values(status=RunStatus.failed, finished_at=utcnow(), error="Interrupted: the scheduler stopped")
-        ).rowcount
-
-
 class SchedulerService(Application):
     name = "carnet-scheduler"
     description = "Runs Carnet's scheduled jobs."
-    classes = [CarnetSettings]
+    classes = [CarnetSettings, ViewerPdfSettings]
 
     poll_interval = Float(
         help="Seconds between two looks at the database for due jobs and queued runs. "
@@ -89,6 +43,17 @@ class SchedulerService(Application):
 
     cell_timeout = Integer(600, help="Seconds a single notebook cell of a job may run.").tag(config=True)
 
+    lease_seconds = Float(
+        help="Seconds the scheduler lease lasts without renewal. Only the scheduler holding the lease runs "
+        "jobs (carnet/scheduler/lease.py); it renews it every third of this. A second instance waits, and "
+        "takes over this long after the holder stopped renewing (killed, frozen, cut off). Environment: "
+        "CARNET_SCHEDULER_LEASE. Default: 30.",
+    ).tag(config=True)
+
+    @default("lease_seconds")
+    def _default_lease_seconds(self):
+        return float(os.environ.get("CARNET_SCHEDULER_LEASE", "30"))
+
     def tick(self, settings: CarnetSettings) -> bool:
         """One pass: enqueue due jobs, run at most one queued run. True if a run was executed."""
         for run_id in enqueue_due_runs(settings.db_url):
@@ -96,20 +61,33 @@ class SchedulerService(Application):
         run_id = claim_next_run(settings.db_url)
         if run_id is None:
             return False
-        status = ReportExecutor(settings, run_id, cell_timeout=self.cell_timeout).run()
+        status = ReportExecutor(settings, run_id, cell_timeout=self.cell_timeout, printer=self.printer).run()
         log.info("Run %s finished: %s", run_id, status.value)
         return True
 
+    printer = None  # the process's one PDF browser (viewer_pdf.py), made at start
+
     def start(self):
         settings = CarnetSettings(parent=self)
+        self.printer = ViewerPrinter(settings.chromium_path, ViewerPdfSettings(parent=self))
         upgrade(settings.db_url)
-        interrupted = fail_interrupted_runs(settings.db_url)
-        if interrupted:
-            log.warning("Marked %s interrupted run(s) as failed", interrupted)
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         log.info("Carnet scheduler started (poll every %ss)", self.poll_interval)
-        while not stop.is_set():
+        lease = LeaseKeeper(settings.db_url, self.lease_seconds, stop)
+        try:
+            while lease.acquire():
+                self.run_while_held(settings, lease, stop)
+        finally:
+            lease.release()
+            self.printer.close()
+
+    def run_while_held(self, settings: CarnetSettings, lease: LeaseKeeper, stop: threading.Event) -> None:
+        # Only the holder may judge 'running' runs abandoned: another instance's runs are not.
+        interrupted = fail_interrupted_runs(settings.db_url)
+        if interrupted:
+            log.warning("Marked %s interrupted run(s) as failed", interrupted)
+        while not stop.is_set() and lease.held:
             try:
                 busy = self.tick(settings)
             except Exception:

@@ -4,6 +4,7 @@ or on_failure when any step raises. Each step is small and overridable."""
 from __future__ import annotations
 
 import contextlib
+import enum
 import json
 import logging
 import os
@@ -17,14 +18,17 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from carnet.branding import branding
 from carnet.db import session_scope
-from carnet.db.models import Job, JobRun, Membership, RunStatus, TokenKind, utcnow
+from carnet.db.models import Job, JobRun, Membership, Organization, RunStatus, TokenKind, utcnow
 from carnet.errors import CarnetError
 from carnet.isolation import account_for
 from carnet.permissions import Principal
+from carnet.print_pages import sign_print
 from carnet.publishing import current_notebook_path
 from carnet.scheduler.mail import send_mail
 from carnet.scheduler.pdf import notebook_to_pdf
+from carnet.scheduler.viewer_pdf import Letterhead, ViewerPrinter
 from carnet.settings import CarnetSettings
 from carnet.sharing import may_open
 from carnet.tokens import mint_token
@@ -45,6 +49,19 @@ _KERNEL_ENV_KEEP = (
     "IPYTHONDIR",
     "PYTHONPATH",
 )
+
+
+class PdfRenderer(enum.StrEnum):
+    """How a run's PDF is made (``JobRun.pdf_renderer``)."""
+
+    viewer = "viewer"  # the app as the Viewer shows it, printed by the scheduler's Chromium (viewer_pdf.py)
+    notebook = "notebook"  # papermill runs the notebook, nbconvert's HTML of it is printed (pdf.py)
+
+
+def pdf_renderer_for(job: Job) -> PdfRenderer:
+    """The Viewer prints every job's app, except a job with papermill parameters: only papermill can inject
+    them (the Viewer runs the published snapshot as it is), so such a job keeps the notebook path."""
+    return PdfRenderer.notebook if job.parameters else PdfRenderer.viewer
 
 
 class JobRunError(CarnetError):
@@ -69,6 +86,9 @@ class RunContext:
     notebook: Path
     output_dir: Path
     token: str = ""
+    renderer: str = PdfRenderer.notebook
+    print_token: str = ""
+    letterhead: Letterhead = Letterhead()
 
     @property
     def executed_notebook(self) -> Path:
@@ -119,11 +139,20 @@ def check_owner_may_run(session, job: Job) -> None:
 
 class ReportExecutor:
     def __init__(
-        self, settings: CarnetSettings, run_id: int, cell_timeout: int = 600, run_timeout: float | None = None
+        self,
+        settings: CarnetSettings,
+        run_id: int,
+        cell_timeout: int = 600,
+        run_timeout: float | None = None,
+        printer: ViewerPrinter | None = None,
     ):
         self.settings = settings
         self.run_id = run_id
         self.cell_timeout = cell_timeout
+        # The scheduler's one browser (SchedulerService.printer); a run made without one starts its own,
+        # closed when the run ends.
+        self.printer = printer
+        self._own_printer = printer is None
         # The whole notebook: a run stuck anywhere (a kernel that never answers) fails instead of holding
         # the scheduler's one worker forever.
         self.run_timeout = run_timeout or settings.job_run_timeout_seconds
@@ -138,6 +167,10 @@ class ReportExecutor:
         except Exception as exc:
             self.on_failure(context, exc)
             return RunStatus.failed
+        finally:
+            if self._own_printer and self.printer is not None:
+                self.printer.close()
+                self.printer = None
 
     def before_start(self) -> RunContext:
         with session_scope(self.settings.db_url) as session:
@@ -162,7 +195,19 @@ class ReportExecutor:
                 recipients=list(job.recipients or []),
                 notebook=notebook,
                 output_dir=output_dir,
+                renderer=pdf_renderer_for(job),
             )
+            run.pdf_renderer = context.renderer.value
+            if context.renderer == PdfRenderer.viewer:
+                # The page reads as the job's owner (a job token minted when the Viewer opens it), for as
+                # long as the PDF may take.
+                budget = self.printer_of().settings.time_budget
+                context.print_token = sign_print(
+                    session, self.settings, job.app, as_user=job.owner_id, expires_in=int(budget) + 60
+                )
+                org = branding(self.settings.data_dir, session.get(Organization, job.org_id), with_logo=False)
+                context.letterhead = Letterhead(org["org_name"], org["color"], job.app.title)
+                return context
             # The run reads data as the job's owner, inside the job's organization, for one hour at most.
             context.token = mint_token(
                 session,
@@ -195,7 +240,26 @@ class ReportExecutor:
         env.update(account.environment())
         return {"user": account.uid, "group": account.gid, "extra_groups": [], "cwd": str(context.output_dir)}
 
+    def printer_of(self) -> ViewerPrinter:
+        if self.printer is None:
+            self.printer = ViewerPrinter(self.settings.chromium_path)
+        return self.printer
+
     def execute(self, context: RunContext) -> None:
+        if context.renderer == PdfRenderer.viewer:
+            self.print_app(context)
+        else:
+            self.run_notebook(context)
+
+    def print_app(self, context: RunContext) -> None:
+        log.info("Run %s: printing the app as the Viewer shows it", context.run_id)
+        try:
+            seconds = self.printer_of().print_token(context.print_token, context.pdf, context.letterhead)
+        except CarnetError as exc:
+            raise JobRunError(exc.message, step="pdf") from None
+        log.info("Run %s: PDF printed from the Viewer in %.1f s; mailing it", context.run_id, seconds)
+
+    def run_notebook(self, context: RunContext) -> None:
         env = self.kernel_environment(context)
         as_owner = self.run_as_owner(context, env)
         command = [
@@ -238,7 +302,7 @@ class ReportExecutor:
             "Run %s: notebook done in %.1f s; printing the PDF", context.run_id, time.monotonic() - started
         )
         try:
-            notebook_to_pdf(context.executed_notebook, context.pdf, self.settings.chromium_path)
+            notebook_to_pdf(context.executed_notebook, context.pdf, self.printer_of().browser())
         except CarnetError as exc:
             raise JobRunError(exc.message, step="pdf") from None
         log.info("Run %s: PDF printed; mailing it", context.run_id)

@@ -9,7 +9,9 @@ import pyarrow as pa
 import pytest
 import requests
 
+from carnet.db.models import utcnow
 from carnet.demo import DEMO_APP, DEMO_SOURCE, DEMO_TABLE
+from carnet.scheduler.cron import next_fire_time
 from carnet.warehouse import connect_waiting
 from tests.api_support import (
     NEVER_CRON,
@@ -145,6 +147,93 @@ def test_job_with_a_cron_that_never_fires_is_refused(carnet_stack, headers):
     before = state(carnet_stack, headers)
     response = post(carnet_stack, headers["analyst"], "jobs", json=valid_job(carnet_stack, cron="0 0 31 2 *"))
     refused(carnet_stack, headers, response, 400, field="cron", before=before)
+
+
+def preset_job(stack, schedule, **overrides) -> dict:
+    job = valid_job(stack, schedule=schedule, **overrides)
+    del job["cron"]
+    return job
+
+
+@pytest.mark.parametrize(
+    "schedule, field",
+    [
+        ({"preset": "fortnightly"}, "schedule.preset"),
+        ({"at": "02:30"}, "schedule.preset"),
+        ({"preset": "nightly", "at": "2:30"}, "schedule.at"),
+        ({"preset": "nightly", "at": "24:00"}, "schedule.at"),
+        ({"preset": "nightly", "at": 230}, "schedule.at"),
+        ({"preset": "nightly", "minute": 5}, "schedule.minute"),
+        ({"preset": "hourly", "minute": 60}, "schedule.minute"),
+        ({"preset": "hourly", "minute": True}, "schedule.minute"),
+        ({"preset": "weekly", "at": "08:00", "weekday": "someday"}, "schedule.weekday"),
+        ({"preset": "monthly", "at": "06:00", "day": 31}, "schedule.day"),
+        ("nightly", None),
+    ],
+    ids=[
+        "unknown preset",
+        "no preset",
+        "one-digit hour",
+        "hour 24",
+        "time as a number",
+        "field of another preset",
+        "minute 60",
+        "minute true",
+        "unknown weekday",
+        "day 31 skips months",
+        "not an object",
+    ],
+)
+def test_job_with_a_bad_schedule_preset_is_refused(carnet_stack, headers, schedule, field):
+    before = state(carnet_stack, headers)
+    response = post(carnet_stack, headers["analyst"], "jobs", json=preset_job(carnet_stack, schedule))
+    refused(carnet_stack, headers, response, 400, field=field, before=before)
+
+
+def test_job_with_both_cron_and_schedule_or_neither_is_refused(carnet_stack, headers):
+    before = state(carnet_stack, headers)
+    both = valid_job(carnet_stack, schedule={"preset": "hourly"})
+    refused(
+        carnet_stack, headers, post(carnet_stack, headers["analyst"], "jobs", json=both), 400, "cron", before
+    )
+    neither = valid_job(carnet_stack)
+    del neither["cron"]
+    response = post(carnet_stack, headers["analyst"], "jobs", json=neither)
+    refused(carnet_stack, headers, response, 400, "cron", before)
+
+
+@pytest.mark.parametrize("grace", [-1, 7 * 24 * 3600 + 1, "3600", 1.5, True, None])
+def test_job_with_a_bad_misfire_grace_is_refused(carnet_stack, headers, grace):
+    before = state(carnet_stack, headers)
+    job = valid_job(carnet_stack, misfire_grace_seconds=grace)
+    response = post(carnet_stack, headers["analyst"], "jobs", json=job)
+    refused(carnet_stack, headers, response, 400, field="misfire_grace_seconds", before=before)
+
+
+@pytest.mark.parametrize(
+    "schedule, cron",
+    [
+        ({"preset": "hourly"}, "0 * * * *"),
+        ({"preset": "hourly", "minute": 15}, "15 * * * *"),
+        ({"preset": "nightly", "at": "02:30"}, "30 2 * * *"),
+        ({"preset": "weekly", "at": "08:05", "weekday": "Friday"}, "5 8 * * 5"),
+        ({"preset": "monthly", "at": "06:00", "day": 28}, "0 6 28 * *"),
+    ],
+    ids=["hourly", "hourly at :15", "nightly", "weekly", "monthly"],
+)
+def test_a_job_from_a_preset_gets_its_cron_and_next_fire(carnet_stack, headers, schedule, cron):
+    job = preset_job(carnet_stack, schedule, misfire_grace_seconds=600)
+    asked = utcnow()
+    response = post(carnet_stack, headers["analyst"], "jobs", json=job)
+    answered = utcnow()
+    assert response.status_code == 201, response.text
+    made = response.json()
+    try:
+        assert made["cron"] == cron and made["misfire_grace_seconds"] == 600
+        fires = {next_fire_time(cron, "Europe/Paris", moment).isoformat() for moment in (asked, answered)}
+        assert made["next_run_at"] in fires
+    finally:
+        assert delete(carnet_stack, headers["admin"], f"jobs/{made['id']}").status_code == 204
 
 
 @pytest.mark.parametrize("timezone", ["Mars/Olympus_Mons", "", "../../etc/passwd", "Europe/Paris ", None, 1])

@@ -211,9 +211,11 @@ def test_detect_sources_finds_literal_names():
             nbformat.v4.new_code_cell("df = carnet.sources[\"sales eu\"].df()\nx = sources.get('b')"),
             nbformat.v4.new_code_cell('carnet.sources.sql("SELECT * FROM {c} JOIN {d} USING (id)")'),
             nbformat.v4.new_markdown_cell('sources["not code"]'),
+            # carnet.dash names its sources as keyword arguments and queries.
+            nbformat.v4.new_code_cell('dash.KPI("n", {"x": "sum"}, source="e")\ndash.Query.of( "f")'),
         ]
     )
-    assert detect_sources(nbformat.writes(notebook)) == ["sales eu", "b", "c", "d"]
+    assert detect_sources(nbformat.writes(notebook)) == ["sales eu", "b", "c", "d", "e", "f"]
 
 
 # -- the public link's API ---------------------------------------------------------------------------------

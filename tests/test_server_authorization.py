@@ -51,6 +51,8 @@ VIEWER_ROUTES = [
     # unknown, revoked or tampered token is a 404 for everyone (tests/test_public_links.py has the real ones).
     (r"public/(?P<token>[^/]{1,200})/?$",                   "GET", "public/000000000000_" + "x" * 43, 404, 404, 404, 404, 404, 404, 404),
     (r"embed/(?P<token>[^/]{1,8000})/?$",                   "GET", "embed/e30.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", 404, 404, 404, 404, 404, 404, 404),
+    # The scheduler's print page (carnet.print_pages): same; tests/test_viewer_pdf.py prints real ones.
+    (r"print/(?P<token>[^/]{1,8000})/?$",                   "GET", "print/e30.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", 404, 404, 404, 404, 404, 404, 404),
     (r"metrics/?$",                                         "GET", "metrics",                    404, 404, 404, 404, 404, 404, 404),
     (r"voila/templates/(.*)$",                              "GET", "voila/templates/carnet/static/carnet.css", 200, 200, 200, 200, 200, 200, 200),
     (r"voila/api/themes/(.*)$",                             "GET", "voila/api/themes/no-such-theme.css", 404, 404, 404, 404, 404, 404, 404),

@@ -11,6 +11,7 @@ import stat
 import threading
 import uuid
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pyarrow as pa
 import pytest
@@ -35,9 +36,9 @@ from carnet.db.models import (
 from carnet.errors import ValidationError
 from carnet.passwords import MAX_PASSWORD_BYTES, generate_password, hash_password, verify_password
 from carnet.publishing import publish
-from carnet.scheduler.app import claim_next_run, enqueue_due_runs, fail_interrupted_runs
 from carnet.scheduler.cron import next_fire_time, validate_cron, validate_timezone
 from carnet.scheduler.mail import send_mail
+from carnet.scheduler.run_queue import claim_next_run, enqueue_due_runs, fail_interrupted_runs
 from carnet.settings import CarnetSettings
 from carnet.tokens import mint_token, resolve_token, revoke_tokens
 from carnet.warehouse import Warehouse, check_identifier, quote
@@ -275,14 +276,16 @@ def test_token_of_a_user_who_left_the_org_resolves_to_none(settings, world):
 
 
 # -- the scheduler's queue ---------------------------------------------------------------------------------
-def add_job(settings, world, *, cron="0 6 * * *", next_run_at=None, enabled=True, name=None) -> int:
+def add_job(
+    settings, world, *, cron="0 6 * * *", next_run_at=None, enabled=True, name=None, timezone="UTC"
+) -> int:
     with session_scope(settings.db_url) as session:
         job = Job(
             org_id=world["acme"],
             name=name or f"job {uuid.uuid4().hex[:6]}",
             app_id=world["app"],
             cron=cron,
-            timezone="UTC",
+            timezone=timezone,
             recipients=["x@acme.example"],
             owner_id=world["ana"],
             enabled=enabled,
@@ -317,17 +320,90 @@ def test_a_due_job_is_queued_once_for_one_instant(settings, world):
     assert job_next_run(settings, job) == utc(2024, 3, 2, 6, 0)
 
 
-def test_missed_fires_collapse_into_one_run(settings, world):
-    # The scheduler was down for a day and a half: 36 hourly fires were missed, one run is queued.
+def test_missed_fires_collapse_into_one_run_of_the_latest_and_one_missed_record(settings, world):
+    # The scheduler was down for a day and a half: 37 hourly fires passed; the latest (10 min ago, within
+    # the default grace of an hour) runs once, the 36 before it are one 'missed' record that counts them.
     missed = utc(2024, 3, 1, 0, 0)
     now = utc(2024, 3, 2, 12, 10)
     job = add_job(settings, world, cron="0 * * * *", next_run_at=missed)
     queued = enqueue_due_runs(settings.db_url, now=now)
     assert len(queued) == 1
     assert enqueue_due_runs(settings.db_url, now=now) == []
-    runs = runs_of(settings, job)
-    assert len(runs) == 1 and as_utc(runs[0].scheduled_for) == missed
+    older, latest = runs_of(settings, job)
+    assert latest.id == queued[0] and latest.status == RunStatus.queued
+    assert as_utc(latest.scheduled_for) == utc(2024, 3, 2, 12, 0)
+    assert older.status == RunStatus.missed and as_utc(older.scheduled_for) == utc(2024, 3, 2, 11, 0)
+    assert older.error.startswith("36 scheduled time(s) from 2024-03-01T00:00:00+00:00")
     assert job_next_run(settings, job) == utc(2024, 3, 2, 13, 0)
+
+
+@pytest.mark.parametrize(
+    "late_minutes, grace_seconds, status",
+    [
+        (10, 3600, RunStatus.queued),
+        (61, 3600, RunStatus.missed),
+        (5, 60, RunStatus.missed),
+        (0, 0, RunStatus.queued),
+    ],
+    ids=["within-grace", "past-grace", "past-a-short-grace", "on-time-no-grace"],
+)
+def test_a_fire_missed_while_down_runs_within_the_jobs_grace_else_is_recorded_missed(
+    settings, world, late_minutes, grace_seconds, status
+):
+    fire = utc(2024, 3, 1, 6, 0)
+    job = add_job(settings, world, next_run_at=fire)
+    with session_scope(settings.db_url) as session:
+        session.get(Job, job).misfire_grace_seconds = grace_seconds
+    queued = enqueue_due_runs(settings.db_url, now=fire + timedelta(minutes=late_minutes))
+    (run,) = runs_of(settings, job)
+    assert run.status == status and as_utc(run.scheduled_for) == fire
+    assert queued == ([run.id] if status == RunStatus.queued else [])
+    if status == RunStatus.missed:
+        assert "grace" in run.error and run.finished_at is not None
+    assert job_next_run(settings, job) == utc(2024, 3, 2, 6, 0)
+
+
+@pytest.mark.parametrize("previous", [RunStatus.queued, RunStatus.running])
+def test_a_fire_while_the_previous_run_is_unfinished_is_recorded_skipped(settings, world, previous):
+    fire = utc(2024, 3, 1, 6, 0)
+    job = add_job(settings, world, next_run_at=fire)
+    earlier = queue_run(settings, job, previous)
+    assert enqueue_due_runs(settings.db_url, now=fire) == []
+    first, skipped = runs_of(settings, job)
+    assert first.id == earlier and first.status == previous
+    assert skipped.status == RunStatus.skipped and as_utc(skipped.scheduled_for) == fire
+    assert "never overlap" in skipped.error
+    # Once the previous run is over, the next fire runs.
+    with session_scope(settings.db_url) as session:
+        session.get(JobRun, earlier).status = RunStatus.succeeded
+    assert len(enqueue_due_runs(settings.db_url, now=utc(2024, 3, 2, 6, 0))) == 1
+
+
+def test_a_nightly_0230_job_in_paris_runs_once_a_day_across_both_clock_changes(settings, world):
+    """The scheduler's loop, simulated minute by minute over the nights clocks change (2024-03-31 and
+    2024-10-27 in Europe/Paris): exactly one run per day, each at 02:30 local time or, the night 02:30 does
+    not exist, at 03:00."""
+    paris = ZoneInfo("Europe/Paris")
+    for first_day in (datetime(2024, 3, 29, 12, tzinfo=paris), datetime(2024, 10, 25, 12, tzinfo=paris)):
+        job = add_job(
+            settings,
+            world,
+            cron="30 2 * * *",
+            timezone="Europe/Paris",
+            next_run_at=next_fire_time("30 2 * * *", "Europe/Paris", first_day),
+        )
+        moment = first_day.astimezone(UTC)
+        while moment < first_day.astimezone(UTC) + timedelta(days=4):
+            enqueue_due_runs(settings.db_url, now=moment)
+            with session_scope(settings.db_url) as session:  # the worker finishes each run at once
+                for run in session.scalars(select(JobRun).where(JobRun.status == RunStatus.queued)):
+                    run.status = RunStatus.succeeded
+            moment += timedelta(minutes=1)
+        runs = runs_of(settings, job)
+        local = [as_utc(run.scheduled_for).astimezone(paris) for run in runs]
+        assert [run.status for run in runs] == [RunStatus.succeeded] * 4
+        assert len({moment.date() for moment in local}) == 4
+        assert {(moment.hour, moment.minute) for moment in local} <= {(2, 30), (3, 0)}
 
 
 def test_disabled_future_and_unscheduled_jobs_are_not_queued(settings, world):
@@ -350,7 +426,8 @@ def test_several_due_jobs_get_one_run_each(settings, world):
     jobs = [add_job(settings, world, next_run_at=now - timedelta(minutes=i)) for i in range(3)]
     queued = enqueue_due_runs(settings.db_url, now=now)
     assert len(queued) == 3
-    assert sorted(len(runs_of(settings, job)) for job in jobs) == [1, 1, 1]
+    queued_per_job = [[r for r in runs_of(settings, job) if r.status == RunStatus.queued] for job in jobs]
+    assert sorted(len(runs) for runs in queued_per_job) == [1, 1, 1]
 
 
 def test_concurrent_schedulers_never_queue_the_same_fire_twice(settings, world):
@@ -501,6 +578,8 @@ def test_a_run_past_its_time_limit_fails_and_leaves_no_process(settings, world, 
             notebook=notebook,
         )
     job = add_job(settings, world)
+    with session_scope(settings.db_url) as session:  # papermill's parameters: the notebook path
+        session.get(Job, job).parameters = {"wait": 120}
     run_id = queue_run(settings, job, RunStatus.running)
     started = time.monotonic()
     assert ReportExecutor(settings, run_id, run_timeout=8).run() == RunStatus.failed

@@ -227,6 +227,8 @@ class Job(Base):
     enabled: Mapped[bool] = mapped_column(default=True)
     owner_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
     next_run_at: Mapped[datetime | None] = mapped_column(index=True)
+    # A fire missed while no scheduler ran is still run if it is at most this old, else recorded as missed.
+    misfire_grace_seconds: Mapped[int] = mapped_column(default=3600, server_default="3600")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     owner: Mapped[User] = relationship()
     app: Mapped[App] = relationship()
@@ -237,6 +239,19 @@ class RunStatus(enum.StrEnum):
     running = "running"
     succeeded = "succeeded"
     failed = "failed"
+    # Recorded, never executed: the job's previous run was still queued or running (runs never overlap)...
+    skipped = "skipped"
+    # ...or the fire time passed while no scheduler ran, longer ago than the job's misfire grace.
+    missed = "missed"
+
+
+class SchedulerLease(Base):
+    """The one active scheduler (carnet.scheduler.lease): whoever holds the unexpired row runs jobs."""
+
+    __tablename__ = "scheduler_leases"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200))
+    expires_at: Mapped[datetime]
 
 
 class JobRun(Base):
@@ -251,6 +266,9 @@ class JobRun(Base):
     finished_at: Mapped[datetime | None]
     error: Mapped[str | None] = mapped_column(Text)
     output_dir: Mapped[str | None] = mapped_column(String(500))
+    # How the PDF was made: 'viewer' (the app as the Viewer shows it) or 'notebook' (nbconvert of the
+    # papermill run); see carnet.scheduler.executor.PdfRenderer. NULL until the run starts.
+    pdf_renderer: Mapped[str | None] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     job: Mapped[Job] = relationship()
 
@@ -262,6 +280,8 @@ class TokenKind(enum.StrEnum):
     # Kernels of anonymous visitors (carnet.app_links): no person, only an app's sources, row rules apply.
     public_app = "public_app"  # a public link's visitor: no attributes
     embed = "embed"  # a signed embed URL's visitor: the attributes and variables the URL was signed with
+    # The scheduler's print page of an app read by no member (carnet.print_pages): given attributes only.
+    print_page = "print"
 
 
 class Token(Base):
@@ -274,7 +294,7 @@ class Token(Base):
     secret_hash: Mapped[str] = mapped_column(String(128))
     kind: Mapped[TokenKind] = mapped_column(Enum(TokenKind, native_enum=False, length=32))
     org_id: Mapped[int] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
-    # NULL only for the kernels of anonymous visitors (public_app, embed), which act for no person.
+    # NULL only for the kernels of anonymous visitors (public_app, embed, print), which act for no person.
     user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     note: Mapped[str] = mapped_column(String(200), default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

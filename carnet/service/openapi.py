@@ -506,11 +506,17 @@ PATHS = {
             "jobs:create",
             ok="201",
             body=_obj(
-                ["name", "app_id", "cron", "recipients"],
+                ["name", "app_id", "recipients"],
                 name=STR,
                 app_id=INT,
                 cron=STR,
+                schedule={
+                    "type": "object",
+                    "description": "Instead of cron: {preset: hourly|nightly|weekly|monthly, minute, at "
+                    "(HH:MM), weekday (mon..sun), day (1-28)}",
+                },
                 timezone=STR,
+                misfire_grace_seconds=INT,
                 parameters={"type": "object"},
                 recipients={"type": "array", "items": STR},
             ),
@@ -734,11 +740,11 @@ PATHS = {
     },
     "/api/v1/internal/visitor-sessions": {
         "post": _op(
-            "Carnet Viewer only: turn a public link or embed token into an anonymous visitor's kernel token "
-            "(404 unknown, revoked, tampered or unpublished; 403 an expired embed)",
+            "Carnet Viewer only: turn a public link, embed token or the scheduler's print token into the "
+            "page's kernel token (404 unknown, revoked, tampered or unpublished; 403 expired embed/print)",
             None,
             ok="201",
-            body={"type": "object", "properties": {"link": STR, "embed": STR}},
+            body={"type": "object", "properties": {"link": STR, "embed": STR, "print": STR}},
             **{"x-carnet-service-only": ["carnet-viewer"]},
         )
     },

@@ -1,6 +1,7 @@
 """/api/v1/apps/{id}/public-link and /api/v1/apps/{id}/embed: sharing an app beyond the organization
 (studio and admins, where the org allows public apps; see carnet.app_links), and
-/api/v1/internal/visitor-sessions: the Viewer turns a public link or embed token into a kernel token."""
+/api/v1/internal/visitor-sessions: the Viewer turns a public link, embed token or print token
+(carnet.print_pages) into a kernel token."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from carnet.branding import branding
 from carnet.db.models import Organization, TokenKind, User
 from carnet.errors import NotFound, ValidationError
 from carnet.org_settings import setting
+from carnet.print_pages import print_session
 from carnet.publishing import current_notebook_path
 from carnet.service.api.base import API_PREFIX, BaseHandler, authorized, service_only
 from carnet.service.api.internal import VIEWER_SERVICE
@@ -128,20 +130,24 @@ class AppEmbedHandler(BaseHandler):
 
 
 class VisitorSessionHandler(BaseHandler):
-    """The Viewer asks for an anonymous visitor: ``{"link": ...}`` or ``{"embed": ...}`` -> the kernel
-    token (no person; the app's sources only) and what the page needs. Unknown, revoked, tampered or
-    unpublished: 404 (as an unknown app); an authentic but expired embed token: 403."""
+    """The Viewer asks for a page's reader: ``{"link": ...}``, ``{"embed": ...}`` or ``{"print": ...}`` (the
+    scheduler's print page, carnet.print_pages) -> the kernel token and what the page needs. Unknown,
+    revoked, tampered or unpublished: 404 (as an unknown app); an authentic but expired token: 403."""
 
     @service_only(VIEWER_SERVICE)
     def post(self):
         body = self.get_json_body()
-        link_text, embed_text = body.get("link"), body.get("embed")
-        if not isinstance(link_text, str) and not isinstance(embed_text, str):
-            raise ValidationError("link or embed is required", field="link")
+        link_text, embed_text, print_text = body.get("link"), body.get("embed"), body.get("print")
+        if not any(isinstance(text, str) for text in (link_text, embed_text, print_text)):
+            raise ValidationError("link, embed or print is required", field="link")
         settings = self.settings_obj
         with self.db() as session:
             frame_ancestors = None
-            if isinstance(link_text, str):
+            # No person: the kernel runs as the org's visitors' OS account (carnet.isolation).
+            reader = None
+            if isinstance(print_text, str):  # the scheduler's print page (carnet.print_pages)
+                app, kind, token, reader = print_session(session, settings, print_text)
+            elif isinstance(link_text, str):
                 link, app = find_public_link(session, link_text)
                 kind = TokenKind.public_app
                 scope = {"sources": list(link.sources or []), "attributes": {}, "variables": {}}
@@ -160,7 +166,9 @@ class VisitorSessionHandler(BaseHandler):
             org = session.get(Organization, app.org_id)
             if kind == TokenKind.embed:
                 frame_ancestors = setting(org, EMBED_ORIGINS_SETTING) or "*"
-            token = visitor_token(session, settings, app, kind, scope, ttl)
+            if kind in (TokenKind.public_app, TokenKind.embed):
+                token = visitor_token(session, settings, app, kind, scope, ttl)
+            reader = reader or {"id": -app.org_id, "email": "", "role": "viewer"}
             notebook = current_notebook_path(settings, app)
             self.write_json(
                 {
@@ -174,8 +182,7 @@ class VisitorSessionHandler(BaseHandler):
                         "version": app.current_version,
                         "org_id": app.org_id,
                     },
-                    # No person: the kernel runs as the org's visitors' OS account (carnet.isolation).
-                    "user": {"id": -app.org_id, "email": "", "role": "viewer"},
+                    "user": reader,
                     "preview_by": None,
                     "branding": branding(settings.data_dir, org),
                     "frame_ancestors": frame_ancestors,

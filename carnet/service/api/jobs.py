@@ -1,4 +1,8 @@
-"""/api/v1/jobs: scheduled report jobs, their runs, and "run now"."""
+"""/api/v1/jobs: scheduled report jobs, their runs, and "run now".
+
+A job's schedule is raw ``cron`` or a ``schedule`` preset (carnet/scheduler/cron.py ``cron_from_preset``),
+read in its ``timezone``; ``misfire_grace_seconds`` says how late a fire missed while no scheduler ran may
+still run (carnet/scheduler/run_queue.py)."""
 
 from __future__ import annotations
 
@@ -10,11 +14,14 @@ from sqlalchemy.exc import IntegrityError
 from carnet.db.models import Job, JobRun, RunStatus, utcnow
 from carnet.errors import Conflict, NotFound, ValidationError
 from carnet.org_settings import org_setting
-from carnet.scheduler.cron import next_fire_time, validate_cron, validate_timezone
+from carnet.scheduler.cron import cron_of, next_fire_time, validate_timezone
 from carnet.service.api.base import API_PREFIX, BaseHandler, authorized
 from carnet.service.api.serialize import job_json, run_json
 from carnet.sharing import find_openable_app
 from carnet.validation import parse_id, validate_emails
+
+DEFAULT_GRACE = 3600
+MAX_GRACE = 7 * 24 * 3600
 
 
 def find_job(session, org_id: int, job_id) -> Job:
@@ -40,7 +47,13 @@ class JobListHandler(BaseHandler):
         name = body.get("name")
         if not isinstance(name, str) or not name.strip() or len(name) > 200:
             raise ValidationError("A job needs a name (1-200 characters)", field="name")
-        cron = validate_cron(body.get("cron"))
+        cron = cron_of(body)
+        grace = body.get("misfire_grace_seconds", DEFAULT_GRACE)
+        if isinstance(grace, bool) or not isinstance(grace, int) or not 0 <= grace <= MAX_GRACE:
+            raise ValidationError(
+                f"misfire_grace_seconds must be a whole number from 0 to {MAX_GRACE} (7 days)",
+                field="misfire_grace_seconds",
+            )
         timezone = body.get("timezone")
         if "timezone" in body:  # left out: the organization's time zone (org setting), read below
             validate_timezone(timezone)
@@ -65,6 +78,7 @@ class JobListHandler(BaseHandler):
                     recipients=recipients,
                     owner_id=principal.user_id,
                     next_run_at=next_fire_time(cron, timezone, utcnow()),
+                    misfire_grace_seconds=grace,
                 )
                 session.add(job)
                 session.flush()
@@ -106,7 +120,9 @@ class JobRunsHandler(BaseHandler):
 
     @authorized("jobs:run")
     def post(self, job_id):
-        """Run now: queue a run; the scheduler picks it up within its poll interval."""
+        """Run now: queue a run; the scheduler picks it up within its poll interval. A run of the job still
+        queued or running goes first (one worker: runs never overlap); a SCHEDULED fire meeting one is
+        recorded as skipped instead (carnet/scheduler/run_queue.py)."""
         with self.db() as session:
             job = find_job(session, self.principal().org_id, job_id)
             run = JobRun(job_id=job.id, status=RunStatus.queued, trigger="manual", scheduled_for=utcnow())

@@ -47,6 +47,7 @@ def job_json(job: Job) -> dict:
         "recipients": job.recipients,
         "enabled": job.enabled,
         "next_run_at": job.next_run_at.isoformat() if job.next_run_at else None,
+        "misfire_grace_seconds": job.misfire_grace_seconds,
     }
 
 
@@ -63,4 +64,5 @@ def run_json(run: JobRun) -> dict:
         "started_at": iso(run.started_at),
         "finished_at": iso(run.finished_at),
         "error": run.error,
+        "pdf_renderer": run.pdf_renderer,
     }

@@ -20,9 +20,73 @@
       document.body.classList.add("carnet-ready");
       // Charts drawn while their tab was hidden lay themselves out again.
       window.dispatchEvent(new Event("resize"));
+      settle();
     }
   };
   window.voila_finish = window.display_cells;
+
+  // "Render finished", for machines (the scheduler's PDF printer, scheduler/viewer_pdf.py): <body
+  // data-carnet-render="done"> once every cell has run, the skeleton is gone, every output the browser draws
+  // itself (widgets, plotly; Voila leaves them as placeholders) is drawn, and the page has stopped changing
+  // for QUIET_MS; "error" as soon as a cell failed or an output could not be drawn. carnet-ready (above) only
+  // says the cells are shown: widgets arrive over the kernel's websocket after it.
+  var QUIET_MS = 300;
+  var cellsDone = false;
+  var quiet = null;
+
+  function failed() {
+    // The template's error block, or the pre Voila's renderer puts in an output it could not draw.
+    return document.querySelector(
+      '.carnet-cell-error, .jp-OutputArea-output > pre[data-mime-type="application/vnd.jupyter.stderr"]'
+    );
+  }
+
+  function pending() {
+    if (document.querySelector('script[type="application/vnd.voila.cell-output+json"]')) {
+      return true;
+    }
+    // A widget's output is an empty panel until its view is attached; a plotly output has no SVG until drawn.
+    var outputs = document.querySelectorAll(
+      "#rendered_cells .jp-OutputArea-output.lm-Panel, #rendered_cells .jp-RenderedPlotly"
+    );
+    for (var i = 0; i < outputs.length; i++) {
+      var plotly = outputs[i].classList.contains("jp-RenderedPlotly");
+      if (plotly ? !outputs[i].querySelector(".main-svg") : !outputs[i].firstElementChild) {
+        return true;
+      }
+    }
+    return false;
+  }
+
+  function mark(state) {
+    renderWatch.disconnect();
+    document.body.setAttribute("data-carnet-render", state);
+  }
+
+  function settle() {
+    if (!cellsDone || document.getElementById("loading") || document.body.hasAttribute("data-carnet-render")) {
+      return;
+    }
+    window.clearTimeout(quiet);
+    if (failed()) {
+      mark("error");
+    } else if (!pending()) {
+      // Any change before the timer fires starts the wait again (the observer below calls settle).
+      quiet = window.setTimeout(function () {
+        if (!pending()) {
+          mark(failed() ? "error" : "done");
+        }
+      }, QUIET_MS);
+    }
+  }
+
+  var renderWatch = new MutationObserver(settle);
+  renderWatch.observe(document.documentElement, {
+    subtree: true,
+    childList: true,
+    attributes: true,
+    characterData: true,
+  });
 
   function tabsOf(list) {
     return Array.prototype.slice.call(list.querySelectorAll('[role="tab"]'));
@@ -122,6 +186,9 @@
   });
 
   document.addEventListener("DOMContentLoaded", function () {
+    // carnet-boot.js's listener ran first (it is loaded first): the whole page, so every cell, is here.
+    cellsDone = true;
+    settle();
     document.querySelectorAll('[role="tablist"].carnet-tabs').forEach(function (list) {
       list.addEventListener("keydown", onKey);
       tabsOf(list).forEach(function (tab) {

@@ -1,0 +1,97 @@
+"""Print pages: the Viewer's ``print/<token>`` page of an app, which the scheduler prints to PDF
+(scheduler/viewer_pdf.py) so that a report is the app as the Viewer shows it (widgets, carnet.dash, charts).
+
+The token is signed like an embed URL (carnet.app_links ``signed``, the same key) but its payload says
+``"use": "print"``: an embed token does not open a print page, nor a print token an embed page. Only the
+scheduler mints them (a trusted process with the platform database), for minutes, so they need neither the
+org's public-apps setting nor a customer-facing origin. The page's kernel reads either
+
+- as a member (``as_user``: a job prints as its owner, as its papermill kernel did: a ``job`` token, the
+  owner's row rules; refused if the owner left, was disabled or may no longer open the app), or
+- as nobody (``TokenKind.print_page``, like an embed visitor): restricted to the given attribute values (a
+  recipient's row-rule values), the given variables, and only the app's sources.
+"""
+
+from __future__ import annotations
+
+import time
+
+from sqlalchemy import select
+
+from carnet.app_links import app_sources, signed, verified, visitor_token
+from carnet.db.models import App, Membership, TokenKind
+from carnet.errors import NotFound
+from carnet.permissions import Principal
+from carnet.query.service import check_variables
+from carnet.row_security import check_attributes
+from carnet.sharing import may_open
+from carnet.tokens import mint_token
+
+PRINT_USE = "print"
+MAX_PRINT_SECONDS = 3600
+
+
+def sign_print(
+    session,
+    settings,
+    app: App,
+    *,
+    attributes: dict | None = None,
+    variables: dict | None = None,
+    as_user: int | None = None,
+    expires_in: int = 600,
+) -> str:
+    """The token of a print page of ``app`` (see the module's docstring for whom it reads as)."""
+    payload = {
+        "use": PRINT_USE,
+        "app": app.id,
+        "org": app.org_id,
+        "user": as_user,
+        "attr": check_attributes(attributes or {}),
+        "var": check_variables(variables or {}),
+        # Fixed now, as for embed URLs: the sources the current snapshot names.
+        "src": [] if as_user is not None else app_sources(session, settings, app),
+        "exp": int(time.time()) + max(1, min(int(expires_in), MAX_PRINT_SECONDS)),
+    }
+    return signed(settings, payload)
+
+
+def print_session(session, settings, text: str) -> tuple[App, TokenKind, str, dict]:
+    """The app of a print token, the kind and secret of its kernel's Carnet token, and the page's reader
+    (``{"id", "email", "role"}``, the Viewer's kernel runs as that id's OS account). Unknown, tampered or
+    for an owner who may no longer open the app: 404; expired: 403."""
+    payload, app = verified(session, settings, text, PRINT_USE)
+    ttl = max(1, int(payload["exp"] - time.time()))
+    if payload.get("user") is None:
+        scope = {"sources": payload["src"], "attributes": payload["attr"], "variables": payload["var"]}
+        token = visitor_token(session, settings, app, TokenKind.print_page, scope, ttl)
+        return app, TokenKind.print_page, token, {"id": -app.org_id, "email": "", "role": "viewer"}
+    membership = session.scalar(
+        select(Membership).where(Membership.user_id == payload["user"], Membership.org_id == app.org_id)
+    )
+    if membership is None or not membership.user.is_active:
+        raise NotFound("No such app")
+    reader = Principal(
+        user_id=membership.user_id,
+        email=membership.user.email,
+        org_id=app.org_id,
+        org_slug="",
+        role=membership.role,
+        via=TokenKind.job.value,
+    )
+    if not may_open(session, reader, app):
+        raise NotFound("No such app")
+    token = mint_token(
+        session,
+        kind=TokenKind.job,
+        user_id=membership.user_id,
+        org_id=app.org_id,
+        ttl_seconds=ttl,
+        note=f"print of app {app.id}",
+    )
+    return (
+        app,
+        TokenKind.job,
+        token,
+        {"id": membership.user_id, "email": reader.email, "role": str(reader.role)},
+    )
