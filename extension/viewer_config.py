@@ -52,7 +52,7 @@ c.MappingKernelManager.allowed_message_types = [
 ]
 # Each render starts a kernel (~150 MB): shut idle ones down.
 c.MappingKernelManager.cull_idle_timeout = int(os.environ.get("CARNET_VIEWER_CULL_IDLE", "900"))
-c.MappingKernelManager.cull_interval = 60
+c.MappingKernelManager.cull_interval = int(os.environ.get("CARNET_VIEWER_CULL_INTERVAL", "60"))
 c.MappingKernelManager.cull_connected = False
 
 # Each kernel runs as the OS account of the person looking (carnet.isolation), when Carnet runs as root.
