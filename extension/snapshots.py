@@ -11,9 +11,10 @@ widgets, Output widgets and charts show exactly as they were) and does nothing e
 snapshot, asks ``carnet/live/<id>`` until the pool holds this person's own page, and reloads into it.
 
 Sharing across people is safe for the rows (equal row contexts read equal rows, see render_pool.py), and a
-snapshot is not shared when the page or its widgets hold the person's token, email or name (an app that
-greets its viewer); an app that shows who is looking by other means would show the first viewer's
-identity to the others of the same row context, see docs/ARCHITECTURE.md.
+snapshot is not shared when the page or its widgets hold the person's token or email (an app that greets
+its viewer), and people share only with people of the same role (what /me tells besides the email);
+an app that shows who is looking by other means (an id) would show the first viewer's to the others of the
+same row context and role, see docs/ARCHITECTURE.md.
 """
 
 from __future__ import annotations
@@ -62,9 +63,10 @@ KERNEL_INFO = {
 }
 
 
-def shared_key(key):
-    """The pool's key without the person: the snapshot's."""
-    return replace(key, person=0)
+def shared_key(key, role: str):
+    """A snapshot's key: the pool's without the person, with their role (what /me tells besides the email,
+    which ``shareable`` looks for)."""
+    return replace(key, person=0), role
 
 
 @dataclass
@@ -138,9 +140,9 @@ def _mark_page(html: str, live_url: str) -> str:
 
 
 def shareable(html: str, states: dict, buffers: list[bytes], session: dict) -> bool:
-    """False when the page or its widgets hold who it was rendered for (token, email, name)."""
+    """False when the page or its widgets hold who it was rendered for (token, email)."""
     user = session.get("user") or {}
-    marks = [session.get("token"), user.get("email"), user.get("name")]
+    marks = [session.get("token"), user.get("email")]
     marks = [m for m in marks if isinstance(m, str) and len(m) >= 3]
     text = html + json.dumps(states)
     if any(mark in text for mark in marks):
@@ -341,4 +343,5 @@ async def record_snapshot(store: SnapshotStore, kernel_manager, key, kernel_id: 
     if not shareable(html, states, buffers, session):
         server_log.info("App %s shows who is looking: its pages are not shared as snapshots", key.app_id)
         return
-    store.put(shared_key(key), Snapshot(html, kernel_id, states, buffers))
+    role = (session.get("user") or {}).get("role", "")
+    store.put(shared_key(key, role), Snapshot(html, kernel_id, states, buffers))

@@ -165,7 +165,7 @@ class AppHandler(PublicBadgeMixin, AppPagePolicyMixin, TornadoVoilaHandler):
                 return
             # No page of their own: the latest page of the same data and row context at once, while theirs
             # is pre-rendered; the snapshot page reloads into it (snapshots.py).
-            snapshot = pool.snapshots.get(shared_key(key))
+            snapshot = pool.snapshots.get(shared_key(key, session["user"].get("role", "")))
             if snapshot is not None:
                 live = url_path_join(self.base_url, "carnet/live/{session_id}")
                 html, snapshot_id = pool.snapshots.open(snapshot, owner, key, live)

@@ -48,10 +48,15 @@ def config_of(page: str) -> dict:
 
 @pytest.fixture(scope="module")
 def second(pool_stack, pool_app):
-    """The analyst, looking at apps with the viewer's row context (region US)."""
+    """A second viewer with the first one's row context (region US): the demo's analyst, made a viewer
+    (snapshots are shared between people of the same role)."""
     stack = pool_stack
     with session_scope(stack.settings.db_url) as session:
         analyst_id = session.scalar(select(User.id).where(User.email == ANALYST))
+    made_viewer = requests.patch(
+        api_url(stack, f"users/{analyst_id}"), json={"role": "viewer"}, headers=pool_app.admin, timeout=30
+    )
+    assert made_viewer.status_code == 200, made_viewer.text
     assert set_attributes(stack, pool_app.admin, analyst_id, {"region": ["US"]}).status_code == 200
     browser = hub_login(stack.url, ANALYST, stack.passwords[ANALYST])
     return SimpleNamespace(
@@ -169,6 +174,33 @@ def test_a_snapshot_answers_only_its_person(pool_stack, pool_app, second):
     )
     assert ended.status_code == 204
     assert second.session.get(live, timeout=30).status_code == 404
+
+
+def test_another_role_never_gets_the_snapshot(pool_stack, pool_app, second):
+    stack, app = pool_stack, pool_app
+    snapshot_ready(stack, app, second)
+    change = requests.patch(
+        api_url(stack, f"users/{second.id}"), json={"role": "analyst"}, headers=app.admin, timeout=30
+    )
+    assert change.status_code == 200, change.text
+    try:
+        signed_in = hub_login(stack.url, ANALYST, stack.passwords[ANALYST])
+        page = signed_in.get(app.url, timeout=120).text
+        assert "carnetSnapshot" not in config_of(page) and "REGIONS-SEEN:US" in page
+        signed_in.post(
+            f"{stack.url}{VIEWER_PREFIX}voila/api/shutdown/{kernel_id_of(page)}",
+            headers={"X-XSRFToken": "x"},
+            cookies={"_xsrf": "x"},
+            timeout=30,
+        )
+    finally:
+        back = requests.patch(
+            api_url(stack, f"users/{second.id}"), json={"role": "viewer"}, headers=app.admin, timeout=30
+        )
+        assert back.status_code == 200, back.text
+        # Lowering the role ended the analyst's sessions: sign in again as the viewer they are now.
+        second.session = hub_login(stack.url, ANALYST, stack.passwords[ANALYST])
+        second.headers = auth(make_hub_token(stack.url, second.session, ANALYST))
 
 
 def test_another_row_context_never_gets_the_snapshot(pool_stack, pool_app, second):
