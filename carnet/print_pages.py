@@ -16,15 +16,12 @@ from __future__ import annotations
 
 import time
 
-from sqlalchemy import select
-
 from carnet.app_links import app_sources, signed, verified, visitor_token
-from carnet.db.models import App, Membership, TokenKind
+from carnet.db.models import App, TokenKind
 from carnet.errors import NotFound
-from carnet.permissions import Principal
 from carnet.query.service import check_variables
 from carnet.row_security import check_attributes
-from carnet.sharing import may_open
+from carnet.sharing import may_open, member_reader
 from carnet.tokens import mint_token
 
 PRINT_USE = "print"
@@ -66,25 +63,15 @@ def print_session(session, settings, text: str) -> tuple[App, TokenKind, str, di
         scope = {"sources": payload["src"], "attributes": payload["attr"], "variables": payload["var"]}
         token = visitor_token(session, settings, app, TokenKind.print_page, scope, ttl)
         return app, TokenKind.print_page, token, {"id": -app.org_id, "email": "", "role": "viewer"}
-    membership = session.scalar(
-        select(Membership).where(Membership.user_id == payload["user"], Membership.org_id == app.org_id)
-    )
-    if membership is None or not membership.user.is_active:
+    reader = member_reader(session, payload["user"], app.org_id, TokenKind.job.value)
+    if reader is None:
         raise NotFound("No such app")
-    reader = Principal(
-        user_id=membership.user_id,
-        email=membership.user.email,
-        org_id=app.org_id,
-        org_slug="",
-        role=membership.role,
-        via=TokenKind.job.value,
-    )
     if not may_open(session, reader, app):
         raise NotFound("No such app")
     token = mint_token(
         session,
         kind=TokenKind.job,
-        user_id=membership.user_id,
+        user_id=reader.user_id,
         org_id=app.org_id,
         ttl_seconds=ttl,
         note=f"print of app {app.id}",
@@ -93,5 +80,5 @@ def print_session(session, settings, text: str) -> tuple[App, TokenKind, str, di
         app,
         TokenKind.job,
         token,
-        {"id": membership.user_id, "email": reader.email, "role": str(reader.role)},
+        {"id": reader.user_id, "email": reader.email, "role": str(reader.role)},
     )

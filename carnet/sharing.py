@@ -88,6 +88,24 @@ def find_openable_app(session, principal: Principal, app_id) -> App:
     return app
 
 
+def member_reader(session, user_id: int, org_id: int, via: str) -> Principal | None:
+    """The principal an active member of ``org_id`` reads as when nobody is signed in (a job's owner, the
+    person a print page reads as); None when they left the organization or were disabled."""
+    membership = session.scalar(
+        select(Membership).where(Membership.user_id == user_id, Membership.org_id == org_id)
+    )
+    if membership is None or not membership.user.is_active:
+        return None
+    return Principal(
+        user_id=membership.user_id,
+        email=membership.user.email,
+        org_id=org_id,
+        org_slug="",
+        role=membership.role,
+        via=via,
+    )
+
+
 def may_open(session, principal: Principal, app: App) -> bool:
     """``find_openable_app`` as a yes/no, for code that already holds the app."""
     try:

@@ -20,17 +20,16 @@ from sqlalchemy import select
 
 from carnet.branding import branding
 from carnet.db import session_scope
-from carnet.db.models import Job, JobRun, Membership, Organization, RunStatus, TokenKind, utcnow
+from carnet.db.models import Job, JobRun, Organization, RunStatus, TokenKind, utcnow
 from carnet.errors import CarnetError
 from carnet.isolation import account_for
-from carnet.permissions import Principal
 from carnet.print_pages import sign_print
 from carnet.publishing import current_notebook_path
 from carnet.scheduler.mail import send_mail
 from carnet.scheduler.pdf import notebook_to_pdf
 from carnet.scheduler.viewer_pdf import Letterhead, ViewerPrinter
 from carnet.settings import CarnetSettings
-from carnet.sharing import may_open
+from carnet.sharing import may_open, member_reader
 from carnet.tokens import mint_token
 
 log = logging.getLogger("carnet.scheduler")
@@ -120,19 +119,9 @@ def stop_run_processes(process: subprocess.Popen, output_dir: Path) -> None:
 def check_owner_may_run(session, job: Job) -> None:
     """A run acts as the job's owner: it fails if, since the job was made, the owner left the organization,
     was disabled, or may no longer open the app (its sharing was narrowed)."""
-    membership = session.scalar(
-        select(Membership).where(Membership.user_id == job.owner_id, Membership.org_id == job.org_id)
-    )
-    if membership is None or not membership.user.is_active:
+    owner = member_reader(session, job.owner_id, job.org_id, TokenKind.job.value)
+    if owner is None:
         raise JobRunError("The job's owner is no longer an active member of the organization", "before_start")
-    owner = Principal(
-        user_id=membership.user_id,
-        email=membership.user.email,
-        org_id=job.org_id,
-        org_slug="",
-        role=membership.role,
-        via=TokenKind.job.value,
-    )
     if not may_open(session, owner, job.app):
         raise JobRunError("The job's owner may no longer open this app (its sharing changed)", "before_start")
 
