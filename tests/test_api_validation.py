@@ -202,6 +202,21 @@ def test_job_with_both_cron_and_schedule_or_neither_is_refused(carnet_stack, hea
     refused(carnet_stack, headers, response, 400, "cron", before)
 
 
+def test_a_jobs_runs_are_listed_newest_first_up_to_the_limit(carnet_stack, headers):
+    made = post(carnet_stack, headers["analyst"], "jobs", json=valid_job(carnet_stack))
+    assert made.status_code == 201, made.text
+    job = made.json()["id"]
+    runs = [post(carnet_stack, headers["analyst"], f"jobs/{job}/runs").json()["id"] for _ in range(3)]
+    listed = get(carnet_stack, headers["analyst"], f"jobs/{job}/runs?limit=2")
+    assert listed.status_code == 200, listed.text
+    assert [run["id"] for run in listed.json()["runs"]] == runs[::-1][:2]
+    every = get(carnet_stack, headers["analyst"], f"jobs/{job}/runs").json()["runs"]
+    assert [run["id"] for run in every] == runs[::-1]
+    for limit in ("0", "1001", "-1", "two", "1.5", ""):
+        response = get(carnet_stack, headers["analyst"], f"jobs/{job}/runs?limit={limit}")
+        refused(carnet_stack, headers, response, 400, field="limit")
+
+
 @pytest.mark.parametrize("grace", [-1, 7 * 24 * 3600 + 1, "3600", 1.5, True, None])
 def test_job_with_a_bad_misfire_grace_is_refused(carnet_stack, headers, grace):
     before = state(carnet_stack, headers)

@@ -527,7 +527,11 @@ PATHS = {
         "delete": _op("Delete a job and its runs", "jobs:delete", ok="204"),
     },
     "/api/v1/jobs/{job_id}/runs": {
-        "get": _op("The job's latest runs", "jobs:read"),
+        "get": _op(
+            "The job's latest runs, newest first (limit: 1-1000, default 50)",
+            "jobs:read",
+            parameters=[{"name": "limit", "in": "query", "schema": INT}],
+        ),
         "post": _op("Run the job now", "jobs:run", ok="202"),
     },
     "/api/v1/users": {

@@ -21,6 +21,7 @@ from carnet.sharing import find_openable_app
 from carnet.validation import parse_id, validate_emails
 
 DEFAULT_GRACE = 3600
+MAX_RUNS_LISTED = 1000
 MAX_GRACE = 7 * 24 * 3600
 
 
@@ -111,10 +112,16 @@ class JobHandler(BaseHandler):
 class JobRunsHandler(BaseHandler):
     @authorized("jobs:read")
     def get(self, job_id):
+        limit = self.get_query_argument("limit", "50")
         with self.db() as session:
             job = find_job(session, self.principal().org_id, job_id)
+            # After the job lookup: another org's job id is a 404 whatever the limit says.
+            if not limit.isdigit() or not 1 <= int(limit) <= MAX_RUNS_LISTED:
+                raise ValidationError(
+                    f"limit must be a whole number from 1 to {MAX_RUNS_LISTED}", field="limit"
+                )
             runs = session.scalars(
-                select(JobRun).where(JobRun.job_id == job.id).order_by(JobRun.id.desc()).limit(50)
+                select(JobRun).where(JobRun.job_id == job.id).order_by(JobRun.id.desc()).limit(int(limit))
             ).all()
             self.write_json({"runs": [run_json(run) for run in runs]})
 
