@@ -260,8 +260,6 @@ class ReplayConnection:
             else:
                 msg.pop("buffers")
                 self.handler.write_message(json.dumps(msg))
-        except web.HTTPError:
-            pass
         except Exception:  # noqa: BLE001 - a closed websocket: the page is gone
             log.debug("snapshot websocket closed", exc_info=True)
 

@@ -21,6 +21,8 @@ from carnet.db.models import Job, JobRun, RunStatus, utcnow
 from carnet.scheduler.cron import next_fire_time
 
 ACTIVE = (RunStatus.queued, RunStatus.running)
+# Missed fire times listed one by one; past this many, only the latest is looked for.
+MAX_FIRES_LISTED = 1000
 
 
 def due_fires(job: Job, now) -> list:
@@ -29,7 +31,7 @@ def due_fires(job: Job, now) -> list:
     fires, fire = [], job.next_run_at
     while fire is not None and fire <= now:
         fires.append(fire)
-        if len(fires) > 1000:  # the rest are skipped over: only the latest matters from here
+        if len(fires) > MAX_FIRES_LISTED:  # the rest are skipped over: only the latest matters from here
             fires[-1] = latest_fire(job, now)
             break
         fire = next_fire_time(job.cron, job.timezone, fire)
@@ -70,6 +72,13 @@ def enqueue_due_runs(db_url: str, now=None) -> list[int]:
                 continue  # another scheduler recorded these fires
             latest, older = fires[-1], fires[:-1]
             if older:
+                # Capped (due_fires): the count is a floor, and the span runs up to the latest fire.
+                counted = f"at least {len(older)}" if len(older) >= MAX_FIRES_LISTED else str(len(older))
+                until = (
+                    f"before {latest.isoformat()}"
+                    if len(older) >= MAX_FIRES_LISTED
+                    else older[-1].isoformat()
+                )
                 session.add(
                     JobRun(
                         job_id=job.id,
@@ -78,8 +87,8 @@ def enqueue_due_runs(db_url: str, now=None) -> list[int]:
                         scheduled_for=older[-1],
                         finished_at=now,
                         error=(
-                            f"{len(older)} scheduled time(s) from {older[0].isoformat()} to "
-                            f"{older[-1].isoformat()} passed while no scheduler ran"
+                            f"{counted} scheduled time(s) from {older[0].isoformat()} to {until} "
+                            "passed while no scheduler ran"
                         ),
                     )
                 )

@@ -337,6 +337,22 @@ def test_missed_fires_collapse_into_one_run_of_the_latest_and_one_missed_record(
     assert job_next_run(settings, job) == utc(2024, 3, 2, 13, 0)
 
 
+def test_a_week_long_outage_of_a_minutely_job_is_one_missed_record_and_one_run(settings, world):
+    # 10,080 missed fire times: listed up to a cap, so the record gives a floor and ends before the latest.
+    down = utc(2024, 3, 1, 0, 0)
+    now = utc(2024, 3, 8, 0, 0, 30)
+    job = add_job(settings, world, cron="* * * * *", next_run_at=down)
+    queued = enqueue_due_runs(settings.db_url, now=now)
+    older, latest = runs_of(settings, job)
+    assert [latest.id] == queued and as_utc(latest.scheduled_for) == utc(2024, 3, 8, 0, 0)
+    assert older.status == RunStatus.missed
+    assert older.error == (
+        "at least 1000 scheduled time(s) from 2024-03-01T00:00:00+00:00 to before "
+        "2024-03-08T00:00:00+00:00 passed while no scheduler ran"
+    )
+    assert job_next_run(settings, job) == utc(2024, 3, 8, 0, 1)
+
+
 @pytest.mark.parametrize(
     "late_minutes, grace_seconds, status",
     [
