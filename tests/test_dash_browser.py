@@ -72,7 +72,16 @@ def test_a_dash_dashboard_in_a_browser(browser, carnet_stack, dash_app):  # noqa
             timeout=60_000,
         )
         assert not page.locator(".carnet-dash-chart .carnet-dash-error").count()
-        bar, line = (page.locator(f"{CHARTS}:visible").nth(i).bounding_box() for i in (0, 1))
+        # Both boxes read in the page at one moment, once both charts have a size (a chart being redrawn
+        # for the new filter can have no box for an instant: Playwright's bounding_box() then gave None).
+        boxes = page.wait_for_function(
+            f"() => {{ const shown = [...document.querySelectorAll('{CHARTS}')].filter(c => c.offsetParent)"
+            ".slice(0, 2).map(c => c.getBoundingClientRect());"
+            " return shown.length == 2 && shown.every(r => r.width > 0)"
+            " ? shown.map(r => ({x: r.x, y: r.y, width: r.width})) : null; }",
+            timeout=30_000,
+        )
+        bar, line = boxes.json_value()
         assert bar["width"] > 450 and line["width"] > 450 and line["x"] > bar["x"] + bar["width"] - 5
         assert abs(bar["y"] - line["y"]) < 5
         page.screenshot(path=str(CHARTS_SCREENSHOT), full_page=True)
