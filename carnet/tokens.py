@@ -38,6 +38,7 @@ def mint_token(
     note: str = "",
     app_id: int | None = None,
     scope: dict | None = None,
+    job_run_id: int | None = None,
 ) -> str:
     """Store a new token and return its clear text (shown once, never stored)."""
     prefix = secrets.token_hex(6)
@@ -54,6 +55,7 @@ def mint_token(
             expires_at=expires_at,
             app_id=app_id,
             scope=scope,
+            job_run_id=job_run_id,
         )
     )
     session.flush()

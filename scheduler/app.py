@@ -3,8 +3,9 @@ into queued runs and executes queued runs, one at a time.
 
 State lives in the platform database, so a restart loses nothing: due jobs are enqueued on the next
 tick (carnet/scheduler/run_queue.py: misfires, skipped overlaps), and runs a killed scheduler left
-'running' are marked failed (interrupted) once the lease is taken. Exactly one instance runs jobs: the one
-holding the lease (carnet/scheduler/lease.py); another waits for it.
+'running' are queued again (or failed when out of tries) by the holder of the lease; their recorded mail is
+sent once (carnet/scheduler/outbox.py). Exactly one instance runs jobs: the one holding the lease
+(carnet/scheduler/lease.py); another waits for it.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from traitlets import Float, Integer, default
 from traitlets.config import Application
 
 from carnet.db import upgrade
-from carnet.scheduler.executor import ReportExecutor
+from carnet.scheduler.executor import JobExecutor
 from carnet.scheduler.lease import LeaseKeeper
-from carnet.scheduler.run_queue import claim_next_run, enqueue_due_runs, fail_interrupted_runs
+from carnet.scheduler.outbox import deliver_due_notices
+from carnet.scheduler.run_queue import claim_next_run, enqueue_due_runs, recover_interrupted_runs
 from carnet.scheduler.viewer_pdf import ViewerPdfSettings, ViewerPrinter
 from carnet.settings import CarnetSettings
 
@@ -55,13 +57,23 @@ class SchedulerService(Application):
         return float(os.environ.get("CARNET_SCHEDULER_LEASE", "30"))
 
     def tick(self, settings: CarnetSettings) -> bool:
-        """One pass: enqueue due jobs, run at most one queued run. True if a run was executed."""
+        """One pass: enqueue due jobs, send due owner notices, run at most one queued run. True if a run
+        was executed."""
         for run_id in enqueue_due_runs(settings.db_url):
             log.info("Queued scheduled run %s", run_id)
+        try:
+            deliver_due_notices(settings)
+        except Exception:
+            log.exception("Sending owner notices failed; retried at the next tick")
+        # Nothing runs between two ticks: a run still 'running' lost its end (the database was unreachable
+        # when it finished, or it was killed): it is queued again or failed.
+        recovered = recover_interrupted_runs(settings)
+        if recovered:
+            log.warning("Recovered %s interrupted run(s)", recovered)
         run_id = claim_next_run(settings.db_url)
         if run_id is None:
             return False
-        status = ReportExecutor(settings, run_id, cell_timeout=self.cell_timeout, printer=self.printer).run()
+        status = JobExecutor(settings, run_id, cell_timeout=self.cell_timeout, printer=self.printer).run()
         log.info("Run %s finished: %s", run_id, status.value)
         return True
 
@@ -83,10 +95,6 @@ class SchedulerService(Application):
             self.printer.close()
 
     def run_while_held(self, settings: CarnetSettings, lease: LeaseKeeper, stop: threading.Event) -> None:
-        # Only the holder may judge 'running' runs abandoned: another instance's runs are not.
-        interrupted = fail_interrupted_runs(settings.db_url)
-        if interrupted:
-            log.warning("Marked %s interrupted run(s) as failed", interrupted)
         while not stop.is_set() and lease.held:
             try:
                 busy = self.tick(settings)

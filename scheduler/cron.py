@@ -114,10 +114,14 @@ def cron_from_preset(schedule) -> str:
     return f"{minute} {hour} {day} * *"
 
 
-def cron_of(body: dict) -> str:
-    """A job's cron from a request body: ``cron`` (raw) or ``schedule`` (a preset), exactly one."""
+def cron_of(body: dict) -> str | None:
+    """A job's cron from a request body: ``cron`` (raw) or ``schedule`` (a preset), exactly one. ``"cron":
+    null`` says the job has no schedule (run now, a webhook or another job start it)."""
     if ("cron" in body) == ("schedule" in body):
         raise ValidationError(
-            "Give either cron (e.g. '0 6 * * *') or schedule (a preset), not both", field="cron"
+            "Give either cron (e.g. '0 6 * * *', or null for no schedule) or schedule (a preset), not both",
+            field="cron",
         )
-    return validate_cron(body["cron"]) if "cron" in body else cron_from_preset(body["schedule"])
+    if "cron" in body:
+        return None if body["cron"] is None else validate_cron(body["cron"])
+    return cron_from_preset(body["schedule"])

@@ -1,5 +1,6 @@
-"""Runs one job run, in steps (as jupyter-scheduler does): before_start -> execute -> on_complete,
-or on_failure when any step raises. Each step is small and overridable."""
+"""Runs one job run, in steps (as jupyter-scheduler does): before_start -> execute -> on_complete, or
+on_failure when any step raises. Each step is small and overridable; what ``execute`` does is the job's kind
+(carnet/scheduler/kinds), and the mail it plans goes through the outbox (carnet/scheduler/outbox.py)."""
 
 from __future__ import annotations
 
@@ -8,25 +9,31 @@ import enum
 import json
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
+from urllib.parse import urljoin
 
 from sqlalchemy import select
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 
-from carnet.branding import branding
 from carnet.db import session_scope
-from carnet.db.models import Job, JobRun, Organization, RunStatus, TokenKind, utcnow
+from carnet.db.models import Job, JobRun, RunStatus, TokenKind, utcnow
 from carnet.errors import CarnetError
 from carnet.isolation import account_for
-from carnet.print_pages import sign_print
-from carnet.publishing import current_notebook_path
-from carnet.scheduler.mail import send_mail
-from carnet.scheduler.pdf import notebook_to_pdf
+from carnet.scheduler.kinds import PlannedMail, kind_named
+from carnet.scheduler.outbox import (
+    MailNotDelivered,
+    deliver_run_mail,
+    give_up_run_mail,
+    has_run_mail,
+    queue_mail,
+    queue_notice,
+)
 from carnet.scheduler.viewer_pdf import Letterhead, ViewerPrinter
 from carnet.settings import CarnetSettings
 from carnet.sharing import may_open, member_reader
@@ -58,13 +65,13 @@ class PdfRenderer(enum.StrEnum):
 
 
 def pdf_renderer_for(job: Job) -> PdfRenderer:
-    """The Viewer prints every job's app, except a job with papermill parameters: only papermill can inject
-    them (the Viewer runs the published snapshot as it is), so such a job keeps the notebook path."""
+    """The Viewer prints every report job's app, except a job with papermill parameters: only papermill can
+    inject them (the Viewer runs the published snapshot as it is), so such a job keeps the notebook path."""
     return PdfRenderer.notebook if job.parameters else PdfRenderer.viewer
 
 
 class JobRunError(CarnetError):
-    """A run failed; ``step`` says where."""
+    """A run failed; ``step`` says where. Never retried (a notebook error stays an error)."""
 
     status = 500
 
@@ -73,21 +80,48 @@ class JobRunError(CarnetError):
         self.step = step
 
 
+class TransientRunError(CarnetError):
+    """A failure worth retrying (a server that did not answer); the run is retried with the job's backoff."""
+
+    status = 503
+
+    def __init__(self, message: str, step: str):
+        super().__init__(message, step=step)
+        self.step = step
+
+
+# Failures retried with backoff: the mail server, the platform database or a source's server unreachable.
+TRANSIENT_ERRORS = (TransientRunError, MailNotDelivered, OperationalError, InterfaceError, DisconnectionError)
+
+
 @dataclass
 class RunContext:
+    """What one run works with, read from the database at its start (kinds must not keep sessions)."""
+
     run_id: int
     job_id: int
     job_name: str
+    kind: str
     org_id: int
     owner_id: int
+    owner_email: str
+    app_id: int | None
+    config: dict
     parameters: dict
     recipients: list[str]
-    notebook: Path
+    timezone: str
+    scheduled_for: datetime
+    trigger: str
+    attempt: int
     output_dir: Path
+    timeout: float
+    # The report kinds' notebook path (papermill) and Viewer path (print page) fill these in prepare().
+    notebook: Path | None = None
     token: str = ""
     renderer: str = PdfRenderer.notebook
     print_token: str = ""
-    letterhead: Letterhead = Letterhead()
+    letterhead: Letterhead = field(default_factory=Letterhead)
+    extras: dict = field(default_factory=dict)
 
     @property
     def executed_notebook(self) -> Path:
@@ -95,10 +129,11 @@ class RunContext:
 
     @property
     def pdf(self) -> Path:
-        safe = (
-            "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in self.job_name).strip("-") or "report"
-        )
-        return self.output_dir / f"{safe}.pdf"
+        return self.output_dir / f"{safe_file_stem(self.job_name, 'report')}.pdf"
+
+
+def safe_file_stem(name: str, fallback: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in name).strip("-") or fallback
 
 
 def stop_run_processes(process: subprocess.Popen, output_dir: Path) -> None:
@@ -122,11 +157,18 @@ def check_owner_may_run(session, job: Job) -> None:
     owner = member_reader(session, job.owner_id, job.org_id, TokenKind.job.value)
     if owner is None:
         raise JobRunError("The job's owner is no longer an active member of the organization", "before_start")
-    if not may_open(session, owner, job.app):
+    if job.app is not None and not may_open(session, owner, job.app):
         raise JobRunError("The job's owner may no longer open this app (its sharing changed)", "before_start")
 
 
-class ReportExecutor:
+def run_link(settings: CarnetSettings, job_id: int, run_id: int) -> str:
+    return urljoin(settings.public_url, f"services/carnet/api/v1/jobs/{job_id}/runs/{run_id}")
+
+
+class JobExecutor:
+    """Runs one job run in steps (as jupyter-scheduler does): before_start -> execute -> on_complete, or
+    on_failure when any step raises. What ``execute`` does is the job's kind (carnet/scheduler/kinds)."""
+
     def __init__(
         self,
         settings: CarnetSettings,
@@ -142,20 +184,24 @@ class ReportExecutor:
         # closed when the run ends.
         self.printer = printer
         self._own_printer = printer is None
-        # The whole notebook: a run stuck anywhere (a kernel that never answers) fails instead of holding
-        # the scheduler's one worker forever.
+        # Overrides the job's own timeout (tests); else job.timeout_seconds, else the platform's.
+        self._run_timeout = run_timeout
         self.run_timeout = run_timeout or settings.job_run_timeout_seconds
 
     def run(self) -> RunStatus:
         context = None
         try:
             context = self.before_start()
-            self.execute(context)
+            if context.extras.get("resumed"):
+                log.info("Run %s: outputs and mail were recorded before; only unsent mail goes", self.run_id)
+            else:
+                mails = self.execute(context)
+                self.record_mail(context, mails)
+            deliver_run_mail(self.settings, self.run_id)
             self.on_complete(context)
             return RunStatus.succeeded
         except Exception as exc:
-            self.on_failure(context, exc)
-            return RunStatus.failed
+            return self.on_failure(context, exc)
         finally:
             if self._own_printer and self.printer is not None:
                 self.printer.close()
@@ -171,48 +217,62 @@ class ReportExecutor:
             output_dir = self.settings.runs_dir / str(job.org_id) / str(job.id) / str(run.id)
             output_dir.mkdir(parents=True, exist_ok=True)
             run.output_dir = str(output_dir)
-            # The run works on its own copy of the snapshot (what ran is kept with what it produced).
-            notebook = output_dir / "input.ipynb"
-            shutil.copyfile(current_notebook_path(self.settings, job.app), notebook)
+            self.run_timeout = (
+                self._run_timeout or job.timeout_seconds or self.settings.job_run_timeout_seconds
+            )
+            scheduled_for = run.scheduled_for or run.created_at
             context = RunContext(
                 run_id=run.id,
                 job_id=job.id,
                 job_name=job.name,
+                kind=job.kind,
                 org_id=job.org_id,
                 owner_id=job.owner_id,
-                parameters=dict(job.parameters or {}),
+                owner_email=job.owner.email,
+                app_id=job.app_id,
+                config=dict(job.config or {}),
+                parameters={**(job.parameters or {}), **(run.payload or {})},
                 recipients=list(job.recipients or []),
-                notebook=notebook,
+                timezone=job.timezone,
+                scheduled_for=scheduled_for,
+                trigger=run.trigger,
+                attempt=run.attempt,
                 output_dir=output_dir,
-                renderer=pdf_renderer_for(job),
+                timeout=self.run_timeout,
             )
-            run.pdf_renderer = context.renderer.value
-            if context.renderer == PdfRenderer.viewer:
-                # The page reads as the job's owner (a job token minted when the Viewer opens it), for as
-                # long as the PDF may take.
-                budget = self.printer_of().settings.time_budget
-                context.print_token = sign_print(
-                    session, self.settings, job.app, as_user=job.owner_id, expires_in=int(budget) + 60
-                )
-                org = branding(self.settings.data_dir, session.get(Organization, job.org_id), with_logo=False)
-                context.letterhead = Letterhead(org["org_name"], org["color"], job.app.title)
+            if has_run_mail(session, run.id):
+                context.extras["resumed"] = True
                 return context
-            # The run reads data as the job's owner, inside the job's organization, for one hour at most.
-            context.token = mint_token(
-                session,
-                kind=TokenKind.job,
-                user_id=job.owner_id,
-                org_id=job.org_id,
-                ttl_seconds=3600,
-                note=f"job run {run.id}",
-            )
+            kind_named(job.kind).prepare(self, session, job, run, context)
         return context
+
+    def mint_job_token(self, session, context: RunContext, ttl_seconds: int = 3600) -> str:
+        """A credential that reads as the job's owner inside the job's organization, for this run only."""
+        return mint_token(
+            session,
+            kind=TokenKind.job,
+            user_id=context.owner_id,
+            org_id=context.org_id,
+            ttl_seconds=ttl_seconds,
+            note=f"job run {context.run_id}",
+            job_run_id=context.run_id,
+        )
+
+    def execute(self, context: RunContext) -> list[PlannedMail]:
+        return kind_named(context.kind).execute(self, context)
+
+    def record_mail(self, context: RunContext, mails: list[PlannedMail]) -> None:
+        """The run's outputs exist (written then renamed); from here on a retry only delivers."""
+        with session_scope(self.settings.db_url) as session:
+            queue_mail(session, context.run_id, context.org_id, mails)
 
     def kernel_environment(self, context: RunContext) -> dict:
         env = {k: v for k, v in os.environ.items() if k in _KERNEL_ENV_KEEP}
         env.update(
             CARNET_API_URL=self.settings.api_url,
             CARNET_TOKEN=context.token,
+            # carnet.params: the run's parameters, the scheduled time among them.
+            CARNET_JOB_PARAMS=json.dumps(context.parameters, default=str),
             # Self-contained chart HTML so that the PDF printer needs no network.
             PLOTLY_RENDERER="plotly_mimetype+notebook",
         )
@@ -234,21 +294,10 @@ class ReportExecutor:
             self.printer = ViewerPrinter(self.settings.chromium_path)
         return self.printer
 
-    def execute(self, context: RunContext) -> None:
-        if context.renderer == PdfRenderer.viewer:
-            self.print_app(context)
-        else:
-            self.run_notebook(context)
-
-    def print_app(self, context: RunContext) -> None:
-        log.info("Run %s: printing the app as the Viewer shows it", context.run_id)
-        try:
-            seconds = self.printer_of().print_token(context.print_token, context.pdf, context.letterhead)
-        except CarnetError as exc:
-            raise JobRunError(exc.message, step="pdf") from None
-        log.info("Run %s: PDF printed from the Viewer in %.1f s; mailing it", context.run_id, seconds)
-
-    def run_notebook(self, context: RunContext) -> None:
+    def run_notebook(self, context: RunContext, parameters: dict) -> None:
+        """papermill runs ``context.notebook`` into ``context.executed_notebook`` as the job's owner, in a
+        process of its own (killed past the run's timeout). A failed cell: papermill wrote the error into
+        the output notebook, which is kept; the run fails (not retried)."""
         env = self.kernel_environment(context)
         as_owner = self.run_as_owner(context, env)
         command = [
@@ -258,7 +307,7 @@ class ReportExecutor:
             str(context.notebook),
             str(context.executed_notebook),
             "--parameters",
-            json.dumps(context.parameters),
+            json.dumps(parameters, default=str),
             "--cwd",
             str(context.output_dir),
             "--timeout",
@@ -276,53 +325,110 @@ class ReportExecutor:
             start_new_session=True,
         )
         try:
-            _stdout, stderr = process.communicate(timeout=self.run_timeout)
+            stdout, stderr = process.communicate(timeout=self.run_timeout)
         except subprocess.TimeoutExpired:
             stop_run_processes(process, context.output_dir)
             raise JobRunError(
                 f"The notebook did not finish within {self.run_timeout:g} s", step="execute"
             ) from None
+        # Kept with the run's outputs (run history: stdout/stderr).
+        for name, text in (("stdout.txt", stdout), ("stderr.txt", stderr)):
+            if text:
+                (context.output_dir / name).write_text(text)
         if process.returncode != 0:
             detail = stderr.strip().splitlines()[-1] if stderr.strip() else "no output"
             with contextlib.suppress(ValueError, KeyError, TypeError):
                 detail = json.loads(detail)["error"]
             raise JobRunError(f"The notebook failed: {detail}", step="execute")
-        log.info(
-            "Run %s: notebook done in %.1f s; printing the PDF", context.run_id, time.monotonic() - started
-        )
-        try:
-            notebook_to_pdf(context.executed_notebook, context.pdf, self.printer_of().browser())
-        except CarnetError as exc:
-            raise JobRunError(exc.message, step="pdf") from None
-        log.info("Run %s: PDF printed; mailing it", context.run_id)
+        log.info("Run %s: notebook done in %.1f s", context.run_id, time.monotonic() - started)
 
     def on_complete(self, context: RunContext) -> None:
-        where = send_mail(
-            self.settings,
-            context.recipients,
-            subject=f"[Carnet] {context.job_name}",
-            body=f"Your report {context.job_name!r} is attached.\n\n-- Carnet",
-            attachments=[context.pdf],
-        )
-        log.info(
-            "Run %s of job %r mailed to %s via %s",
-            context.run_id,
-            context.job_name,
-            ", ".join(context.recipients),
-            where,
-        )
-        self._finish(RunStatus.succeeded, None)
-
-    def on_failure(self, context: RunContext | None, exc: Exception) -> None:
-        message = exc.message if isinstance(exc, CarnetError) else f"{type(exc).__name__}: {exc}"
-        log.warning("Run %s failed: %s", self.run_id, message, exc_info=not isinstance(exc, CarnetError))
-        self._finish(RunStatus.failed, message)
-
-    def _finish(self, status: RunStatus, error: str | None) -> None:
         with session_scope(self.settings.db_url) as session:
             run = session.get(JobRun, self.run_id)
             if run is None:  # the job was deleted while it ran
                 return
-            run.status = status
-            run.error = error
+            run.status = RunStatus.succeeded
+            run.error = None
             run.finished_at = utcnow()
+            job = run.job
+            if run.parent_run_id is None:
+                queue_followers(session, job, run)
+        log.info("Run %s of job %r succeeded", context.run_id, context.job_name)
+
+    def on_failure(self, context: RunContext | None, exc: Exception) -> RunStatus:
+        message = exc.message if isinstance(exc, CarnetError) else f"{type(exc).__name__}: {exc}"
+        log.warning("Run %s failed: %s", self.run_id, message, exc_info=not isinstance(exc, CarnetError))
+        with session_scope(self.settings.db_url) as session:
+            run = session.get(JobRun, self.run_id)
+            if run is None:  # the job was deleted while it ran
+                return RunStatus.failed
+            return fail_or_retry(
+                session, self.settings, run, message, transient=isinstance(exc, TRANSIENT_ERRORS)
+            )
+
+
+ReportExecutor = JobExecutor  # the name before job kinds
+
+
+def fail_or_retry(session, settings: CarnetSettings, run: JobRun, message: str, transient: bool) -> RunStatus:
+    """A transient failure with tries left requeues the run (attempt + 1) after the job's backoff, doubled
+    at each try; otherwise the run fails, its unsent mail is given up and the job's owner gets a notice
+    with the error and a link to the run. A chain's step only fails (its chain decides)."""
+    job = run.job
+    if transient and run.parent_run_id is None and run.attempt <= job.max_retries:
+        delay = job.retry_backoff_seconds * 2 ** (run.attempt - 1)
+        run.status = RunStatus.queued
+        run.not_before = utcnow() + timedelta(seconds=delay)
+        run.error = f"Try {run.attempt} of {job.max_retries + 1} failed; retried in {delay} s: {message}"
+        run.attempt += 1
+        log.info("Run %s: %s", run.id, run.error)
+        return RunStatus.queued
+    run.status = RunStatus.failed
+    run.error = message
+    run.finished_at = utcnow()
+    give_up_run_mail(session, run.id, message)
+    if run.parent_run_id is None:
+        tries = f" after {run.attempt} tries" if run.attempt > 1 else ""
+        queue_notice(
+            session,
+            run.id,
+            job.org_id,
+            job.owner.email,
+            "failure",
+            f"[Carnet] Job {job.name!r} failed",
+            failure_body(settings, job, run, message, tries),
+        )
+    return RunStatus.failed
+
+
+def failure_body(settings: CarnetSettings, job: Job, run: JobRun, message: str, tries: str) -> str:
+    when = f"{run.scheduled_for or run.created_at:%Y-%m-%d %H:%M} UTC"
+    return (
+        f"The run of your job {job.name!r} scheduled for {when} failed{tries}.\n\n"
+        f"Error: {message}\n\nThe run: {run_link(settings, job.id, run.id)}\n\n-- Carnet"
+    )
+
+
+def queue_followers(session, job: Job, run: JobRun) -> list[int]:
+    """Jobs set to start after ``job`` get a queued run (trigger 'after'), unless one is already waiting."""
+    queued = []
+    followers = session.scalars(select(Job).where(Job.after_job_id == job.id, Job.enabled.is_(True))).all()
+    for follower in followers:
+        waiting = session.scalar(
+            select(JobRun.id).where(
+                JobRun.job_id == follower.id, JobRun.status == RunStatus.queued, JobRun.trigger == "after"
+            )
+        )
+        if waiting is not None:
+            continue
+        follow = JobRun(
+            job_id=follower.id,
+            status=RunStatus.queued,
+            trigger="after",
+            triggered_by=f"run {run.id} of job {job.name!r}"[:200],
+            scheduled_for=utcnow(),
+        )
+        session.add(follow)
+        session.flush()
+        queued.append(follow.id)
+    return queued

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 
 from carnet.db import session_scope
 from carnet.db.models import Job, JobRun, RunStatus, utcnow
@@ -52,6 +52,25 @@ def latest_fire(job: Job, now):
         window *= 2
 
 
+def notify_missed(session, job: Job, run: JobRun, missed: int, at_least: bool) -> None:
+    """Tell the job's owner, once per tick and job, that fire times were missed (an outbox notice)."""
+    from carnet.scheduler.outbox import queue_notice
+
+    count = f"at least {missed}" if at_least else str(missed)
+    queue_notice(
+        session,
+        run.id,
+        job.org_id,
+        job.owner.email,
+        "missed",
+        f"[Carnet] Job {job.name!r} missed {count} scheduled run(s)",
+        f"Your job {job.name!r} did not run {count} time(s) while no scheduler ran"
+        f" (grace: {job.misfire_grace_seconds} s).\n\n"
+        + ("The latest scheduled time was run late.\n\n" if run.status != RunStatus.missed else "")
+        + "-- Carnet",
+    )
+
+
 def enqueue_due_runs(db_url: str, now=None) -> list[int]:
     """Record what each due job's fire times became; the ids of the runs queued to execute."""
     now = now or utcnow()
@@ -71,6 +90,7 @@ def enqueue_due_runs(db_url: str, now=None) -> list[int]:
             if not changed:
                 continue  # another scheduler recorded these fires
             latest, older = fires[-1], fires[:-1]
+            counted_older = len(older) >= MAX_FIRES_LISTED
             if older:
                 # Capped (due_fires): the count is a floor, and the span runs up to the latest fire.
                 counted = f"at least {len(older)}" if len(older) >= MAX_FIRES_LISTED else str(len(older))
@@ -112,26 +132,58 @@ def enqueue_due_runs(db_url: str, now=None) -> list[int]:
             session.flush()
             if run.status == RunStatus.queued:
                 queued.append(run.id)
+            if run.status == RunStatus.missed or older:
+                notify_missed(session, job, run, len(older) + (run.status == RunStatus.missed), counted_older)
     return queued
 
 
-def claim_next_run(db_url: str) -> int | None:
+def claim_next_run(db_url: str, now=None) -> int | None:
+    """The oldest queued run that may start (a retry waits for its ``not_before``), marked running. A
+    chain's steps are never claimed: their chain runs them."""
+    now = now or utcnow()
     with session_scope(db_url) as session:
         run_id = session.scalar(
-            select(JobRun.id).where(JobRun.status == RunStatus.queued).order_by(JobRun.id).limit(1)
+            select(JobRun.id)
+            .where(
+                JobRun.status == RunStatus.queued,
+                JobRun.parent_run_id.is_(None),
+                or_(JobRun.not_before.is_(None), JobRun.not_before <= now),
+            )
+            .order_by(JobRun.id)
+            .limit(1)
         )
         if run_id is None:
             return None
         claimed = session.execute(
             update(JobRun)
             .where(JobRun.id == run_id, JobRun.status == RunStatus.queued)
-            .values(status=RunStatus.running, started_at=utcnow())
+            .values(status=RunStatus.running, started_at=now)
         ).rowcount
         return run_id if claimed else None
 
 
+def recover_interrupted_runs(settings) -> int:
+    """Runs left 'running' by a scheduler that stopped, or by a step that could not record its end (call only
+    while holding the lease, when this scheduler runs nothing). An interruption is a transient failure: the
+    run is queued again (its outputs and mail, if recorded, are reused: carnet/scheduler/outbox.py) while the
+    job has tries left, else it fails and its owner is told. A chain's steps fail; their chain is retried."""
+    from carnet.scheduler.executor import fail_or_retry
+
+    message = "Interrupted: the scheduler stopped during the run"
+    with session_scope(settings.db_url) as session:
+        runs = session.scalars(select(JobRun).where(JobRun.status == RunStatus.running)).all()
+        for run in sorted(runs, key=lambda r: r.parent_run_id is None):  # steps first
+            if run.parent_run_id is not None:
+                run.status, run.error, run.finished_at = RunStatus.failed, message, utcnow()
+            else:
+                status = fail_or_retry(session, settings, run, message, transient=True)
+                if status == RunStatus.queued:
+                    run.not_before = None  # the interruption was the wait: go again at once
+        return len(runs)
+
+
 def fail_interrupted_runs(db_url: str) -> int:
-    """Runs left 'running' by a scheduler that stopped (call only while holding the lease)."""
+    """Runs left 'running' marked failed without retry (kept for callers that want no retry)."""
     with session_scope(db_url) as session:
         return session.execute(
             update(JobRun)

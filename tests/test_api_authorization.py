@@ -7,7 +7,9 @@ nothing else), never derived from ``carnet.permissions``: a change of that table
 
 from __future__ import annotations
 
+import json
 import re
+import time
 
 import pyarrow as pa
 import pytest
@@ -65,6 +67,7 @@ KEY_ROLES = {"key-viewer": "viewer", "key-analyst": "analyst", "key-studio": "st
 ROLES = ("anonymous", "viewer", "analyst", "studio", "admin", "viewer-kernel", "globex-admin", *KEY_ROLES)
 
 WH = "/warehouse/tables/{table}"
+RUN = "/jobs/{job_id}/runs/{run_id}"
 RESTORE = "/apps/{app_id}/versions/{version}/restore"
 THUMBNAIL = "/apps/{app_id}/thumbnail"
 FAVOURITE = "/apps/{app_id}/favourite"
@@ -152,6 +155,8 @@ MATRIX = [
     ("DELETE", "/jobs/{job_id}", 401, 403, 204, 204, 204, 403, 404, 403, 204, 204, 204),
     ("GET", "/jobs/{job_id}/runs", 401, 403, 200, 200, 200, 403, 404, 403, 200, 200, 200),
     ("POST", "/jobs/{job_id}/runs", 401, 403, 202, 202, 202, 403, 404, 403, 202, 202, 202),
+    ("GET", RUN, 401, 403, 200, 200, 200, 403, 404, 403, 200, 200, 200),
+    ("GET", RUN + "/outputs/{output}", 401, 403, 200, 200, 200, 403, 404, 403, 200, 200, 200),
     ("GET", "/audit", 401, 403, 403, 403, 200, 403, 200, 403, 403, 403, 200),
     ("GET", "/audit/export", 401, 403, 403, 403, 200, 403, 200, 403, 403, 403, 200),
     ("GET", "/keys", 401, 403, 403, 403, 200, 403, 200, 403, 403, 403, 403),
@@ -339,6 +344,21 @@ def shared_job(carnet_stack, tokens, tiny_app, created):
     job = create_job(carnet_stack, tokens["analyst"], tiny_app)
     created.jobs.add(job["id"])
     return job["id"]
+
+
+@pytest.fixture(scope="module")
+def shared_run(carnet_stack, tokens, shared_job):
+    """A finished run of the shared job (its output files exist: the run's copy of the notebook)."""
+    headers = auth(tokens["analyst"])
+    queued = requests.post(api_url(carnet_stack, f"jobs/{shared_job}/runs"), headers=headers, timeout=30)
+    assert queued.status_code == 202, queued.text
+    url = api_url(carnet_stack, f"jobs/{shared_job}/runs/{queued.json()['id']}")
+    deadline = time.monotonic() + 180
+    while (run := requests.get(url, headers=headers, timeout=30).json())["status"] in ("queued", "running"):
+        assert time.monotonic() < deadline, run
+        time.sleep(0.5)
+    assert "input.ipynb" in [output["name"] for output in run["outputs"]], run
+    return run["id"]
 
 
 def credentials(role: str, token: str | None) -> dict:
@@ -602,7 +622,18 @@ def check_app_case(stack, method, route, response, ok, app_id, user_id) -> None:
 # -- the matrix --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("method,route,role,expected", CASES)
 def test_authorization_matrix(
-    request, carnet_stack, tokens, acme_keys, tiny_app, shared_job, created, method, route, role, expected
+    request,
+    carnet_stack,
+    tokens,
+    acme_keys,
+    tiny_app,
+    shared_job,
+    shared_run,
+    created,
+    method,
+    route,
+    role,
+    expected,
 ):
     stack, token = carnet_stack, tokens[role]
     admin = auth(tokens["admin"])
@@ -659,6 +690,8 @@ def test_authorization_matrix(
         endpoint_id=endpoint and endpoint["id"],
         token=endpoint and endpoint["url"].rsplit("/", 1)[-1],
         version=1,
+        run_id=shared_run,
+        output="input.ipynb",
     )
     body, before, data = None, None, None
     if (method, route) == ("POST", "/sources"):
@@ -789,6 +822,8 @@ def test_authorization_matrix(
             table=unknown_table,
             endpoint_id=UNKNOWN_ID,
             version=1,
+            run_id=UNKNOWN_ID,
+            output="input.ipynb",
         )
         unknown = requests.request(
             method, api_url(stack, unknown_path), json=body, headers=headers, timeout=60
@@ -974,6 +1009,10 @@ def test_authorization_matrix(
             assert response.text == ""
         assert after.status_code == (404 if ok else 200)
         assert created.job_exists(job_id) is not ok
+    elif (method, route) == ("GET", RUN) and ok:
+        assert response.json()["id"] == shared_run and response.json()["job_id"] == job_id
+    elif (method, route) == ("GET", RUN + "/outputs/{output}") and ok:
+        assert json.loads(response.content)["cells"], "the run's copy of the app's notebook"
     elif (method, route) == ("GET", "/jobs/{job_id}/runs") and ok:
         assert isinstance(response.json()["runs"], list)
     elif (method, route) == ("POST", "/jobs/{job_id}/runs"):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from datetime import UTC, datetime
 
-from sqlalchemy import JSON, DateTime, Enum, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, DateTime, Enum, ForeignKey, Integer, String, Text, UniqueConstraint, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
@@ -211,7 +211,8 @@ class AppVersion(Base):
 
 
 class Job(Base):
-    """A scheduled automation. ``kind='report'``: run an app's notebook, print it to PDF, mail it."""
+    """An automation. ``kind`` names what a run does (carnet/scheduler/kinds: report, notebook, burst,
+    data_email, alert, load, chain, warmup); ``config`` holds that kind's settings, validated by the kind."""
 
     __tablename__ = "jobs"
     __table_args__ = (UniqueConstraint("org_id", "name"), NO_ID_REUSE)
@@ -219,9 +220,12 @@ class Job(Base):
     org_id: Mapped[int] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(200))
     kind: Mapped[str] = mapped_column(String(32), default="report")
-    app_id: Mapped[int] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"))
+    # The app a report/notebook/burst/warm-up job works on; NULL for kinds that need none (load, chain...).
+    app_id: Mapped[int | None] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"))
     parameters: Mapped[dict] = mapped_column(default=dict)
-    cron: Mapped[str] = mapped_column(String(120))
+    config: Mapped[dict | None] = mapped_column()
+    # NULL: no schedule (run now, a webhook or another job's success start it).
+    cron: Mapped[str | None] = mapped_column(String(120))
     timezone: Mapped[str] = mapped_column(String(64), default="UTC")
     recipients: Mapped[list] = mapped_column(default=list)
     enabled: Mapped[bool] = mapped_column(default=True)
@@ -229,9 +233,22 @@ class Job(Base):
     next_run_at: Mapped[datetime | None] = mapped_column(index=True)
     # A fire missed while no scheduler ran is still run if it is at most this old, else recorded as missed.
     misfire_grace_seconds: Mapped[int] = mapped_column(default=3600, server_default="3600")
+    # NULL: the platform's CarnetSettings.job_run_timeout_seconds.
+    timeout_seconds: Mapped[int | None] = mapped_column()
+    # Transient failures (mail server or database unreachable) are retried this many times, waiting
+    # retry_backoff_seconds, then twice that, and so on; a notebook error is never retried.
+    max_retries: Mapped[int] = mapped_column(default=3, server_default="3")
+    retry_backoff_seconds: Mapped[int] = mapped_column(default=60, server_default="60")
+    # SHA-256 of the secret of the job's webhook URL (shown once); NULL: no webhook.
+    webhook_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+    # Started after each successful run of that job (same organization).
+    after_job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"), index=True)
+    # Alerts: whether the condition held at the last check, and when the last alert mail was queued.
+    alert_active: Mapped[bool] = mapped_column(default=False, server_default=false())
+    alert_sent_at: Mapped[datetime | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     owner: Mapped[User] = relationship()
-    app: Mapped[App] = relationship()
+    app: Mapped[App | None] = relationship()
 
 
 class RunStatus(enum.StrEnum):
@@ -260,7 +277,12 @@ class JobRun(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     status: Mapped[RunStatus] = mapped_column(Enum(RunStatus, native_enum=False, length=16))
-    trigger: Mapped[str] = mapped_column(String(16))  # 'schedule' | 'manual'
+    # 'schedule' | 'manual' | 'webhook' | 'after' (another job succeeded) | 'chain' (a step of a chain)
+    trigger: Mapped[str] = mapped_column(String(16))
+    # Who or what: the person who pressed "run now", "run 12 of job 'Nightly load'", "webhook".
+    triggered_by: Mapped[str | None] = mapped_column(String(200))
+    # Parameters given by the trigger (a webhook's body), merged over the job's own.
+    payload: Mapped[dict | None] = mapped_column()
     scheduled_for: Mapped[datetime | None]
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
@@ -269,8 +291,57 @@ class JobRun(Base):
     # How the PDF was made: 'viewer' (the app as the Viewer shows it) or 'notebook' (nbconvert of the
     # papermill run); see carnet.scheduler.executor.PdfRenderer. NULL until the run starts.
     pdf_renderer: Mapped[str | None] = mapped_column(String(16))
+    # 1 for the first try; a transient failure requeues the run with attempt + 1, not before not_before.
+    attempt: Mapped[int] = mapped_column(default=1, server_default="1")
+    not_before: Mapped[datetime | None] = mapped_column()
+    # A chain's step: the chain's run.
+    parent_run_id: Mapped[int | None] = mapped_column(
+        ForeignKey("job_runs.id", ondelete="CASCADE"), index=True
+    )
+    # Outputs were removed by the retention sweep (the row stays: history is kept).
+    outputs_removed_at: Mapped[datetime | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     job: Mapped[Job] = relationship()
+
+
+class MailStatus(enum.StrEnum):
+    pending = "pending"
+    sending = "sending"  # handed to the server, not yet known sent (a crash here resends once)
+    sent = "sent"
+    failed = "failed"  # given up after the job's retries
+
+
+class OutboxMail(Base):
+    """One mail to one recipient for one purpose of one run: the key that makes job mail sent once
+    (carnet/scheduler/outbox.py). Attachments are files of the run's output folder."""
+
+    __tablename__ = "mail_outbox"
+    __table_args__ = (UniqueConstraint("run_id", "purpose", "recipient"), NO_ID_REUSE)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("job_runs.id", ondelete="CASCADE"), index=True)
+    org_id: Mapped[int] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
+    # 'report' (what the job sends), 'failure' / 'missed' (to the job's owner), 'alert'
+    purpose: Mapped[str] = mapped_column(String(16))
+    recipient: Mapped[str] = mapped_column(String(320))
+    subject: Mapped[str] = mapped_column(String(300))
+    body: Mapped[str] = mapped_column(Text)
+    attachments: Mapped[list] = mapped_column(default=list)
+    status: Mapped[MailStatus] = mapped_column(Enum(MailStatus, native_enum=False, length=16))
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(index=True)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    sent_at: Mapped[datetime | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class JobState(Base):
+    """``carnet.state`` of a job: small JSON values kept between its runs."""
+
+    __tablename__ = "job_state"
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    value: Mapped[dict | list | str | int | float | bool | None] = mapped_column(JSON)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class TokenKind(enum.StrEnum):
@@ -300,6 +371,8 @@ class Token(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
+    # A job token's run (carnet.state and carnet.params read the run's job through it).
+    job_run_id: Mapped[int | None] = mapped_column(ForeignKey("job_runs.id", ondelete="CASCADE"), index=True)
     # public_app/embed: the one app they serve, and {"sources": [...], "attributes": {...},
     # "variables": {...}, "link_id": n} (carnet.app_links).
     app_id: Mapped[int | None] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"), index=True)

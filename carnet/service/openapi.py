@@ -502,14 +502,18 @@ PATHS = {
     "/api/v1/jobs": {
         "get": _op("Jobs of the caller's organization", "jobs:list"),
         "post": _op(
-            "Create a scheduled PDF report job",
+            "Create a job. kind: report (default; app PDF by mail), notebook, burst, data_email, alert, "
+            "load (studio), chain, warmup; config: the kind's settings (docs/SCHEDULER.md); cron null: "
+            "no schedule",
             "jobs:create",
             ok="201",
             body=_obj(
-                ["name", "app_id", "recipients"],
+                ["name"],
                 name=STR,
+                kind=STR,
                 app_id=INT,
-                cron=STR,
+                config={"type": "object"},
+                cron={"type": ["string", "null"]},
                 schedule={
                     "type": "object",
                     "description": "Instead of cron: {preset: hourly|nightly|weekly|monthly, minute, at "
@@ -517,6 +521,10 @@ PATHS = {
                 },
                 timezone=STR,
                 misfire_grace_seconds=INT,
+                timeout_seconds={"type": ["integer", "null"]},
+                max_retries=INT,
+                retry_backoff_seconds=INT,
+                after_job_id={"type": ["integer", "null"]},
                 parameters={"type": "object"},
                 recipients={"type": "array", "items": STR},
             ),
@@ -533,6 +541,12 @@ PATHS = {
             parameters=[{"name": "limit", "in": "query", "schema": INT}],
         ),
         "post": _op("Run the job now", "jobs:run", ok="202"),
+    },
+    "/api/v1/jobs/{job_id}/runs/{run_id}": {
+        "get": _op("One run: history fields, mail per recipient, output files, a chain's steps", "jobs:read"),
+    },
+    "/api/v1/jobs/{job_id}/runs/{run_id}/outputs/{name}": {
+        "get": _op("Download one output file of a run", "jobs:read"),
     },
     "/api/v1/users": {
         "get": _op("People of the organization", "users:manage"),

@@ -1,4 +1,5 @@
-"""/api/v1/jobs: scheduled report jobs, their runs, and "run now".
+"""/api/v1/jobs: automations (kinds: carnet/scheduler/kinds), their runs with their mail and output files,
+and "run now".
 
 A job's schedule is raw ``cron`` or a ``schedule`` preset (carnet/scheduler/cron.py ``cron_from_preset``),
 read in its ``timezone``; ``misfire_grace_seconds`` says how late a fire missed while no scheduler ran may
@@ -7,14 +8,18 @@ still run (carnet/scheduler/run_queue.py)."""
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from carnet.db.models import Job, JobRun, RunStatus, utcnow
-from carnet.errors import Conflict, NotFound, ValidationError
+from carnet.db.models import Job, JobRun, OutboxMail, RunStatus, role_at_least, utcnow
+from carnet.errors import Conflict, NotFound, PermissionDenied, ValidationError
 from carnet.org_settings import org_setting
+from carnet.scheduler.attachments import mime_type_of
 from carnet.scheduler.cron import cron_of, next_fire_time, validate_timezone
+from carnet.scheduler.kinds import kind_named
+from carnet.scheduler.outbox import mail_json
 from carnet.service.api.base import API_PREFIX, BaseHandler, authorized
 from carnet.service.api.serialize import job_json, run_json
 from carnet.sharing import find_openable_app
@@ -23,6 +28,9 @@ from carnet.validation import parse_id, validate_emails
 DEFAULT_GRACE = 3600
 MAX_RUNS_LISTED = 1000
 MAX_GRACE = 7 * 24 * 3600
+MAX_TIMEOUT = 24 * 3600
+DEFAULT_RETRIES, MAX_RETRIES = 3, 10
+DEFAULT_BACKOFF, MAX_BACKOFF = 60, 24 * 3600
 
 
 def find_job(session, org_id: int, job_id) -> Job:
@@ -31,6 +39,33 @@ def find_job(session, org_id: int, job_id) -> Job:
     if job is None:
         raise NotFound("No such job")
     return job
+
+
+def whole_number(body: dict, key: str, default, low: int, high: int, nullable: bool = False):
+    value = body.get(key, default)
+    if value is None and nullable:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        also = " (or null)" if nullable else ""
+        raise ValidationError(f"{key} must be a whole number from {low} to {high}{also}", field=key)
+    return value
+
+
+def check_after_job(session, org_id: int, after_job_id, job_id: int | None = None) -> int | None:
+    """``after_job_id``: a job of the same organization (another org's id is a 404 like a missing one);
+    following it must not lead back to ``job_id`` (a loop would run forever)."""
+    if after_job_id is None:
+        return None
+    leader = find_job(session, org_id, after_job_id)
+    seen, step = set(), leader
+    while step is not None and step.id not in seen:
+        if step.id == job_id:
+            raise ValidationError(
+                "after_job_id would make jobs start each other in a loop", field="after_job_id"
+            )
+        seen.add(step.id)
+        step = session.get(Job, step.after_job_id) if step.after_job_id else None
+    return leader.id
 
 
 class JobListHandler(BaseHandler):
@@ -48,42 +83,63 @@ class JobListHandler(BaseHandler):
         name = body.get("name")
         if not isinstance(name, str) or not name.strip() or len(name) > 200:
             raise ValidationError("A job needs a name (1-200 characters)", field="name")
+        kind = kind_named(body.get("kind", "report"))
+        if not role_at_least(principal.role, kind.min_role):
+            raise PermissionDenied(f"A {kind.name} job needs the {kind.min_role.value} role or above")
         cron = cron_of(body)
-        grace = body.get("misfire_grace_seconds", DEFAULT_GRACE)
-        if isinstance(grace, bool) or not isinstance(grace, int) or not 0 <= grace <= MAX_GRACE:
-            raise ValidationError(
-                f"misfire_grace_seconds must be a whole number from 0 to {MAX_GRACE} (7 days)",
-                field="misfire_grace_seconds",
-            )
+        grace = whole_number(body, "misfire_grace_seconds", DEFAULT_GRACE, 0, MAX_GRACE)
+        timeout = whole_number(body, "timeout_seconds", None, 1, MAX_TIMEOUT, nullable=True)
+        retries = whole_number(body, "max_retries", DEFAULT_RETRIES, 0, MAX_RETRIES)
+        backoff = whole_number(body, "retry_backoff_seconds", DEFAULT_BACKOFF, 1, MAX_BACKOFF)
         timezone = body.get("timezone")
         if "timezone" in body:  # left out: the organization's time zone (org setting), read below
             validate_timezone(timezone)
         parameters = body.get("parameters") or {}
         if not isinstance(parameters, dict):
             raise ValidationError("parameters must be an object", field="parameters")
-        recipients = validate_emails(body.get("recipients"), field="recipients")
+        if kind.needs_recipients or body.get("recipients") not in (None, []):
+            recipients = validate_emails(body.get("recipients"), field="recipients")
+        else:
+            recipients = []
+        if not kind.needs_app and body.get("app_id") is not None:
+            raise ValidationError(f"A {kind.name} job works on no app: leave app_id out", field="app_id")
         try:
             with self.db() as session:
                 if "timezone" not in body:
                     timezone = org_setting(session, principal.org_id, "timezone")
                 # One schedules only an app one may open (a restricted app not shared is unknown).
-                app = find_openable_app(session, principal, body.get("app_id"))
+                app = find_openable_app(session, principal, body.get("app_id")) if kind.needs_app else None
+                after = check_after_job(session, principal.org_id, body.get("after_job_id"))
+                config = kind.validate(session, principal, body)
                 job = Job(
                     org_id=principal.org_id,
                     name=name.strip(),
-                    kind="report",
-                    app_id=app.id,
+                    kind=kind.name,
+                    app_id=app.id if app else None,
+                    config=config or None,
                     cron=cron,
                     timezone=timezone,
                     parameters=parameters,
                     recipients=recipients,
                     owner_id=principal.user_id,
-                    next_run_at=next_fire_time(cron, timezone, utcnow()),
+                    next_run_at=next_fire_time(cron, timezone, utcnow()) if cron else None,
                     misfire_grace_seconds=grace,
+                    timeout_seconds=timeout,
+                    max_retries=retries,
+                    retry_backoff_seconds=backoff,
+                    after_job_id=after,
                 )
                 session.add(job)
                 session.flush()
-                self.audit(session, "job.create", f"job/{job.id}", name=job.name, app_id=app.id, cron=cron)
+                self.audit(
+                    session,
+                    "job.create",
+                    f"job/{job.id}",
+                    name=job.name,
+                    kind=kind.name,
+                    app_id=job.app_id,
+                    cron=cron,
+                )
                 session.flush()
                 self.write_json(job_json(job), status=201)
         except IntegrityError:
@@ -132,7 +188,13 @@ class JobRunsHandler(BaseHandler):
         recorded as skipped instead (carnet/scheduler/run_queue.py)."""
         with self.db() as session:
             job = find_job(session, self.principal().org_id, job_id)
-            run = JobRun(job_id=job.id, status=RunStatus.queued, trigger="manual", scheduled_for=utcnow())
+            run = JobRun(
+                job_id=job.id,
+                status=RunStatus.queued,
+                trigger="manual",
+                triggered_by=self.principal().email,
+                scheduled_for=utcnow(),
+            )
             session.add(run)
             session.flush()
             self.audit(session, "job.run", f"job/{job.id}", run_id=run.id, name=job.name)
@@ -140,8 +202,75 @@ class JobRunsHandler(BaseHandler):
             self.write_json(run_json(run), status=202)
 
 
+def find_run(session, job: Job, run_id) -> JobRun:
+    run_id = parse_id(run_id, "No such run")
+    run = session.scalar(select(JobRun).where(JobRun.id == run_id, JobRun.job_id == job.id))
+    if run is None:
+        raise NotFound("No such run")
+    return run
+
+
+def run_outputs(run: JobRun) -> list[dict]:
+    """The files a run left (executed notebook, PDF, attachments, stdout/stderr), not partial ones."""
+    if not run.output_dir or run.outputs_removed_at is not None:
+        return []
+    folder = Path(run.output_dir)
+    if not folder.is_dir():
+        return []
+    return [
+        {"name": path.name, "size": path.stat().st_size}
+        for path in sorted(folder.iterdir())
+        if path.is_file() and not path.name.startswith(".")
+    ]
+
+
+class JobRunHandler(BaseHandler):
+    @authorized("jobs:read")
+    def get(self, job_id, run_id):
+        """One run: its history fields, its mail (per recipient: sent, pending, failed) and its outputs."""
+        with self.db() as session:
+            job = find_job(session, self.principal().org_id, job_id)
+            run = find_run(session, job, run_id)
+            mail = session.scalars(
+                select(OutboxMail).where(OutboxMail.run_id == run.id).order_by(OutboxMail.id)
+            )
+            steps = session.scalars(
+                select(JobRun).where(JobRun.parent_run_id == run.id).order_by(JobRun.id)
+            ).all()
+            self.write_json(
+                {
+                    **run_json(run),
+                    "mail": [mail_json(row) for row in mail],
+                    "outputs": run_outputs(run),
+                    "steps": [run_json(step) for step in steps],
+                }
+            )
+
+
+class JobRunOutputHandler(BaseHandler):
+    @authorized("jobs:read")
+    def get(self, job_id, run_id, name):
+        """Download one output file of a run (the name as listed; nothing outside the run's folder)."""
+        with self.db() as session:
+            job = find_job(session, self.principal().org_id, job_id)
+            run = find_run(session, job, run_id)
+            listed = {entry["name"] for entry in run_outputs(run)}
+            if name not in listed:
+                raise NotFound("No such output")
+            path = Path(run.output_dir) / name
+        self.set_header("Content-Type", mime_type_of(path))
+        self.set_header("Content-Disposition", f'attachment; filename="{name}"')
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.finish(path.read_bytes())
+
+
 default_handlers = [
     (API_PREFIX + r"jobs", JobListHandler),
     (API_PREFIX + r"jobs/(?P<job_id>[^/]+)", JobHandler),
     (API_PREFIX + r"jobs/(?P<job_id>[^/]+)/runs", JobRunsHandler),
+    (API_PREFIX + r"jobs/(?P<job_id>[^/]+)/runs/(?P<run_id>[^/]+)", JobRunHandler),
+    (
+        API_PREFIX + r"jobs/(?P<job_id>[^/]+)/runs/(?P<run_id>[^/]+)/outputs/(?P<name>[^/]+)",
+        JobRunOutputHandler,
+    ),
 ]

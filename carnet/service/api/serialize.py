@@ -48,6 +48,12 @@ def job_json(job: Job) -> dict:
         "enabled": job.enabled,
         "next_run_at": job.next_run_at.isoformat() if job.next_run_at else None,
         "misfire_grace_seconds": job.misfire_grace_seconds,
+        "config": job.config or {},
+        "timeout_seconds": job.timeout_seconds,
+        "max_retries": job.max_retries,
+        "retry_backoff_seconds": job.retry_backoff_seconds,
+        "after_job_id": job.after_job_id,
+        "webhook": job.webhook_hash is not None,
     }
 
 
@@ -65,4 +71,14 @@ def run_json(run: JobRun) -> dict:
         "finished_at": iso(run.finished_at),
         "error": run.error,
         "pdf_renderer": run.pdf_renderer,
+        "triggered_by": run.triggered_by,
+        "attempt": run.attempt,
+        "not_before": iso(run.not_before),
+        "parent_run_id": run.parent_run_id,
+        "duration_seconds": (
+            round((run.finished_at - run.started_at).total_seconds(), 3)
+            if run.finished_at and run.started_at
+            else None
+        ),
+        "outputs_removed": run.outputs_removed_at is not None,
     }
