@@ -20,6 +20,7 @@ from traitlets.config import Application
 
 from carnet.db import upgrade
 from carnet.scheduler.executor import JobExecutor
+from carnet.scheduler.kinds import kinds
 from carnet.scheduler.lease import LeaseKeeper
 from carnet.scheduler.outbox import deliver_due_notices
 from carnet.scheduler.run_queue import claim_next_run, enqueue_due_runs, recover_interrupted_runs
@@ -83,6 +84,9 @@ class SchedulerService(Application):
         settings = CarnetSettings(parent=self)
         self.printer = ViewerPrinter(settings.chromium_path, ViewerPdfSettings(parent=self))
         upgrade(settings.db_url)
+        # Every job kind (built-in and from the carnet.job_kinds entry points) is loaded before the first
+        # run: a broken plugin shows at start, and no run pays for the imports.
+        log.info("Job kinds: %s", ", ".join(sorted(kinds())))
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         log.info("Carnet scheduler started (poll every %ss)", self.poll_interval)

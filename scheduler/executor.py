@@ -90,6 +90,8 @@ class TransientRunError(CarnetError):
         self.step = step
 
 
+MAX_RETRY_DELAY = 24 * 3600  # the doubling backoff stops growing at a day
+
 # Failures retried with backoff: the mail server, the platform database or a source's server unreachable.
 TRANSIENT_ERRORS = (TransientRunError, MailNotDelivered, OperationalError, InterfaceError, DisconnectionError)
 
@@ -370,16 +372,20 @@ class JobExecutor:
 ReportExecutor = JobExecutor  # the name before job kinds
 
 
-def fail_or_retry(session, settings: CarnetSettings, run: JobRun, message: str, transient: bool) -> RunStatus:
+def fail_or_retry(
+    session, settings: CarnetSettings, run: JobRun, message: str, transient: bool, wait: bool = True
+) -> RunStatus:
     """A transient failure with tries left requeues the run (attempt + 1) after the job's backoff, doubled
-    at each try; otherwise the run fails, its unsent mail is given up and the job's owner gets a notice
-    with the error and a link to the run. A chain's step only fails (its chain decides)."""
+    at each try (at most a day), or at once when ``wait`` is false (an interruption: the downtime was the
+    wait); otherwise the run fails, its unsent mail is given up and the job's owner gets a notice with the
+    error and a link to the run. A chain's step only fails (its chain decides)."""
     job = run.job
     if transient and run.parent_run_id is None and run.attempt <= job.max_retries:
-        delay = job.retry_backoff_seconds * 2 ** (run.attempt - 1)
+        delay = min(job.retry_backoff_seconds * 2 ** min(run.attempt - 1, 30), MAX_RETRY_DELAY) if wait else 0
         run.status = RunStatus.queued
-        run.not_before = utcnow() + timedelta(seconds=delay)
-        run.error = f"Try {run.attempt} of {job.max_retries + 1} failed; retried in {delay} s: {message}"
+        run.not_before = utcnow() + timedelta(seconds=delay) if delay else None
+        when = f"retried in {delay} s" if delay else "retried now"
+        run.error = f"Try {run.attempt} of {job.max_retries + 1} failed; {when}: {message}"
         run.attempt += 1
         log.info("Run %s: %s", run.id, run.error)
         return RunStatus.queued

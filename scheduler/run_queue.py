@@ -176,9 +176,8 @@ def recover_interrupted_runs(settings) -> int:
             if run.parent_run_id is not None:
                 run.status, run.error, run.finished_at = RunStatus.failed, message, utcnow()
             else:
-                status = fail_or_retry(session, settings, run, message, transient=True)
-                if status == RunStatus.queued:
-                    run.not_before = None  # the interruption was the wait: go again at once
+                # The interruption was the wait: go again at once.
+                fail_or_retry(session, settings, run, message, transient=True, wait=False)
         return len(runs)
 
 
