@@ -125,6 +125,15 @@ SETTINGS: dict[str, Setting] = {
             high=90,
         ),
         Setting(
+            "job_output_retention_days",
+            "int",
+            90,
+            "Days the files of a finished job run (PDF, attachments, executed notebook) are kept; the run's "
+            "history stays.",
+            low=1,
+            high=3650,
+        ),
+        Setting(
             "primary_color",
             "color",
             "",

@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import threading
+import time
 
 from traitlets import Float, Integer, default
 from traitlets.config import Application
@@ -23,6 +24,7 @@ from carnet.scheduler.executor import JobExecutor
 from carnet.scheduler.kinds import kinds
 from carnet.scheduler.lease import LeaseKeeper
 from carnet.scheduler.outbox import deliver_due_notices
+from carnet.scheduler.retention import sweep_outputs
 from carnet.scheduler.run_queue import claim_next_run, enqueue_due_runs, recover_interrupted_runs
 from carnet.scheduler.viewer_pdf import ViewerPdfSettings, ViewerPrinter
 from carnet.settings import CarnetSettings
@@ -57,6 +59,14 @@ class SchedulerService(Application):
     def _default_lease_seconds(self):
         return float(os.environ.get("CARNET_SCHEDULER_LEASE", "30"))
 
+    retention_sweep_interval = Float(
+        600,
+        help="Seconds between two sweeps removing the outputs of runs older than their organization's "
+        "job_output_retention_days (carnet/scheduler/retention.py).",
+    ).tag(config=True)
+
+    _last_sweep = float("-inf")
+
     def tick(self, settings: CarnetSettings) -> bool:
         """One pass: enqueue due jobs, send due owner notices, run at most one queued run. True if a run
         was executed."""
@@ -66,6 +76,12 @@ class SchedulerService(Application):
             deliver_due_notices(settings)
         except Exception:
             log.exception("Sending owner notices failed; retried at the next tick")
+        if time.monotonic() - self._last_sweep >= self.retention_sweep_interval:
+            self._last_sweep = time.monotonic()
+            try:
+                sweep_outputs(settings)
+            except Exception:
+                log.exception("Removing old run outputs failed; tried again later")
         # Nothing runs between two ticks: a run still 'running' lost its end (the database was unreachable
         # when it finished, or it was killed): it is queued again or failed.
         recovered = recover_interrupted_runs(settings)

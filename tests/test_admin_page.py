@@ -257,6 +257,7 @@ def test_settings_form_changes_the_org_and_is_audited(carnet_stack, admin_sessio
         "embed_origins": "",
         "api_key_max_days": "0",
         "invitation_days": "7",
+        "job_output_retention_days": "90",
         "primary_color": "",
     }  # allow_public_apps: unchecked, so not sent; custom_css is a textarea (sent as shown, not parsed here)
 
