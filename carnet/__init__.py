@@ -3,13 +3,14 @@
 The root package holds what the parts share (settings, database models, errors, the API client).
 Outside notebooks, ``carnet.Client(url, api_key)`` reads an organization's data with an API key.
 In a notebook, ``import carnet`` gives the kernel helpers: ``carnet.sources``, ``carnet.warehouse`` and
-``carnet.filters`` (filter values in the app's URL) and ``carnet.dash`` (dashboard blocks); they are
+``carnet.filters`` (filter values in the app's URL) and ``carnet.dash`` (dashboard blocks), and in a job
+run ``carnet.params``, ``carnet.state`` and ``carnet.alert(...)`` (kernel_helpers/jobs.py); they are
 loaded lazily so that the Hub and the services, which also import ``carnet``, do not pay for pandas.
 """
 
 __version__ = "0.1.0"
 
-_KERNEL_ATTRIBUTES = {"sources", "warehouse", "filters", "dash"}
+_KERNEL_ATTRIBUTES = {"sources", "warehouse", "filters", "dash", "params", "state", "alert"}
 
 
 def __getattr__(name):

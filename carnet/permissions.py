@@ -34,14 +34,20 @@ ACTION_MIN_ROLE: dict[str, Role] = {
     "jobs:list": Role.analyst,
     "jobs:read": Role.analyst,
     "jobs:create": Role.analyst,
+    # Changing a job (PATCH) and managing its webhook URL; a kind's own min_role also applies (load: studio).
+    "jobs:update": Role.analyst,
     "jobs:run": Role.analyst,
     "jobs:delete": Role.analyst,
+    # carnet.state of a job run (/job-state): only a job run's own token, whatever the person's role.
+    "jobs:state": Role.viewer,
     "audit:read": Role.admin,
     "keys:manage": Role.admin,
     "users:manage": Role.admin,
     "groups:manage": Role.admin,
     "org:read": Role.viewer,
     "org:manage": Role.admin,
+    # The org's own SMTP server (settings with a password, and test mails to any host): admins, people only.
+    "org:mail": Role.admin,
     "me:update": Role.viewer,
 }
 
@@ -52,9 +58,11 @@ APP_KERNEL_KINDS = frozenset({TokenKind.viewer_kernel, TokenKind.job})
 ANONYMOUS_KERNEL_ACTIONS = frozenset({"sources:list", "sources:read_data"})
 ANONYMOUS_KERNEL_KINDS = frozenset({TokenKind.public_app, TokenKind.embed, TokenKind.print_page})
 API_KEY_VIA = "api_key"
+# Only the token of a job run may do these (its run's job is the scope): never a person, key or app kernel.
+JOB_RUN_ONLY_ACTIONS = frozenset({"jobs:state"})
 # Only a person signed in through the Hub (browser or Hub token) may do these: never an API key (keys are for
 # programs, key management is for people) nor a kernel's token, whatever the role.
-PEOPLE_ONLY_ACTIONS = frozenset({"keys:manage"})
+PEOPLE_ONLY_ACTIONS = frozenset({"keys:manage", "org:mail"})
 
 
 @dataclass(frozen=True)
@@ -87,6 +95,8 @@ class Principal:
     def can(self, action: str) -> bool:
         if action not in ACTION_MIN_ROLE:
             raise KeyError(f"Unknown action {action!r}: add it to ACTION_MIN_ROLE")
+        if action in JOB_RUN_ONLY_ACTIONS:
+            return self.via == TokenKind.job
         if self.via in ANONYMOUS_KERNEL_KINDS:
             return self.scope is not None and action in ANONYMOUS_KERNEL_ACTIONS
         if self.via in APP_KERNEL_KINDS:

@@ -141,6 +141,56 @@ class CarnetSettings(Configurable):
     def _default_smtp_port(self):
         return int(os.environ.get("CARNET_SMTP_PORT", "25"))
 
+    smtp_security = Unicode(
+        help="""How the connection to smtp_host is protected: "none" (plain SMTP), "starttls" (plain, then
+        upgraded with STARTTLS; refused if the server does not offer it) or "ssl" (TLS from the first byte,
+        usually port 465). TLS certificates are always verified (see smtp_ca_file). An organization's own
+        SMTP settings (PUT /api/v1/org/mail) replace all of these for its mail.
+        Environment: CARNET_SMTP_SECURITY. Default: none.""",
+    ).tag(config=True)
+
+    @default("smtp_security")
+    def _default_smtp_security(self):
+        return self._check_smtp_security(os.environ.get("CARNET_SMTP_SECURITY", "none"))
+
+    @validate("smtp_security")
+    def _validate_smtp_security(self, proposal):
+        return self._check_smtp_security(proposal["value"])
+
+    @staticmethod
+    def _check_smtp_security(value: str) -> str:
+        if value not in ("none", "starttls", "ssl"):
+            raise ValueError(f"smtp_security must be none, starttls or ssl, not {value!r}")
+        return value
+
+    smtp_username = Unicode(
+        help="""User name to log in to smtp_host with (empty: no login). The password is never sent over a
+        connection that is not encrypted: a login needs smtp_security starttls or ssl.
+        Environment: CARNET_SMTP_USERNAME.""",
+    ).tag(config=True)
+
+    @default("smtp_username")
+    def _default_smtp_username(self):
+        return os.environ.get("CARNET_SMTP_USERNAME", "")
+
+    smtp_password = Unicode(
+        help="Password of smtp_username. Environment: CARNET_SMTP_PASSWORD.",
+    ).tag(config=True)
+
+    @default("smtp_password")
+    def _default_smtp_password(self):
+        return os.environ.get("CARNET_SMTP_PASSWORD", "")
+
+    smtp_ca_file = Unicode(
+        help="""PEM file of the certificate authorities trusted for SMTP over TLS (the platform's server
+        and organizations' own), instead of the system's: for a mail server with a certificate from a
+        private CA. Empty: the system's CAs. Environment: CARNET_SMTP_CA_FILE.""",
+    ).tag(config=True)
+
+    @default("smtp_ca_file")
+    def _default_smtp_ca_file(self):
+        return os.environ.get("CARNET_SMTP_CA_FILE", "")
+
     mail_from = Unicode(
         help="Sender address of Carnet's mail. Environment: CARNET_MAIL_FROM.",
     ).tag(config=True)
@@ -579,6 +629,10 @@ def environment_for(settings: CarnetSettings) -> dict:
         "CARNET_PUBLIC_URL": settings.public_url,
         "CARNET_SMTP_HOST": settings.smtp_host,
         "CARNET_SMTP_PORT": str(settings.smtp_port),
+        "CARNET_SMTP_SECURITY": settings.smtp_security,
+        "CARNET_SMTP_USERNAME": settings.smtp_username,
+        "CARNET_SMTP_PASSWORD": settings.smtp_password,
+        "CARNET_SMTP_CA_FILE": settings.smtp_ca_file,
         "CARNET_MAIL_FROM": settings.mail_from,
         "CARNET_OUTBOX_DIR": settings.outbox_dir,
         "CARNET_CHROMIUM": settings.chromium_path,

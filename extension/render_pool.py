@@ -4,7 +4,8 @@ Plain Voila's preheated pool cannot know who is looking (its kernels start befor
 keeps its own. After a page of an app is served, the pool renders the same page again in the background: a
 kernel that ran every cell, and the HTML Voila made of it. The next request with the same ``PoolKey`` gets
 that HTML at once and the kernel behind it (its id is the one in the page, so widgets connect to it); the
-pool then renders a fresh one.
+pool then renders a fresh one. A warm-up job of the scheduler (scheduler/kinds/warmup.py) has a person's page
+rendered into the pool before their first visit of the day (viewer_warm.py).
 
 Why sharing a pre-rendered page is safe, and what the key holds:
 - the app, its version, the page's own content (title, branding) and the URL's query (filter values);
@@ -57,6 +58,7 @@ log = logging.getLogger("carnet.viewer.pool")
 RETRY_AFTER = 10  # seconds a busy visitor is asked to wait
 _REAP_EVERY = 30.0
 _TOKEN_SWAP_TIMEOUT = 30.0
+_WARM_WAIT = 600.0  # a warm-up waits at most this long for a render of the same page already under way
 
 
 @dataclass(frozen=True)
@@ -201,6 +203,26 @@ class RenderPool:
         task = asyncio.ensure_future(self._refill(key, context, new_session, someone_waits))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def warm(self, key: PoolKey, context: RenderContext, new_session) -> str:
+        """Pre-render ``key``'s page now, before its person asks (the scheduler's warm-up, viewer_warm.py),
+        unless the pool holds one already. Returns "pooled" (a page waits for the person, up to the pool's
+        TTL), "off" (no pool), "busy" (at a cap: a warm-up never takes places from open pages) or "failed"
+        (the render failed: the log says why)."""
+        if not self.size:
+            return "off"
+        self._start_reaper()  # a warmed page nobody takes is shut down after the TTL
+        deadline = time.monotonic() + _WARM_WAIT
+        while key in self.refilling and time.monotonic() < deadline:  # a render of this page is under way
+            await asyncio.sleep(0.5)
+        if self.pooled(key):
+            return "pooled"
+        if key in self.refilling or self._room(key.app_id, key.org_id) is not None:
+            return "busy"
+        self.refilling.add(key)
+        self.log.info("Pre-render of app %s scheduled (warm-up)", key.app_id)
+        await self._refill(key, context, new_session)
+        return "pooled" if self.pooled(key) else "failed"
 
     async def _refill(self, key: PoolKey, context: RenderContext, new_session, someone_waits=False) -> None:
         made = False

@@ -124,9 +124,8 @@ class AppHandler(PublicBadgeMixin, AppPagePolicyMixin, TornadoVoilaHandler):
         self.carnet_public = bool(session.get("public"))
         await self.render_app(session, owner=self.current_user.username)
 
-    async def render_app(self, session: dict, owner: str) -> None:
-        """Renders the app of a viewer session (the service's answer) with a kernel that belongs to ``owner``
-        (the name the kernel websocket's caller must have) and carries the session's token."""
+    def use_page_config(self, session: dict) -> dict:
+        """The page's front-end configuration for a viewer session; returns the session's branding."""
         # The page shows the branding of the app's organization, as the service read it from the platform
         # database (Voila hands page_config to the template; the template keeps it out of the page's JSON).
         branding = session.get("branding") or {}
@@ -138,6 +137,12 @@ class AppHandler(PublicBadgeMixin, AppPagePolicyMixin, TornadoVoilaHandler):
             # The app's current title (a PATCH changes it without a new snapshot).
             "carnetTitle": session["app"]["title"],
         }
+        return branding
+
+    async def render_app(self, session: dict, owner: str) -> None:
+        """Renders the app of a viewer session (the service's answer) with a kernel that belongs to ``owner``
+        (the name the kernel websocket's caller must have) and carries the session's token."""
+        branding = self.use_page_config(session)
         # A page rendered ahead of time for the same app version, data and filters, if the pool has one
         # (render_pool.py says what makes sharing it safe); else a cold render under the kernel caps.
         pool = render_pool_of(self)
@@ -306,6 +311,7 @@ def _load_jupyter_server_extension(server_app):
         "voila_configuration": configuration,
     }
     from carnet.extension.viewer_visitors import visitor_handlers  # noqa: PLC0415 - it imports this module
+    from carnet.extension.viewer_warm import warm_handlers  # noqa: PLC0415 - it imports this module
 
     web_app.add_handlers(
         ".*$",
@@ -313,6 +319,8 @@ def _load_jupyter_server_extension(server_app):
             (url_path_join(base, r"apps/(?P<app_id>\d+)/?"), AppHandler, app_kwargs),
             # Anonymous visitors: an app's public link, a signed embed URL (viewer_visitors.py).
             *visitor_handlers(base, app_kwargs),
+            # The scheduler's warm-up: a person's page pre-rendered into the pool (viewer_warm.py).
+            *warm_handlers(base, app_kwargs),
             # Prometheus metrics: any signed-in Hub user could read the Viewer's kernel counts and traffic.
             (url_path_join(base, r"metrics/?"), NotFoundHandler),
             # Jupyter Server's own front page: nothing of Carnet's lives there.

@@ -6,13 +6,29 @@ No credential of a data source ever reaches the kernel.
 """
 
 from carnet.kernel_helpers import filters
+from carnet.kernel_helpers.jobs import JobStateStore, RunParameters, alert
 from carnet.kernel_helpers.sources import Source, SourceCollection
 from carnet.kernel_helpers.warehouse import Table, Warehouse
 
 sources = SourceCollection()
 warehouse = Warehouse()  # carnet.warehouse.write(df, "sales", mode="replace")
+# In a job run (kernel_helpers/jobs.py): its parameters, the job's state between runs, and its alert.
+params = RunParameters()
+state = JobStateStore()
 
-__all__ = ["Source", "SourceCollection", "Table", "Warehouse", "dash", "filters", "sources", "warehouse"]
+__all__ = [
+    "Source",
+    "SourceCollection",
+    "Table",
+    "Warehouse",
+    "alert",
+    "dash",
+    "filters",
+    "params",
+    "sources",
+    "state",
+    "warehouse",
+]
 
 
 def __getattr__(name):

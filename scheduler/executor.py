@@ -25,6 +25,7 @@ from carnet.db import session_scope
 from carnet.db.models import Job, JobRun, RunStatus, TokenKind, utcnow
 from carnet.errors import CarnetError
 from carnet.isolation import account_for
+from carnet.scheduler.attachments import written_then_renamed
 from carnet.scheduler.kinds import PlannedMail, kind_named
 from carnet.scheduler.outbox import (
     MailNotDelivered,
@@ -267,6 +268,8 @@ class JobExecutor:
         """The run's outputs exist (written then renamed); from here on a retry only delivers."""
         with session_scope(self.settings.db_url) as session:
             queue_mail(session, context.run_id, context.org_id, mails)
+            # What the kind remembers about this run (an alert's state) commits with its mail, or not at all.
+            kind_named(context.kind).on_recorded(session, context)
 
     def kernel_environment(self, context: RunContext) -> dict:
         env = {k: v for k, v in os.environ.items() if k in _KERNEL_ENV_KEEP}
@@ -275,6 +278,8 @@ class JobExecutor:
             CARNET_TOKEN=context.token,
             # carnet.params: the run's parameters, the scheduled time among them.
             CARNET_JOB_PARAMS=json.dumps(context.parameters, default=str),
+            # carnet.alert writes the run's alert here (the run's folder: the kernel's account owns it).
+            CARNET_RUN_DIR=str(context.output_dir),
             # Self-contained chart HTML so that the PDF printer needs no network.
             PLOTLY_RENDERER="plotly_mimetype+notebook",
         )
@@ -298,50 +303,57 @@ class JobExecutor:
 
     def run_notebook(self, context: RunContext, parameters: dict) -> None:
         """papermill runs ``context.notebook`` into ``context.executed_notebook`` as the job's owner, in a
-        process of its own (killed past the run's timeout). A failed cell: papermill wrote the error into
-        the output notebook, which is kept; the run fails (not retried)."""
+        process of its own (killed past the run's timeout). The output notebook is written under a temporary
+        name and renamed once papermill is done. A failed cell: papermill wrote the error into the output
+        notebook, which is kept under its name; the run fails (not retried)."""
         env = self.kernel_environment(context)
         as_owner = self.run_as_owner(context, env)
-        command = [
-            sys.executable,
-            "-m",
-            "carnet.scheduler.notebook_run",
-            str(context.notebook),
-            str(context.executed_notebook),
-            "--parameters",
-            json.dumps(parameters, default=str),
-            "--cwd",
-            str(context.output_dir),
-            "--timeout",
-            str(self.cell_timeout),
-        ]
-        log.info("Run %s: running the notebook (at most %g s)", context.run_id, self.run_timeout)
-        started = time.monotonic()
-        process = subprocess.Popen(  # noqa: S603 - our own module, arguments are ours
-            command,
-            env=env,
-            **as_owner,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
-        try:
-            stdout, stderr = process.communicate(timeout=self.run_timeout)
-        except subprocess.TimeoutExpired:
-            stop_run_processes(process, context.output_dir)
-            raise JobRunError(
-                f"The notebook did not finish within {self.run_timeout:g} s", step="execute"
-            ) from None
-        # Kept with the run's outputs (run history: stdout/stderr).
-        for name, text in (("stdout.txt", stdout), ("stderr.txt", stderr)):
-            if text:
-                (context.output_dir / name).write_text(text)
-        if process.returncode != 0:
-            detail = stderr.strip().splitlines()[-1] if stderr.strip() else "no output"
-            with contextlib.suppress(ValueError, KeyError, TypeError):
-                detail = json.loads(detail)["error"]
-            raise JobRunError(f"The notebook failed: {detail}", step="execute")
+        failure = None
+        with written_then_renamed(context.executed_notebook) as partial:
+            command = [
+                sys.executable,
+                "-m",
+                "carnet.scheduler.notebook_run",
+                str(context.notebook),
+                str(partial),
+                "--parameters",
+                json.dumps(parameters, default=str),
+                "--cwd",
+                str(context.output_dir),
+                "--timeout",
+                str(self.cell_timeout),
+            ]
+            log.info("Run %s: running the notebook (at most %g s)", context.run_id, self.run_timeout)
+            started = time.monotonic()
+            process = subprocess.Popen(  # noqa: S603 - our own module, arguments are ours
+                command,
+                env=env,
+                **as_owner,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                start_new_session=True,
+            )
+            try:
+                stdout, stderr = process.communicate(timeout=self.run_timeout)
+            except subprocess.TimeoutExpired:
+                stop_run_processes(process, context.output_dir)
+                raise JobRunError(
+                    f"The notebook did not finish within {self.run_timeout:g} s", step="execute"
+                ) from None
+            # Kept with the run's outputs (run history: stdout/stderr).
+            for name, text in (("stdout.txt", stdout), ("stderr.txt", stderr)):
+                if text:
+                    (context.output_dir / name).write_text(text)
+            if process.returncode != 0:
+                detail = stderr.strip().splitlines()[-1] if stderr.strip() else "no output"
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    detail = json.loads(detail)["error"]
+                failure = JobRunError(f"The notebook failed: {detail}", step="execute")
+                if not partial.exists():  # papermill wrote nothing (e.g. the kernel never started)
+                    raise failure
+        if failure is not None:  # the executed notebook with the error cell is kept (renamed above)
+            raise failure
         log.info("Run %s: notebook done in %.1f s", context.run_id, time.monotonic() - started)
 
     def on_complete(self, context: RunContext) -> None:

@@ -23,6 +23,7 @@ from carnet.db.models import (
     App,
     AppFavourite,
     DataSource,
+    JobRun,
     Membership,
     Organization,
     Role,
@@ -34,6 +35,7 @@ from carnet.demo import DEMO_SOURCE, DEMO_TABLE
 from carnet.passwords import hash_password
 from carnet.permissions import ACTION_MIN_ROLE
 from carnet.service.api.base import NotFoundHandler, authorized
+from carnet.service.api.job_webhooks import PUBLIC_HANDLERS as JOB_HOOK_HANDLERS
 from carnet.service.api.meta import PUBLIC_HANDLERS
 from carnet.service.api.push import PUBLIC_HANDLERS as PUSH_HANDLERS
 from carnet.service.app import all_handlers
@@ -155,8 +157,19 @@ MATRIX = [
     ("DELETE", "/jobs/{job_id}", 401, 403, 204, 204, 204, 403, 404, 403, 204, 204, 204),
     ("GET", "/jobs/{job_id}/runs", 401, 403, 200, 200, 200, 403, 404, 403, 200, 200, 200),
     ("POST", "/jobs/{job_id}/runs", 401, 403, 202, 202, 202, 403, 404, 403, 202, 202, 202),
+    # Changing a job and making (or remaking) and removing its webhook URL are the schedulers' (analyst and
+    # up), each case on a fresh job. The webhook URL is the credential itself: whoever calls it, acme's job
+    # gets a run (one queued webhook run takes the calls that come while it waits).
+    ("PATCH", "/jobs/{job_id}", 401, 403, 200, 200, 200, 403, 404, 403, 200, 200, 200),
+    ("POST", "/jobs/{job_id}/webhook", 401, 403, 201, 201, 201, 403, 404, 403, 201, 201, 201),
+    ("DELETE", "/jobs/{job_id}/webhook", 401, 403, 204, 204, 204, 403, 404, 403, 204, 204, 204),
+    ("POST", "/hooks/jobs/{secret}", 202, 202, 202, 202, 202, 202, 202, 202, 202, 202, 202),
     ("GET", RUN, 401, 403, 200, 200, 200, 403, 404, 403, 200, 200, 200),
     ("GET", RUN + "/outputs/{output}", 401, 403, 200, 200, 200, 403, 404, 403, 200, 200, 200),
+    # carnet.state (/job-state): only a job run's own token, for its own job; no person, key or app kernel.
+    ("GET", "/job-state/{key}", 401, 403, 403, 403, 403, 403, 403, 403, 403, 403, 403),
+    ("PUT", "/job-state/{key}", 401, 403, 403, 403, 403, 403, 403, 403, 403, 403, 403),
+    ("DELETE", "/job-state/{key}", 401, 403, 403, 403, 403, 403, 403, 403, 403, 403, 403),
     ("GET", "/audit", 401, 403, 403, 403, 200, 403, 200, 403, 403, 403, 200),
     ("GET", "/audit/export", 401, 403, 403, 403, 200, 403, 200, 403, 403, 403, 200),
     ("GET", "/keys", 401, 403, 403, 403, 200, 403, 200, 403, 403, 403, 403),
@@ -194,6 +207,14 @@ MATRIX = [
     ("GET", "/org/logo", 401, 200, 200, 200, 200, 403, 404, 200, 200, 200, 200),
     ("PUT", "/org/logo", 401, 403, 403, 403, 200, 403, 200, 403, 403, 403, 200),
     ("DELETE", "/org/logo", 401, 403, 403, 403, 204, 403, 204, 403, 403, 403, 204),
+    # The org's own SMTP server: admins only, and people only (a password, and a test mail to any host):
+    # never a key, even an admin's. acme's settings are put before GET and DELETE; every case ends with
+    # both orgs without settings of their own, as seeded. The test mail goes the platform's way (the
+    # suite's SMTP catcher) since neither org has settings then.
+    ("GET", "/org/mail", 401, 403, 403, 403, 200, 403, 200, 403, 403, 403, 403),
+    ("PUT", "/org/mail", 401, 403, 403, 403, 200, 403, 200, 403, 403, 403, 403),
+    ("DELETE", "/org/mail", 401, 403, 403, 403, 204, 403, 204, 403, 403, 403, 403),
+    ("POST", "/org/mail/test", 401, 403, 403, 403, 200, 403, 200, 403, 403, 403, 403),
     # People may change their own password (here: a wrong current password, so nothing changes); kernels
     # and keys not.
     ("POST", "/me/password", 401, 400, 400, 400, 400, 403, 400, 403, 403, 403, 403),
@@ -347,6 +368,18 @@ def shared_job(carnet_stack, tokens, tiny_app, created):
 
 
 @pytest.fixture(scope="module")
+def hook_job(carnet_stack, tokens, tiny_app, created):
+    """An acme job with a webhook URL: (its id, the secret part of its URL)."""
+    job = create_job(carnet_stack, tokens["analyst"], tiny_app)
+    created.jobs.add(job["id"])
+    made = requests.post(
+        api_url(carnet_stack, f"jobs/{job['id']}/webhook"), headers=auth(tokens["analyst"]), timeout=30
+    )
+    assert made.status_code == 201, made.text
+    return job["id"], made.json()["url"].rsplit("/", 1)[-1]
+
+
+@pytest.fixture(scope="module")
 def shared_run(carnet_stack, tokens, shared_job):
     """A finished run of the shared job (its output files exist: the run's copy of the notebook)."""
     headers = auth(tokens["analyst"])
@@ -416,6 +449,18 @@ LOAD_ROWS = pa.table({"id": [1, 2], "city": ["Lyon", "Nantes"]})
 OWN_ORG_WRITES = {("POST", WH + "/load"), ("POST", WH + "/batch"), ("POST", "/push/{token}")}
 # A push endpoint may come before its table, so making one is also made in the caller's own org.
 OWN_ORG_CREATES = OWN_ORG_WRITES | {("POST", WH + "/push-endpoints")}
+# A job's webhook URL names the job itself: whoever calls it, the run is the job's (acme's).
+OWN_ORG_CREATES |= {("POST", "/hooks/jobs/{secret}")}
+# A job-state key is one of the calling job run's own job: no org's object, refused alike to every column.
+OWN_ORG_CREATES |= {(method, "/job-state/{key}") for method in ("GET", "PUT", "DELETE")}
+HOOK_PAYLOAD = {"region": "EU", "years": [2006, 2007]}
+# Each on a fresh job of acme's analyst (the shared job stays as made).
+FRESH_JOB_CASES = {
+    ("DELETE", "/jobs/{job_id}"),
+    ("PATCH", "/jobs/{job_id}"),
+    ("POST", "/jobs/{job_id}/webhook"),
+    ("DELETE", "/jobs/{job_id}/webhook"),
+}
 
 
 def arrow_bytes(table: pa.Table) -> bytes:
@@ -534,6 +579,62 @@ def check_logo_case(stack, method, response, ok, globex, home, admin) -> None:
     assert org_logo(stack, admin) is None and org_logo(stack, home) is None
 
 
+MATRIX_SMTP_PASSWORD = "matrix smtp password"  # noqa: S105 - stored encrypted, never answered
+
+
+def matrix_mail_settings(smtp_server, from_address: str = "matrix-mail@acme.example") -> dict:
+    """SMTP settings with a login (nothing connects when they are stored)."""
+    return {
+        "host": "127.0.0.1",
+        "port": smtp_server.port,
+        "security": "starttls",
+        "username": "matrix",
+        "password": MATRIX_SMTP_PASSWORD,
+        "from_address": from_address,
+    }
+
+
+def org_mail(stack, headers) -> dict:
+    response = requests.get(api_url(stack, "org/mail"), headers=headers, timeout=30)
+    assert response.status_code == 200, response.text
+    assert MATRIX_SMTP_PASSWORD not in response.text and "password" not in response.json()
+    return response.json()
+
+
+def check_mail_case(stack, method, route, response, ok, globex, home, admin, smtp_server, body) -> None:
+    """What an /org/mail case did: only the caller's own org's settings changed, and only when allowed; a
+    test mail reached the server only when allowed. Both orgs end without settings of their own."""
+    acme_mail, home_mail = org_mail(stack, admin), org_mail(stack, home)
+    if route == "/org/mail/test":
+        arrived = [m for m in smtp_server.messages if m["X-Envelope-To"] == body["to"]]
+        assert len(arrived) == (1 if ok else 0)
+        if ok:
+            assert response.json() == {
+                "delivered": True,
+                "to": body["to"],
+                "settings": "platform",
+                "from": arrived[0]["From"],
+            }
+            assert arrived[0]["Subject"] == f"[Carnet] Test mail for {'Globex' if globex else 'Acme'}"
+    elif method == "GET" and ok:
+        assert MATRIX_SMTP_PASSWORD not in response.text and "password" not in response.json()
+        assert response.json() == home_mail
+        assert response.json()["configured"] is (not globex)  # acme's were put before; globex has none
+        assert response.json()["password_set"] is (not globex)
+    elif method == "PUT":
+        assert home_mail["configured"] is ok
+        assert acme_mail["configured"] is (ok and not globex)
+        if ok:
+            assert response.json() == home_mail and home_mail["from_address"] == body["from_address"]
+            assert home_mail["password_set"] is True and MATRIX_SMTP_PASSWORD not in response.text
+    elif method == "DELETE":
+        assert acme_mail["configured"] is not (ok and not globex)  # acme's were put before the call
+        assert home_mail["configured"] is (not ok and not globex)
+    for headers in (admin, home):
+        assert requests.delete(api_url(stack, "org/mail"), headers=headers, timeout=30).status_code == 204
+    assert not org_mail(stack, admin)["configured"] and not org_mail(stack, home)["configured"]
+
+
 def warehouse_rows(stack) -> int:
     with connect_waiting(stack.settings.warehouse_path(1), read_only=True) as con:
         return con.execute(f"SELECT count(*) FROM {DEMO_TABLE}").fetchone()[0]  # noqa: S608
@@ -629,6 +730,7 @@ def test_authorization_matrix(
     tiny_app,
     shared_job,
     shared_run,
+    hook_job,
     created,
     method,
     route,
@@ -655,9 +757,12 @@ def test_authorization_matrix(
     user_id = acting_user_id(created, role) if (method, route) in PUBLISHING_CASES else None
     if (method, route) in FRESH_APP_CASES:
         app_id = prepare_app_case(stack, tokens, created, method, route, user_id)
-    if (method, route) == ("DELETE", "/jobs/{job_id}"):
+    if (method, route) in FRESH_JOB_CASES:
         job_id = create_job(stack, tokens["analyst"], tiny_app)["id"]
         created.jobs.add(job_id)
+        if (method, route) == ("DELETE", "/jobs/{job_id}/webhook"):
+            made = requests.post(api_url(stack, f"jobs/{job_id}/webhook"), headers=admin, timeout=30)
+            assert made.status_code == 201, made.text
     if "{key_id}" in route:
         key = create_key(stack, tokens["admin"], created)
     person = create_person(stack, tokens["admin"]) if "{user_id}" in route else None
@@ -692,6 +797,8 @@ def test_authorization_matrix(
         version=1,
         run_id=shared_run,
         output="input.ipynb",
+        secret=hook_job[1],
+        key="matrix-state",
     )
     body, before, data = None, None, None
     if (method, route) == ("POST", "/sources"):
@@ -727,6 +834,10 @@ def test_authorization_matrix(
         }
     elif (method, route) == ("POST", "/jobs/{job_id}/runs"):
         before = created.run_count(job_id)
+    elif (method, route) == ("PATCH", "/jobs/{job_id}"):
+        body = {"name": unique("authz patched job")}
+    elif route == "/hooks/jobs/{secret}":
+        body = HOOK_PAYLOAD
     elif (method, route) == ("POST", "/keys"):
         body = {"name": unique("authz key"), "role": "viewer"}
     elif route == "/internal/viewer-sessions":
@@ -750,6 +861,15 @@ def test_authorization_matrix(
         put_logo(stack, admin, MATRIX_LOGO)
         if method == "PUT":
             data = MATRIX_LOGO_NEW
+    elif route == "/org/mail":
+        mail_settings = matrix_mail_settings(request.getfixturevalue("smtp_server"))
+        if method in ("GET", "DELETE"):
+            put = requests.put(api_url(stack, "org/mail"), json=mail_settings, headers=admin, timeout=30)
+            assert put.status_code == 200, put.text
+        elif method == "PUT":
+            body = {**mail_settings, "from_address": f"{unique('matrix-mail')}@acme.example"}
+    elif route == "/org/mail/test":
+        body = {"to": f"{unique('matrix-test-mail')}@acme.example"}
     elif (method, route) == ("PUT", "/apps/{app_id}/sharing"):
         body = {"visibility": "restricted", "users": [EMAILS["viewer"]], "groups": []}
     elif route == "/me/password":
@@ -1001,6 +1121,14 @@ def test_authorization_matrix(
             assert gone.status_code == 204
         else:
             assert body["name"] not in [j["name"] for j in listed]
+    elif (method, route) in FRESH_JOB_CASES - {("DELETE", "/jobs/{job_id}")}:
+        check_job_change_case(stack, method, route, response, ok, admin, job_id, body)
+    elif route == "/hooks/jobs/{secret}":
+        run = response.json()
+        assert set(run) == {"run_id", "coalesced"}  # nothing about the job
+        with session_scope(stack.settings.db_url) as session:
+            row = session.get(JobRun, run["run_id"])
+            assert (row.job_id, row.trigger, row.payload) == (hook_job[0], "webhook", HOOK_PAYLOAD)
     elif (method, route) == ("GET", "/jobs/{job_id}") and ok:
         assert response.json()["id"] == job_id and response.json()["cron"] == NEVER_CRON
     elif (method, route) == ("DELETE", "/jobs/{job_id}"):
@@ -1121,6 +1249,9 @@ def test_authorization_matrix(
             assert "allow_public_apps" in response.json()["settings"]
     elif route == "/org/logo":
         check_logo_case(stack, method, response, ok, globex, home, admin)
+    elif route.startswith("/org/mail"):
+        smtp_server = request.getfixturevalue("smtp_server")
+        check_mail_case(stack, method, route, response, ok, globex, home, admin, smtp_server, body)
     elif (method, route) == ("GET", "/groups/{group_id}") and ok:
         assert response.json() == group
     elif route == "/users/{user_id}/attributes":
@@ -1163,6 +1294,25 @@ def test_authorization_matrix(
                 assert ("/hub/carnet/invite/" in response.text) is ok
                 assert (after.json()["invitation_expires_at"] is not None) is ok
             requests.delete(api_url(stack, f"users/{person['id']}"), headers=admin, timeout=30)
+
+
+def check_job_change_case(stack, method, route, response, ok, admin, job_id, body) -> None:
+    """What a PATCH of a job or a change of its webhook did, seen by acme's admin (fresh job each case)."""
+    after = requests.get(api_url(stack, f"jobs/{job_id}"), headers=admin, timeout=30).json()
+    if method == "PATCH":
+        assert (after["name"] == body["name"]) is ok
+        if ok:
+            assert response.json() == after
+    elif method == "POST":
+        assert after["webhook"] is ok
+        if ok:
+            assert "/services/carnet/api/v1/hooks/jobs/" in response.json()["url"]
+        else:
+            assert "hooks/jobs" not in response.text
+    else:  # DELETE: the webhook made before the call is gone only if allowed
+        assert after["webhook"] is not ok
+        if ok:
+            assert response.text == ""
 
 
 def check_warehouse_case(stack, method, route, response, ok, globex, home, admin, table, endpoint, body):
@@ -1382,7 +1532,7 @@ def test_a_globex_kernel_cannot_read_acme_sources(carnet_stack, created):
 
 
 # -- every handler method carries a permission, and the OpenAPI document matches the routes ------------------
-EXEMPT = (*PUBLIC_HANDLERS, *PUSH_HANDLERS, HubOAuthCallbackHandler, NotFoundHandler)
+EXEMPT = (*PUBLIC_HANDLERS, *PUSH_HANDLERS, *JOB_HOOK_HANDLERS, HubOAuthCallbackHandler, NotFoundHandler)
 
 
 def implemented_methods(handler) -> list[str]:

@@ -53,6 +53,9 @@ VIEWER_ROUTES = [
     (r"embed/(?P<token>[^/]{1,8000})/?$",                   "GET", "embed/e30.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", 404, 404, 404, 404, 404, 404, 404),
     # The scheduler's print page (carnet.print_pages): same; tests/test_viewer_pdf.py prints real ones.
     (r"print/(?P<token>[^/]{1,8000})/?$",                   "GET", "print/e30.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", 404, 404, 404, 404, 404, 404, 404),
+    # The scheduler's warm-up of a person's page (viewer_warm.py): only a signed warm token does anything;
+    # tests/test_job_kinds_flow.py warms a real one.
+    (r"carnet/warm/(?P<token>[^/]{1,8000})$",               "POST", "carnet/warm/e30.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", 404, 404, 404, 404, 404, 404, 404),
     (r"metrics/?$",                                         "GET", "metrics",                    404, 404, 404, 404, 404, 404, 404),
     (r"voila/templates/(.*)$",                              "GET", "voila/templates/carnet/static/carnet.css", 200, 200, 200, 200, 200, 200, 200),
     (r"voila/api/themes/(.*)$",                             "GET", "voila/api/themes/no-such-theme.css", 404, 404, 404, 404, 404, 404, 404),

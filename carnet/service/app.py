@@ -25,10 +25,13 @@ from carnet.service.api import (
     connections,
     groups,
     internal,
+    job_state,
+    job_webhooks,
     jobs,
     keys,
     meta,
     org,
+    org_mail,
     push,
     query,
     row_rules,
@@ -53,7 +56,10 @@ HANDLER_MODULES += [sync]
 HANDLER_MODULES += [app_thumbnails]
 HANDLER_MODULES += [row_rules]
 HANDLER_MODULES += [app_links]
+HANDLER_MODULES += [job_state]
+HANDLER_MODULES += [job_webhooks]
 HANDLER_MODULES += [admin_page, admin_groups, admin_settings]
+HANDLER_MODULES += [org_mail]
 
 
 class OAuthCallbackHandler(HubOAuthCallbackHandler):

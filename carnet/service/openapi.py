@@ -34,6 +34,12 @@ def _obj(required: list[str], **props) -> dict:
     return {"type": "object", "required": required, "properties": props}
 
 
+def _with_response(status: str, response: dict, op: dict) -> dict:
+    """``op`` with one more documented response (e.g. a 502 from a server Carnet talks to)."""
+    op["responses"][status] = response
+    return op
+
+
 STR = {"type": "string"}
 INT = {"type": "integer"}
 OBJ = {"type": "object"}
@@ -80,6 +86,12 @@ UPLOAD_PARAMETERS = [
     {"name": "quote", "in": "query", "schema": STR, "description": 'csv: default "'},
     {"name": "sheet", "in": "query", "schema": STR, "description": "xlsx: a name, or a number (1 = first)"},
 ]
+
+# The test mail's answer when the mail server fails: 502 with the reason (the server's reply).
+MAIL_SERVER_ERROR = {
+    "description": "The mail server failed",
+    "content": {"application/json": {"schema": ERROR}},
+}
 
 PATHS = {
     "/api/v1/": {"get": _op("API name and version (public)", None)},
@@ -532,7 +544,52 @@ PATHS = {
     },
     "/api/v1/jobs/{job_id}": {
         "get": _op("One job", "jobs:read"),
+        "patch": _op(
+            "Change a job: only the fields sent, each checked as on create, all before any change (400 "
+            "naming the field; unknown fields, kind and owner are refused). A new cron/schedule or "
+            "timezone, or enabling, sets next_run_at from now (no backlog of fires missed while disabled)",
+            "jobs:update",
+            body={
+                "type": "object",
+                "properties": {
+                    "enabled": {"type": "boolean"},
+                    "name": STR,
+                    "cron": {"type": ["string", "null"]},
+                    "schedule": OBJ,
+                    "timezone": STR,
+                    "recipients": {"type": "array", "items": STR},
+                    "parameters": OBJ,
+                    "config": OBJ,
+                    "app_id": INT,
+                    "after_job_id": {"type": ["integer", "null"]},
+                    "misfire_grace_seconds": INT,
+                    "timeout_seconds": {"type": ["integer", "null"]},
+                    "max_retries": INT,
+                    "retry_backoff_seconds": INT,
+                },
+                "additionalProperties": False,
+            },
+        ),
         "delete": _op("Delete a job and its runs", "jobs:delete", ok="204"),
+    },
+    "/api/v1/jobs/{job_id}/webhook": {
+        "post": _op(
+            "Make the job's webhook URL, or a new one (the old one answers 404 from then on): 201 with its "
+            "url, shown this once",
+            "jobs:update",
+            ok="201",
+        ),
+        "delete": _op("Remove the job's webhook: its URL answers 404 from now on", "jobs:update", ok="204"),
+    },
+    "/api/v1/hooks/jobs/{secret}": {
+        "post": _op(
+            "Start a run of a job through its webhook URL (the credential; no other auth). Optional body: "
+            "a JSON object (at most 16 KB) of parameters, scalars or lists of scalars, merged over the "
+            "job's. 202 {run_id, coalesced}: a webhook run still queued takes the call. Unknown or removed: "
+            "404; job disabled: 409",
+            None,
+            ok="202",
+        )
     },
     "/api/v1/jobs/{job_id}/runs": {
         "get": _op(
@@ -545,8 +602,19 @@ PATHS = {
     "/api/v1/jobs/{job_id}/runs/{run_id}": {
         "get": _op("One run: history fields, mail per recipient, output files, a chain's steps", "jobs:read"),
     },
-    "/api/v1/jobs/{job_id}/runs/{run_id}/outputs/{name}": {
+    "/api/v1/jobs/{job_id}/runs/{run_id}/outputs/{output}": {
         "get": _op("Download one output file of a run", "jobs:read"),
+    },
+    # carnet.state: only a job run's own token, for that run's job (carnet/service/api/job_state.py).
+    "/api/v1/job-state/{key}": {
+        "get": _op("A job's state value (job run tokens only): {key, value, updated_at}", "jobs:state"),
+        "put": _op(
+            "Set a job's state value (job run tokens only): key 1-200 of A-Za-z0-9_.-, value JSON <= 64 KB "
+            "(413), at most 100 keys per job",
+            "jobs:state",
+            body=_obj(["value"], value={}),
+        ),
+        "delete": _op("Remove a job's state value (job run tokens only)", "jobs:state", ok="204"),
     },
     "/api/v1/users": {
         "get": _op("People of the organization", "users:manage"),
@@ -684,6 +752,53 @@ PATHS = {
         ),
         "delete": _op(
             "Remove the organization's logo (admins); audited as org.logo.remove", "org:manage", ok="204"
+        ),
+    },
+    "/api/v1/org/mail": {
+        "get": _op(
+            "The organization's own SMTP settings (admins, people only: not API keys): {configured, host, "
+            "port, security, username, from_address, password_set}; never the password. Not configured: "
+            "its mail goes the platform's way (CARNET_SMTP_*, else the local outbox folder)",
+            "org:mail",
+        ),
+        "put": _op(
+            "Set the organization's SMTP settings (admins, people only), the whole set: host (name or IP), "
+            "port (1-65535; default 25/587/465 by security), security (none, starttls or ssl; a login needs "
+            "starttls or ssl), username and password (optional; the password is stored encrypted and kept "
+            'when omitted, removed with null or ""), from_address (the From of the org\'s mail). A bad '
+            "or unknown field is a 400 naming it; nothing is stored then. Audited as org.mail.change "
+            "(the password only as changed/removed)",
+            "org:mail",
+            body=_obj(
+                ["host", "security", "from_address"],
+                host=STR,
+                port={"type": "integer", "minimum": 1, "maximum": 65535},
+                security={"type": "string", "enum": ["none", "starttls", "ssl"]},
+                username=STR,
+                password={"type": ["string", "null"], "writeOnly": True},
+                from_address={**STR, "format": "email"},
+            ),
+        ),
+        "delete": _op(
+            "Forget the organization's SMTP settings (its mail goes the platform's way again); audited as "
+            "org.mail.remove",
+            "org:mail",
+            ok="204",
+        ),
+    },
+    "/api/v1/org/mail/test": {
+        "post": _with_response(
+            "502",
+            MAIL_SERVER_ERROR,
+            _op(
+                "Send a test mail to {to} the way the organization's mail goes (its own settings, else "
+                "the platform's): {delivered, to, settings: organization|platform, from}. A server that "
+                "cannot be reached, fails TLS (certificates are verified) or refuses the login or the "
+                "message is a 502 saying why, with the server's reply. Admins only (people): it connects "
+                "to the host they set. Audited as org.mail.test",
+                "org:mail",
+                body=_obj(["to"], to={**STR, "format": "email"}),
+            ),
         ),
     },
     "/api/v1/me/password": {

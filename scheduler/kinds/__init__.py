@@ -54,6 +54,11 @@ class JobKind:
     def execute(self, executor: JobExecutor, context: RunContext) -> list[PlannedMail]:
         raise NotImplementedError
 
+    def on_recorded(self, session, context: RunContext) -> None:
+        """Inside the transaction that records the run's mail: state the kind keeps about the run (an
+        alert's) is written here, so that it and the mail are recorded together or not at all (a retry of a
+        run whose mail was not recorded decides again)."""
+
 
 _REGISTRY: dict[str, JobKind] = {}
 

@@ -68,6 +68,121 @@ def check_after_job(session, org_id: int, after_job_id, job_id: int | None = Non
     return leader.id
 
 
+# A job's whole-number settings: default (when POST leaves one out), lowest, highest, null allowed.
+NUMBER_FIELDS = {
+    "misfire_grace_seconds": (DEFAULT_GRACE, 0, MAX_GRACE),
+    "timeout_seconds": (None, 1, MAX_TIMEOUT, True),
+    "max_retries": (DEFAULT_RETRIES, 0, MAX_RETRIES),
+    "retry_backoff_seconds": (DEFAULT_BACKOFF, 1, MAX_BACKOFF),
+}
+# What PATCH may change; ``kind`` and the owner are fixed for the job's life.
+PATCHABLE = {
+    "enabled",
+    "name",
+    "cron",
+    "schedule",
+    "timezone",
+    "recipients",
+    "parameters",
+    "after_job_id",
+    "config",
+    "app_id",
+    *NUMBER_FIELDS,
+}
+FIXED = ("kind", "owner", "owner_id")
+
+
+# -- checks shared by POST (create) and PATCH (change): same rules, same messages ----------------------------
+def job_name(body: dict) -> str:
+    name = body.get("name")
+    if not isinstance(name, str) or not name.strip() or len(name) > 200:
+        raise ValidationError("A job needs a name (1-200 characters)", field="name")
+    return name
+
+
+def check_kind_role(principal, kind) -> None:
+    """A kind may ask more than the action's role (a load job changes the warehouse: studio)."""
+    if not role_at_least(principal.role, kind.min_role):
+        raise PermissionDenied(f"A {kind.name} job needs the {kind.min_role.value} role or above")
+
+
+def job_parameters(body: dict) -> dict:
+    parameters = body.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise ValidationError("parameters must be an object", field="parameters")
+    return parameters
+
+
+def job_recipients(kind, body: dict) -> list[str]:
+    if kind.needs_recipients or body.get("recipients") not in (None, []):
+        return validate_emails(body.get("recipients"), field="recipients")
+    return []
+
+
+def check_no_app(kind, body: dict) -> None:
+    if not kind.needs_app and body.get("app_id") is not None:
+        raise ValidationError(f"A {kind.name} job works on no app: leave app_id out", field="app_id")
+
+
+def next_run_from_now(cron: str | None, timezone: str):
+    """A job's next fire from now: fires a disabled job or an old schedule passed are not caught up."""
+    return next_fire_time(cron, timezone, utcnow()) if cron else None
+
+
+def job_as_body(job: Job) -> dict:
+    """A job as a POST body, for a kind's ``validate`` when PATCH changes part of it."""
+    return {
+        "name": job.name,
+        "kind": job.kind,
+        "app_id": job.app_id,
+        "config": job.config or {},
+        "cron": job.cron,
+        "timezone": job.timezone,
+        "parameters": job.parameters or {},
+        "recipients": list(job.recipients or []),
+        "after_job_id": job.after_job_id,
+    }
+
+
+def patched_values(session, principal, job: Job, kind, body: dict) -> dict:
+    """The new value of each field ``body`` sends (column name -> value), all checked; nothing is changed."""
+    unknown = sorted(set(body) - PATCHABLE - set(FIXED))
+    if unknown:
+        raise ValidationError(f"Unknown field(s): {', '.join(unknown)}", field=unknown[0])
+    fixed = [key for key in FIXED if key in body]
+    if fixed:
+        raise ValidationError(f"A job's {fixed[0]} cannot change: make a new job", field=fixed[0])
+    values = {}
+    if "enabled" in body:
+        if not isinstance(body["enabled"], bool):
+            raise ValidationError("enabled must be true or false", field="enabled")
+        values["enabled"] = body["enabled"]
+    if "name" in body:
+        values["name"] = job_name(body).strip()
+    if "cron" in body or "schedule" in body:
+        values["cron"] = cron_of(body)
+    for key, limits in NUMBER_FIELDS.items():
+        if key in body:
+            values[key] = whole_number(body, key, *limits)
+    if "timezone" in body:
+        validate_timezone(body["timezone"])
+        values["timezone"] = body["timezone"]
+    if "parameters" in body:
+        values["parameters"] = job_parameters(body)
+    if "recipients" in body:
+        values["recipients"] = job_recipients(kind, body)
+    if "app_id" in body:
+        check_no_app(kind, body)
+        if kind.needs_app:  # one may point a job only at an app one may open
+            values["app_id"] = find_openable_app(session, principal, body["app_id"]).id
+    if "after_job_id" in body:
+        values["after_job_id"] = check_after_job(session, job.org_id, body["after_job_id"], job_id=job.id)
+    if "config" in body or "app_id" in body:
+        # The kind checks its config against the job as it would be (its app may matter to it).
+        values["config"] = kind.validate(session, principal, {**job_as_body(job), **body}) or None
+    return values
+
+
 class JobListHandler(BaseHandler):
     @authorized("jobs:list")
     def get(self):
@@ -80,29 +195,17 @@ class JobListHandler(BaseHandler):
     def post(self):
         principal = self.principal()
         body = self.get_json_body()
-        name = body.get("name")
-        if not isinstance(name, str) or not name.strip() or len(name) > 200:
-            raise ValidationError("A job needs a name (1-200 characters)", field="name")
+        name = job_name(body)
         kind = kind_named(body.get("kind", "report"))
-        if not role_at_least(principal.role, kind.min_role):
-            raise PermissionDenied(f"A {kind.name} job needs the {kind.min_role.value} role or above")
+        check_kind_role(principal, kind)
         cron = cron_of(body)
-        grace = whole_number(body, "misfire_grace_seconds", DEFAULT_GRACE, 0, MAX_GRACE)
-        timeout = whole_number(body, "timeout_seconds", None, 1, MAX_TIMEOUT, nullable=True)
-        retries = whole_number(body, "max_retries", DEFAULT_RETRIES, 0, MAX_RETRIES)
-        backoff = whole_number(body, "retry_backoff_seconds", DEFAULT_BACKOFF, 1, MAX_BACKOFF)
+        numbers = {key: whole_number(body, key, *limits) for key, limits in NUMBER_FIELDS.items()}
         timezone = body.get("timezone")
         if "timezone" in body:  # left out: the organization's time zone (org setting), read below
             validate_timezone(timezone)
-        parameters = body.get("parameters") or {}
-        if not isinstance(parameters, dict):
-            raise ValidationError("parameters must be an object", field="parameters")
-        if kind.needs_recipients or body.get("recipients") not in (None, []):
-            recipients = validate_emails(body.get("recipients"), field="recipients")
-        else:
-            recipients = []
-        if not kind.needs_app and body.get("app_id") is not None:
-            raise ValidationError(f"A {kind.name} job works on no app: leave app_id out", field="app_id")
+        parameters = job_parameters(body)
+        recipients = job_recipients(kind, body)
+        check_no_app(kind, body)
         try:
             with self.db() as session:
                 if "timezone" not in body:
@@ -122,12 +225,9 @@ class JobListHandler(BaseHandler):
                     parameters=parameters,
                     recipients=recipients,
                     owner_id=principal.user_id,
-                    next_run_at=next_fire_time(cron, timezone, utcnow()) if cron else None,
-                    misfire_grace_seconds=grace,
-                    timeout_seconds=timeout,
-                    max_retries=retries,
-                    retry_backoff_seconds=backoff,
+                    next_run_at=next_run_from_now(cron, timezone),
                     after_job_id=after,
+                    **numbers,
                 )
                 session.add(job)
                 session.flush()
@@ -151,6 +251,37 @@ class JobHandler(BaseHandler):
     def get(self, job_id):
         with self.db() as session:
             self.write_json(job_json(find_job(session, self.principal().org_id, job_id)))
+
+    @authorized("jobs:update")
+    def patch(self, job_id):
+        """Change the fields sent (others stay), each checked as POST checks it, every one before anything
+        changes. A new schedule or time zone, or enabling the job, sets its next fire from now: fires that
+        passed while it was disabled are not caught up. Disabling keeps ``next_run_at`` (due jobs are only
+        the enabled ones: carnet/scheduler/run_queue.py)."""
+        principal = self.principal()
+        name = None
+        try:
+            with self.db() as session:
+                # The job first: another org's job is a 404 whatever the body says.
+                job = find_job(session, principal.org_id, job_id)
+                kind = kind_named(job.kind)
+                check_kind_role(principal, kind)
+                values = patched_values(session, principal, job, kind, self.get_json_body())
+                name = values.get("name")
+                changed = sorted(key for key, value in values.items() if getattr(job, key) != value)
+                reschedule = bool({"cron", "timezone"} & set(changed)) or (
+                    values.get("enabled") is True and not job.enabled
+                )
+                for key in changed:
+                    setattr(job, key, values[key])
+                if reschedule:
+                    job.next_run_at = next_run_from_now(job.cron, job.timezone)
+                session.flush()
+                self.audit(session, "job.update", f"job/{job.id}", name=job.name, changed=changed)
+                session.flush()
+                self.write_json(job_json(job))
+        except IntegrityError:
+            raise Conflict(f"A job named {name!r} already exists") from None
 
     @authorized("jobs:delete")
     def delete(self, job_id):
@@ -242,6 +373,8 @@ class JobRunHandler(BaseHandler):
                     **run_json(run),
                     "mail": [mail_json(row) for row in mail],
                     "outputs": run_outputs(run),
+                    # What its trigger gave (a webhook's body), merged over the job's parameters.
+                    "payload": run.payload,
                     "steps": [run_json(step) for step in steps],
                 }
             )
@@ -249,17 +382,17 @@ class JobRunHandler(BaseHandler):
 
 class JobRunOutputHandler(BaseHandler):
     @authorized("jobs:read")
-    def get(self, job_id, run_id, name):
+    def get(self, job_id, run_id, output):
         """Download one output file of a run (the name as listed; nothing outside the run's folder)."""
         with self.db() as session:
             job = find_job(session, self.principal().org_id, job_id)
             run = find_run(session, job, run_id)
             listed = {entry["name"] for entry in run_outputs(run)}
-            if name not in listed:
+            if output not in listed:
                 raise NotFound("No such output")
-            path = Path(run.output_dir) / name
+            path = Path(run.output_dir) / output
         self.set_header("Content-Type", mime_type_of(path))
-        self.set_header("Content-Disposition", f'attachment; filename="{name}"')
+        self.set_header("Content-Disposition", f'attachment; filename="{output}"')
         self.set_header("X-Content-Type-Options", "nosniff")
         self.finish(path.read_bytes())
 
@@ -270,7 +403,7 @@ default_handlers = [
     (API_PREFIX + r"jobs/(?P<job_id>[^/]+)/runs", JobRunsHandler),
     (API_PREFIX + r"jobs/(?P<job_id>[^/]+)/runs/(?P<run_id>[^/]+)", JobRunHandler),
     (
-        API_PREFIX + r"jobs/(?P<job_id>[^/]+)/runs/(?P<run_id>[^/]+)/outputs/(?P<name>[^/]+)",
+        API_PREFIX + r"jobs/(?P<job_id>[^/]+)/runs/(?P<run_id>[^/]+)/outputs/(?P<output>[^/]+)",
         JobRunOutputHandler,
     ),
 ]
