@@ -53,6 +53,10 @@ ACTION_MIN_ROLE: dict[str, Role] = {
 
 APP_KERNEL_ACTIONS = frozenset({"me:read", "sources:list", "sources:read_data"})
 APP_KERNEL_KINDS = frozenset({TokenKind.viewer_kernel, TokenKind.job})
+# A job run's token acts for the job's owner: besides reading sources, the scheduler's job kinds read the
+# warehouse (a burst's recipients table) and load it (data-load jobs) through the service, as far as the
+# owner's CURRENT role allows (an owner demoted to analyst can no longer load). Viewer kernels cannot.
+JOB_OWNER_ACTIONS = frozenset({"warehouse:read", "warehouse:load"})
 # Kernels of anonymous visitors (public links, embed URLs; carnet.app_links): no person behind them, so no
 # /me either; they list and read only their app's sources (``Principal.scope``).
 ANONYMOUS_KERNEL_ACTIONS = frozenset({"sources:list", "sources:read_data"})
@@ -99,6 +103,8 @@ class Principal:
             return self.via == TokenKind.job
         if self.via in ANONYMOUS_KERNEL_KINDS:
             return self.scope is not None and action in ANONYMOUS_KERNEL_ACTIONS
+        if self.via == TokenKind.job and action in JOB_OWNER_ACTIONS:
+            return role_at_least(self.role, ACTION_MIN_ROLE[action])
         if self.via in APP_KERNEL_KINDS:
             return action in APP_KERNEL_ACTIONS
         if action in PEOPLE_ONLY_ACTIONS and self.via != "hub":

@@ -167,12 +167,15 @@ class Warehouse:
 
     def query_arrow(self, table: str, spec) -> pa.Table:
         """``table`` filtered, grouped, sorted and limited by a ``carnet.query.spec`` (all in DuckDB)."""
-        from carnet.query.spec import to_duckdb
+        from carnet.query.spec import parse_spec, to_duckdb
 
         with self._connect(read_only=True) as con:
             if table not in self._table_names(con):
                 raise NotFound(f"No table {table!r} in the warehouse")
-            sql, params = to_duckdb(spec, table)
+            # Checked against the table's columns NOW (a QuerySpec may have been parsed before a later load
+            # changed the table): an unknown column is a 400 naming it, not DuckDB's binder error.
+            columns = [row[0] for row in con.execute(f"DESCRIBE {quote(table)}").fetchall()]
+            sql, params = to_duckdb(parse_spec(spec, columns), table)
             return con.sql(sql, params=params).to_arrow_table()
 
     def table_stats(self) -> list[dict]:

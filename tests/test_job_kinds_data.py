@@ -1,9 +1,11 @@
 """The ``data_email`` and ``alert`` job kinds (scheduler/kinds/data_email.py, alert.py).
 
 In-process runs of the real executor on a fresh SQLite database and DuckDB warehouse (a table loaded with
-carnet's load code), mailing through a real SMTP server (aiosmtpd) on loopback; the checks at creation go
-through the kinds' ``validate`` and, for a few, through the real REST API of the stack (tests marked with
-``carnet_stack``: run them under ``flock /tmp/carnet-stack.lock``).
+carnet's load code); the runs read their data through the real Carnet service's routes on a loopback port
+(tests/test_job_notebook.py ``platform``) with their job token, and mail through a real SMTP server
+(aiosmtpd) on loopback. The checks at creation go through the kinds' ``validate`` and, for a few, through the
+real REST API of the stack; one stack test runs both kinds end to end (tests using ``carnet_stack``: run them
+under ``flock /tmp/carnet-stack.lock``).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import requests
 from openpyxl import load_workbook
 from sqlalchemy import select
 
-from carnet.db import session_scope, upgrade
+from carnet.db import session_scope
 from carnet.db.models import (
     DataSource,
     Job,
@@ -32,6 +34,8 @@ from carnet.db.models import (
     OutboxMail,
     Role,
     RunStatus,
+    Token,
+    TokenKind,
     User,
     utcnow,
 )
@@ -43,6 +47,7 @@ from carnet.settings import CarnetSettings
 from carnet.sharing import member_reader
 from tests.api_support import NEVER_CRON, api_url, auth, unique
 from tests.helpers import SmtpCatcher, free_port
+from tests.test_job_notebook import platform  # noqa: F401 - the fixture: the service on a loopback port
 
 SALES = pa.table(
     {
@@ -75,12 +80,15 @@ def smtp():
 
 
 @pytest.fixture
-def settings(settings_env, smtp, monkeypatch):
+def settings(platform, smtp, monkeypatch):  # noqa: F811 - pytest's fixture argument
+    """The in-process service's settings (the same object the service reads with), mailing to this test's
+    own SMTP catcher (the session's one collects every test's mail). Settings made from the environment (the
+    kinds' ``validate``, a test's own) reach the same service and mail server."""
+    settings, _service = platform
+    settings.smtp_host, settings.smtp_port = "127.0.0.1", smtp.port
     monkeypatch.setenv("CARNET_SMTP_HOST", "127.0.0.1")
     monkeypatch.setenv("CARNET_SMTP_PORT", str(smtp.port))
-    monkeypatch.setenv("CARNET_ISOLATION", "off")
-    settings = CarnetSettings()
-    upgrade(settings.db_url)
+    monkeypatch.setenv("CARNET_API_URL", settings.api_url)
     return settings
 
 
@@ -342,14 +350,92 @@ def test_an_owner_demoted_to_viewer_gets_no_data(settings, world, smtp):
     assert [m for m in smtp.messages if m["X-Envelope-To"] == "board@acme.example"] == []
 
 
+def test_the_run_reads_through_the_service_with_its_own_job_token(settings, world, smtp, monkeypatch):
+    from carnet.service.api import query as query_routes
+
+    # Who the service's query route served: the run's job token, acting as the job's owner.
+    callers = []
+    real_run_query = query_routes.run_query
+
+    def recorded(session, service_settings, principal, *args, **kwargs):
+        callers.append((principal.via, principal.user_id, principal.org_id))
+        return real_run_query(session, service_settings, principal, *args, **kwargs)
+
+    monkeypatch.setattr(query_routes, "run_query", recorded)
+    job = add_job(settings, world, "data_email", {"source": "sales"}, owner="rita")
+    run = run_job(settings, job)
+    assert (run.status, run.error) == (RunStatus.succeeded, None)
+    assert callers == [(TokenKind.job, world["rita"], world["acme"])]
+    with session_scope(settings.db_url) as session:
+        (token,) = session.scalars(select(Token).where(Token.job_run_id == run.id)).all()
+        assert (token.kind, token.user_id, token.org_id) == (TokenKind.job, world["rita"], world["acme"])
+
+
+def test_a_source_deleted_after_the_job_was_made_fails_the_run_without_retry(settings, world, smtp):
+    job = add_job(settings, world, "alert", on_sales())
+    with session_scope(settings.db_url) as session:
+        session.delete(session.scalar(select(DataSource).where(DataSource.name == "sales")))
+    run = run_job(settings, job)
+    # The service's 404, with its message: not retried (attempt 1, failed), nobody alerted.
+    assert (run.status, run.attempt) == (RunStatus.failed, 1)
+    assert run.error == "The query failed: No source named 'sales'"
+    assert mails_to(smtp) == []
+
+
+def test_sql_the_source_no_longer_fits_fails_with_the_services_message(settings, world, smtp):
+    job = add_job(settings, world, "alert", on_sql("SELECT note FROM {sales}"))
+    load_table(settings, world["acme"], "sales", SALES.drop_columns(["note"]), actor="test")
+    run = run_job(settings, job)
+    # The service's 400 (the SQL no longer binds): not retried, its message once.
+    assert (run.status, run.attempt) == (RunStatus.failed, 1)
+    assert run.error.startswith("The query failed: ") and "note" in run.error
+    assert run.error.count("The query failed") == 1
+    assert mails_to(smtp) == []
+
+
+def test_the_services_row_cap_fails_the_run_with_its_message(settings, world, smtp):
+    # The service's own cap (source_max_rows: the same settings object the in-process service reads).
+    settings.source_max_rows = 2
+    job = add_job(settings, world, "alert", on_sql("SELECT id FROM {sales}"))
+    run = run_job(settings, job)
+    assert (run.status, run.attempt) == (RunStatus.failed, 1)
+    assert run.error == "The query returns more than 2 rows: add a filter, a limit or an aggregate"
+    assert mails_to(smtp) == []
+
+
+def test_a_service_that_does_not_answer_is_retried_and_the_retry_mails(settings, world, smtp):
+    job = add_job(settings, world, "data_email", {"source": "sales", "query": {"order_by": ["id"]}})
+    with session_scope(settings.db_url) as session:
+        run = JobRun(job_id=job, status=RunStatus.running, trigger="manual", scheduled_for=utcnow())
+        session.add(run)
+        session.flush()
+        run_id = run.id
+    unreachable = CarnetSettings()
+    unreachable.api_url = f"http://127.0.0.1:{free_port()}/services/carnet/"
+    assert JobExecutor(unreachable, run_id).run() == RunStatus.queued
+    first = run_of(settings, run_id)
+    assert first.attempt == 2 and "The Carnet service did not answer" in first.error
+    assert smtp.messages == [] and list(Path(first.output_dir).iterdir()) == []
+    # The service is back: the retry mints its own token and mails the data.
+    assert JobExecutor(settings, run_id).run() == RunStatus.succeeded
+    assert len(mails_to(smtp)) == 1
+    (data,) = attachments_of(mails_to(smtp)[0]).values()
+    assert [row[0] for row in csv_rows(data)[1:]] == ["1", "2", "3", "4"]
+    with session_scope(settings.db_url) as session:
+        assert len(session.scalars(select(Token).where(Token.job_run_id == run_id)).all()) == 2
+
+
 def test_a_run_resumed_after_its_mail_was_recorded_neither_queries_nor_renders_again(
     settings, world, smtp, monkeypatch
 ):
-    from carnet.scheduler.kinds import data_email
+    from carnet.service.api import query as query_routes
 
+    # Counted where the service answers: the run reads through it.
     queries = []
-    real_run_query = data_email.run_query
-    monkeypatch.setattr(data_email, "run_query", lambda *a, **k: queries.append(1) or real_run_query(*a, **k))
+    real_run_query = query_routes.run_query
+    monkeypatch.setattr(
+        query_routes, "run_query", lambda *a, **k: queries.append(1) or real_run_query(*a, **k)
+    )
     job = add_job(settings, world, "data_email", {"source": "sales", "query": {"order_by": ["id"]}})
     with session_scope(settings.db_url) as session:
         run = JobRun(job_id=job, status=RunStatus.running, trigger="manual", scheduled_for=utcnow())
@@ -665,3 +751,78 @@ def test_the_jobs_api_makes_data_and_alert_jobs(carnet_stack, hub_token):
         finally:
             deleted = requests.delete(api_url(carnet_stack, f"jobs/{job['id']}"), headers=headers, timeout=30)
             assert deleted.status_code == 204
+
+
+def test_data_and_alert_jobs_in_the_stack_read_through_the_service(
+    carnet_stack, hub_token, created, smtp_server
+):
+    """The scheduler reads as the job's owner through the service's REST API (its own job token): the CSV
+    mailed holds what the same query answers the owner through the API, and a holding alert mails once."""
+    from carnet.client import ApiClient
+    from carnet.demo import DEMO_SOURCE
+    from tests.helpers import wait_until
+
+    email = "analyst@acme.example"
+    headers = auth(hub_token(email))
+    spec = {
+        "columns": ["country", "year", "lifeExp"],
+        "where": [["continent", "=", "Oceania"], ["year", ">=", 1997]],
+        "order_by": ["country", "year"],
+    }
+
+    def make_job(kind: str, config: dict, recipient: str) -> int:
+        body = {"name": unique(kind), "kind": kind, "cron": None, "recipients": [recipient], "config": config}
+        response = requests.post(api_url(carnet_stack, "jobs"), json=body, headers=headers, timeout=60)
+        assert response.status_code == 201, response.text
+        created.jobs.add(response.json()["id"])
+        return response.json()["id"]
+
+    def run_now(job_id: int) -> dict:
+        queued = requests.post(api_url(carnet_stack, f"jobs/{job_id}/runs"), headers=headers, timeout=60)
+        assert queued.status_code == 202, queued.text
+        path = f"jobs/{job_id}/runs/{queued.json()['id']}"
+
+        def finished():
+            run = requests.get(api_url(carnet_stack, path), headers=headers, timeout=60).json()
+            return run if run["status"] in ("succeeded", "failed") else None
+
+        run = wait_until(finished, timeout=180, interval=0.5, what=f"the run of job {job_id}")
+        assert (run["status"], run["error"]) == ("succeeded", None)
+        return run
+
+    def mails_for(recipient: str) -> list:
+        return [m for m in smtp_server.messages if m["X-Envelope-To"] == recipient]
+
+    data_to = f"{unique('data')}@acme.example"
+    data_job = make_job("data_email", {"source": DEMO_SOURCE, "query": spec}, data_to)
+    run = run_now(data_job)
+    assert {mail["status"] for mail in run["mail"]} == {"sent"}
+    # The scheduler read with the run's own job token (minted in the kind's prepare).
+    with session_scope(carnet_stack.settings.db_url) as session:
+        tokens = session.scalars(select(Token).where(Token.job_run_id == run["id"])).all()
+        assert [token.kind for token in tokens] == [TokenKind.job]
+    (message,) = wait_until(lambda: mails_for(data_to) or None, timeout=60, what="the data mail")
+    ((name, data),) = attachments_of(message).items()
+    assert name.endswith(".csv")
+    rows = csv_rows(data)
+    # The same query through the API, as the same person: the CSV holds exactly its rows.
+    owner_api = ApiClient(f"{carnet_stack.url}/services/carnet/", token=hub_token(email))
+    expected = owner_api.post_arrow(f"api/v1/sources/{DEMO_SOURCE}/query", spec).to_pylist()
+    assert len(expected) >= 4  # Australia and New Zealand, 1997 onwards
+    assert rows[0] == ["country", "year", "lifeExp"]
+    assert rows[1:] == [[r["country"], str(r["year"]), str(r["lifeExp"])] for r in expected]
+
+    alert_to = f"{unique('alert')}@acme.example"
+    alert_job = make_job("alert", on_gapminder(), alert_to)  # max(lifeExp) > 80: holds in the demo data
+    first = run_now(alert_job)
+    assert [(m["recipient"], m["status"]) for m in first["mail"]] == [(alert_to, "sent")]
+    (alert,) = wait_until(lambda: mails_for(alert_to) or None, timeout=60, what="the alert mail")
+    highest = (
+        owner_api.post_arrow(f"api/v1/sources/{DEMO_SOURCE}/query", {"aggregates": {"lifeExp": "max"}})
+        .column(0)[0]
+        .as_py()
+    )
+    assert f"is {highest:g}, > 80" in text_of(alert)
+    # Still true at the next check: no second mail.
+    second = run_now(alert_job)
+    assert second["mail"] == [] and len(mails_for(alert_to)) == 1

@@ -24,6 +24,7 @@ from sqlalchemy import select
 
 from carnet.db import session_scope
 from carnet.db.models import AuditEvent, Job, JobRun, RunStatus, utcnow
+from carnet.demo import DEMO_SOURCE
 from carnet.scheduler.cron import next_fire_time
 from tests.api_support import NEVER_CRON, UNKNOWN_ID, api_url, assert_json_error, auth, tiny_notebook, unique
 from tests.helpers import wait_until
@@ -490,3 +491,61 @@ def test_a_loop_of_after_job_is_refused(carnet_stack, analyst, created, tiny_app
     # Not a loop: the third after the first directly.
     moved = patch(carnet_stack, analyst, third["id"], {"after_job_id": first["id"]})
     assert moved.status_code == 200 and moved.json()["after_job_id"] == first["id"]
+
+
+def test_a_chain_changed_to_run_itself_is_refused(carnet_stack, analyst, created, tiny_app):
+    step = make_job(carnet_stack, analyst, created, tiny_app)
+    inner = make_job(
+        carnet_stack, analyst, created, None, kind="chain", config={"steps": [step["id"]]}, recipients=[]
+    )
+    outer = make_job(
+        carnet_stack, analyst, created, None, kind="chain", config={"steps": [inner["id"]]}, recipients=[]
+    )
+    for chain, steps in ((inner, [outer["id"]]), (outer, [outer["id"]]), (inner, [step["id"], inner["id"]])):
+        before = get_job(carnet_stack, analyst, chain["id"])
+        response = patch(carnet_stack, analyst, chain["id"], {"config": {"steps": steps}})
+        body = assert_json_error(response, 400)
+        assert body["field"].startswith("config") and "loop" in body["message"]
+        assert get_job(carnet_stack, analyst, chain["id"]) == before
+    changed = patch(carnet_stack, analyst, outer["id"], {"config": {"steps": [step["id"], inner["id"]]}})
+    assert changed.status_code == 200 and changed.json()["config"] == {"steps": [step["id"], inner["id"]]}
+
+
+def test_a_load_jobs_webhook_and_changes_need_the_kinds_role(carnet_stack, hub_token, analyst, created):
+    """A load job changes the warehouse: studio's, like making it; its kind checks a new config again."""
+    studio = auth(hub_token(STUDIO))
+    config = {"source": DEMO_SOURCE, "table": unique("trigger_load").replace("-", "_"), "mode": "replace"}
+    made = requests.post(
+        api_url(carnet_stack, "jobs"),
+        json={"name": unique("trigger load"), "kind": "load", "cron": None, "config": config},
+        headers=studio,
+        timeout=30,
+    )
+    assert made.status_code == 201, made.text
+    job = made.json()
+    created.jobs.add(job["id"])
+    for method, path, body in (
+        ("POST", f"jobs/{job['id']}/webhook", None),
+        ("DELETE", f"jobs/{job['id']}/webhook", None),
+        ("PATCH", f"jobs/{job['id']}", {"name": "renamed by an analyst"}),
+    ):
+        response = requests.request(
+            method, api_url(carnet_stack, path), json=body, headers=analyst, timeout=30
+        )
+        assert assert_json_error(response, 403)["message"] == "A load job needs the studio role or above"
+    assert get_job(carnet_stack, studio, job["id"]) == job
+
+    # Studio may; a config the kind refuses (or an app for a kind that works on none) changes nothing.
+    for body, field in (
+        ({"config": {**config, "mode": "merge"}}, "config.mode"),
+        ({"config": {**config, "colour": "red"}}, "config.colour"),
+        ({"app_id": carnet_stack.app_id}, "app_id"),
+    ):
+        assert assert_json_error(patch(carnet_stack, studio, job["id"], body), 400)["field"] == field
+        assert get_job(carnet_stack, studio, job["id"]) == job
+    appended = patch(carnet_stack, studio, job["id"], {"config": {**config, "mode": "append"}})
+    assert appended.status_code == 200, appended.text
+    stored = appended.json()["config"]
+    assert (stored["source"], stored["table"], stored["mode"]) == (DEMO_SOURCE, config["table"], "append")
+    hook = make_webhook(carnet_stack, studio, job["id"])
+    assert hook.status_code == 201 and get_job(carnet_stack, studio, job["id"])["webhook"] is True

@@ -575,3 +575,15 @@ def test_the_warehouse_memory_limit_setting(settings, duckdb_only):
         with pytest.raises(duckdb.Error):  # and nobody's SQL may raise it again
             con.execute("SET memory_limit = '8GB'")
     assert len(rows(limited, "people")) == 3
+
+
+def test_a_query_naming_a_column_a_later_load_dropped_is_a_400_naming_it(settings):
+    from carnet.query.spec import parse_spec
+
+    people(settings)
+    spec = parse_spec({"columns": ["name", "score"], "order_by": ["name"]}, ["id", "name", "score"])
+    assert warehouse(settings).query_arrow("people", spec).column("score").to_pylist() == [10, 20, 30]
+    load_table(settings, ORG, "people", pa.table({"id": [1], "name": ["ann"]}))  # score is gone
+    with pytest.raises(ValidationError) as refused:
+        warehouse(settings).query_arrow("people", spec)
+    assert refused.value.status == 400 and "score" in refused.value.message

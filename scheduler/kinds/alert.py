@@ -3,16 +3,18 @@
 ``config``:
 
 - what is measured: ``source`` (+ an optional ``query`` spec, as the query route takes it) or ``sql``
-  (SQL over the organization's sources written ``{source name}``: the query service's read-only SQL path,
-  ``carnet.query.service.run_sql``, the one people use; there is no raw warehouse SQL for people);
+  (SQL over the organization's sources written ``{source name}``: the service's read-only SQL route
+  ``POST query``, the one people and kernels use; there is no raw warehouse SQL for people);
 - ``condition``: ``{"aggregate": count|sum|min|max|avg, "column": <result column, not for count>,
   "op": > >= < <= == !=, "threshold": <number>}``: the aggregate of the result compared with the threshold
   (a count or sum of no rows is 0; a min, max or average of no rows is none, and the condition is false);
 - ``cooldown_seconds``: default 3600, 0 to 30 days (scheduler/kinds/alerting.py).
 
-The data is read AS THE JOB'S OWNER (their row rules apply), as ``data_email`` reads it. A plain structured
-query has its aggregate pushed down to the source (a count of a big table reads one number); a grouped or
-limited query, or SQL, is aggregated over its result rows.
+The data is read AS THE JOB'S OWNER through the Carnet service's REST API with the run's job token (their
+row rules apply; the service alone opens the org's data), as ``data_email`` reads it, with the same errors:
+the service's 4xx fail the run, no answer (connection, timeout, 5xx) retries it. A plain structured query has
+its aggregate pushed down to the source (a count of a big table reads one number); a grouped or limited
+query, or SQL, is aggregated over its result rows.
 
 Each run records what it found in ``alert.json`` in the run's folder (the value, whether the condition held,
 whether it alerted) and succeeds whether or not it alerted. The job's alert state and the alert mail are
@@ -35,7 +37,7 @@ from carnet.db import session_scope
 from carnet.db.models import Job, utcnow
 from carnet.errors import NotFound, QueryFailed, ValidationError
 from carnet.query.placeholders import parse_source_sql
-from carnet.query.service import describe_sql, find_source, run_query, run_sql
+from carnet.query.service import describe_sql, find_source
 from carnet.scheduler.attachments import written_then_renamed
 from carnet.scheduler.kinds import JobKind, PlannedMail, register
 from carnet.scheduler.kinds.alerting import cooldown_from, record_alert, should_alert
@@ -43,7 +45,9 @@ from carnet.scheduler.kinds.data_email import (
     check_may_query,
     checked_source_query,
     config_of,
-    read_as_owner,
+    mint_owner_token,
+    read_source,
+    read_sql,
     validation_settings,
 )
 from carnet.scheduler.outbox import queue_mail
@@ -196,31 +200,22 @@ class AlertKind(JobKind):
             raise ValidationError(f"config.{exc.message}", field="config.cooldown_seconds") from None
         return {**measured, "condition": condition, "cooldown_seconds": cooldown}
 
+    def prepare(self, executor, session, job, run, context) -> None:
+        mint_owner_token(executor, session, context)
+
     def measure(self, executor, context):
-        """The condition's value, read as the job's owner."""
+        """The condition's value, read as the job's owner through the service."""
         config = context.config
         condition = config["condition"]
         if "sql" in config:
-            table = read_as_owner(
-                executor,
-                context,
-                lambda session, settings, owner: run_sql(session, settings, owner, config["sql"]),
-            )
+            table = read_sql(executor, context, config["sql"])
             return number_of(aggregate_rows(table, condition), describe(condition))
         source, spec_raw = config["source"], config.get("query")
         pushed = pushed_down_spec(spec_raw, condition)
         if pushed is None:
-            table = read_as_owner(
-                executor,
-                context,
-                lambda session, settings, owner: run_query(session, settings, owner, source, spec_raw),
-            )
+            table = read_source(executor, context, source, spec_raw)
             return number_of(aggregate_rows(table, condition), describe(condition))
-        table = read_as_owner(
-            executor,
-            context,
-            lambda session, settings, owner: run_query(session, settings, owner, source, pushed),
-        )
+        table = read_source(executor, context, source, pushed)
         value = table.column(0)[0].as_py() if table.num_rows else None
         if value is None and condition["aggregate"] in ("count", "sum"):
             value = 0  # no rows (or rules leaving none): nothing counted, nothing summed

@@ -150,7 +150,8 @@ class ChainKind(JobKind):
         if unknown:
             raise ValidationError(f"Unknown field 'config.{unknown[0]}'", field=f"config.{unknown[0]}")
         # A changed job (PATCH) passes its id: its new steps must not lead back to it.
-        own_id = body.get("id") if isinstance(body.get("id"), int) else None
+        own_id = body.get("id")
+        own_id = own_id if isinstance(own_id, int) and not isinstance(own_id, bool) else None
         return {"steps": check_steps(session, principal.org_id, config.get("steps"), own_id)}
 
     def prepare(self, executor, session, job, run, context) -> None:

@@ -1,11 +1,20 @@
 """``data_email``: a source's data (a structured query on it) mailed as a CSV or XLSX attachment.
 
-The job reads AS ITS OWNER through the query service (carnet/query/service.py ``run_query``): the owner's
-row rules apply, only sources of the job's organization exist, and a person who may not query sources
-(sources:read_data) gets nothing. Everything is checked when the job is made (the source, the query spec
-against the source's columns, the format, the file name template); a run checks the owner's rights again.
+The job reads AS ITS OWNER THROUGH THE CARNET SERVICE'S REST API (``POST sources/{name}/query``, the route
+kernels use), with the run's job token: the service alone opens the org's data (the DuckDB warehouse file
+takes one writing process) and writes the query cache (docs/ARCHITECTURE.md). The service applies the owner's
+row rules, knows only sources of the job's organization, and answers Arrow. ``prepare`` checks that the owner
+is still an active member who may query sources (sources:read_data: a job token passes that action whatever
+the role, so a member demoted to viewer is stopped here) and mints the token. Everything else is checked
+when the job is made (the source, the query spec against the source's columns, the format, the file name
+template), in the service's request handler.
 
-The helpers here (``checked_source_query``, ``read_as_owner``...) are shared with the ``alert`` kind.
+A run fails (not retried) on the service's 4xx answers (a source gone: 404; too many rows: 413; a spec the
+SQL the source no longer fits: 400), with the service's message; it is retried (the job's backoff) when the
+service or the source's server did not answer (no connection, a timeout, 5xx).
+
+The helpers here (``checked_source_query``, ``read_source``, ``read_sql``...) are shared with the ``alert``
+kind.
 """
 
 from __future__ import annotations
@@ -18,21 +27,14 @@ from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 import pyarrow as pa
+import requests
 
-from carnet.db import session_scope
+from carnet.client import ApiClient, CarnetApiError
 from carnet.db.models import TokenKind, role_at_least, utcnow
-from carnet.errors import (
-    CarnetError,
-    ConnectionFailed,
-    NotFound,
-    PermissionDenied,
-    QueryTimeout,
-    RowLimitExceeded,
-    ValidationError,
-)
+from carnet.errors import NotFound, PermissionDenied, RowLimitExceeded, ValidationError
 from carnet.org_settings import org_setting
 from carnet.permissions import ACTION_MIN_ROLE
-from carnet.query.service import find_source, run_query
+from carnet.query.service import find_source
 from carnet.query.spec import parse_spec
 from carnet.scheduler.attachments import render_file_name, written_then_renamed
 from carnet.scheduler.kinds import JobKind, PlannedMail, register
@@ -125,23 +127,54 @@ def owner_reader(session, context):
     return owner
 
 
-def read_as_owner(executor, context, read) -> pa.Table:
-    """``read(session, settings, owner)`` (run_query or run_sql) as the job's owner; a source server that
-    did not answer is retried (transient), any other query error fails the run."""
+def mint_owner_token(executor, session, context) -> None:
+    """``prepare`` of the data kinds: the owner may still query sources (checked now, in the run's first
+    session), and the run's job token, which reads as the owner through the service, is minted."""
+    owner_reader(session, context)
+    # Valid for as long as the run may take: a retry's prepare mints a fresh one.
+    context.token = executor.mint_job_token(session, context, ttl_seconds=int(context.timeout) + 600)
+
+
+def read_through_service(executor, context, path: str, body: dict) -> pa.Table:
+    """``body`` posted to the service's query route ``path`` with the run's job token: the Arrow answer.
+
+    The service or a source's server that did not answer (no connection, a timeout, a 5xx: 502 and 504 are a
+    source's server) is retried with the job's backoff; any other refusal fails the run with the service's
+    message (404 a source gone, 413 too many rows, 400 SQL the source no longer fits)."""
     from carnet.scheduler.executor import JobRunError, TransientRunError
 
-    with session_scope(executor.settings.db_url) as session:
-        owner = owner_reader(session, context)
-        try:
-            return read(session, executor.settings, owner)
-        except NotFound as exc:
-            raise JobRunError(f"The query failed: {exc.message}", "query") from None
-        except (ConnectionFailed, QueryTimeout) as exc:
-            raise TransientRunError(f"The source did not answer: {exc.message}", "query") from None
-        except RowLimitExceeded as exc:
+    client = ApiClient(executor.settings.api_url, token=context.token, timeout=context.timeout)
+    try:
+        return client.post_arrow(path, body)
+    except CarnetApiError as exc:
+        if exc.status >= 500:
+            raise TransientRunError(
+                f"The data did not come (HTTP {exc.status}): {exc.message}", "query"
+            ) from None
+        if isinstance(exc, RowLimitExceeded):
             raise JobRunError(exc.message, "query") from None
-        except CarnetError as exc:
-            raise JobRunError(f"The query failed: {exc.message}", "query") from None
+        message = exc.message
+        if not message.startswith("The query failed"):
+            message = f"The query failed: {message}"
+        raise JobRunError(message, "query") from None
+    except requests.RequestException as exc:
+        raise TransientRunError(
+            f"The Carnet service did not answer ({type(exc).__name__}): {exc}", "query"
+        ) from None
+    except pa.ArrowInvalid as exc:
+        # The answer was cut off mid-stream (the service stopped while sending it).
+        raise TransientRunError(f"The service's answer was incomplete: {exc}", "query") from None
+
+
+def read_source(executor, context, source: str, spec: dict | None) -> pa.Table:
+    """``source`` queried by ``spec`` (POST sources/{name}/query), as the job's owner."""
+    path = f"api/v1/sources/{ApiClient.segment(source)}/query"
+    return read_through_service(executor, context, path, dict(spec or {}))
+
+
+def read_sql(executor, context, sql: str) -> pa.Table:
+    """SQL over the org's sources written ``{name}`` (POST query), as the job's owner."""
+    return read_through_service(executor, context, "api/v1/query", {"sql": sql})
 
 
 def capped_spec(spec_raw: dict | None, max_rows: int) -> dict:
@@ -254,17 +287,15 @@ class DataEmailKind(JobKind):
             "max_rows": max_rows,
         }
 
+    def prepare(self, executor, session, job, run, context) -> None:
+        mint_owner_token(executor, session, context)
+
     def execute(self, executor, context) -> list[PlannedMail]:
         from carnet.scheduler.executor import JobRunError
 
         config = context.config
         source, max_rows, fmt = config["source"], config.get("max_rows", MAX_ROWS), config["format"]
-        spec = capped_spec(config.get("query"), max_rows)
-        table = read_as_owner(
-            executor,
-            context,
-            lambda session, settings, owner: run_query(session, settings, owner, source, spec),
-        )
+        table = read_source(executor, context, source, capped_spec(config.get("query"), max_rows))
         if table.num_rows > max_rows:
             raise JobRunError(
                 f"The query returns more than {max_rows} rows, too many to mail: add a filter or an "

@@ -132,6 +132,7 @@ def next_run_from_now(cron: str | None, timezone: str):
 def job_as_body(job: Job) -> dict:
     """A job as a POST body, for a kind's ``validate`` when PATCH changes part of it."""
     return {
+        "id": job.id,  # a chain's steps must not lead back to the job itself
         "name": job.name,
         "kind": job.kind,
         "app_id": job.app_id,
