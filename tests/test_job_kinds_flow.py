@@ -3,9 +3,11 @@ warehouse table) and ``warmup`` (an app's page pre-rendered for its people).
 
 Chains and loads run in process (as tests/test_units.py's scheduler tests): a fresh SQLite platform database,
 the org's real DuckDB warehouse, sources over a warehouse table or over a throw-away database on the test
-PostgreSQL server, and the real JobExecutor on runs claimed from the real queue. The warehouse is read with
-DuckDB directly. The warm-up, the analyst's refusal and the API's answers run on a real stack of their own
-(the Viewer's render pool on), under the machine's stack lock.
+PostgreSQL server, the real Carnet service's routes on a loopback port (tests/test_job_notebook.py's
+``platform``: load jobs sync through its REST API with their run's job token) and the real JobExecutor on runs
+claimed from the real queue. The warehouse is read with DuckDB directly. The warm-up, the analyst's refusal
+and the API's answers run on a real stack of their own (the Viewer's render pool on), under the machine's
+stack lock.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import pytest
 import requests
 from sqlalchemy import select
 
-from carnet.db import session_scope, upgrade
+from carnet.db import session_scope
 from carnet.db.models import (
     App,
     Connection,
@@ -37,6 +39,7 @@ from carnet.db.models import (
     OutboxMail,
     Role,
     RunStatus,
+    TokenKind,
     User,
     WarehouseLoad,
     utcnow,
@@ -47,9 +50,11 @@ from carnet.permissions import Principal
 from carnet.scheduler.executor import JobExecutor
 from carnet.scheduler.kinds import kind_named
 from carnet.scheduler.run_queue import claim_next_run, recover_interrupted_runs
-from carnet.settings import CarnetSettings
+from carnet.tokens import mint_token
 from carnet.warehouse import connect_waiting
+from tests.api_support import assert_json_error
 from tests.sql_servers import scratch_pg_database
+from tests.test_job_notebook import platform  # noqa: F401 - the fixture: the service on a loopback port
 
 SEED = {"id": [1, 2, 3], "region": ["north", "south", "east"], "amount": [10, 20, 30]}
 ORDERS = (
@@ -61,10 +66,13 @@ ORDERS = (
 
 # -- a fresh platform, its warehouse and its sources -------------------------------------------------------
 @pytest.fixture
-def settings(settings_env):
-    os.environ["CARNET_SQL_ALLOW_HOSTS"] = "127.0.0.1"  # the test database servers, and closed ports there
-    settings = CarnetSettings()
-    upgrade(settings.db_url)
+def settings(platform, monkeypatch):  # noqa: F811 - pytest's fixture argument
+    """The in-process service's settings (the same object the service and the executor read)."""
+    settings, _service = platform
+    # The test database servers, and closed ports there: for the service's reads and for validate().
+    settings.sql_allow_hosts = ["127.0.0.1"]
+    monkeypatch.setenv("CARNET_SQL_ALLOW_HOSTS", "127.0.0.1")
+    monkeypatch.setenv("CARNET_API_URL", settings.api_url)
     return settings
 
 
@@ -549,6 +557,112 @@ def test_a_load_fails_once_its_owner_may_no_longer_load(settings, world):
     assert warehouse_rows(settings, world["acme"], "seed_copy") is None
 
 
+def test_a_load_whose_service_does_not_answer_is_retried(settings, world):
+    # The service's address with nothing listening (a restart): the run is retried, the table untouched.
+    served_at = settings.api_url
+    settings.api_url = f"http://127.0.0.1:{closed_port()}/services/carnet/"
+    job = load_job(settings, world, "seed_copy", retry_backoff_seconds=20)
+    run_id, status = run_now(settings, job)
+    run = run_row(settings, run_id)
+    assert (status, run.attempt) == (RunStatus.queued, 2)
+    assert "The Carnet service did not answer: ConnectionError" in run.error
+    assert warehouse_rows(settings, world["acme"], "seed_copy") is None
+    settings.api_url = served_at  # the service is back: the retry loads
+    again, status = run_now(settings, job, later=21)
+    assert (again, status) == (run_id, RunStatus.succeeded), run_row(settings, run_id).error
+    assert warehouse_rows(settings, world["acme"], "seed_copy") == SEED_ROWS
+
+
+def test_a_retry_finds_its_loads_answer_in_the_history_and_does_not_load_again(settings, world):
+    acme = world["acme"]
+    job = load_job(settings, world, "seed_twice", mode="append")
+    run_id, status = run_now(settings, job)
+    assert status == RunStatus.succeeded, run_row(settings, run_id).error
+    first = result_of(settings, run_id)
+    # What a scheduler killed after the service loaded, before load.json was written, leaves: the load in
+    # the table's history, no load.json, the run queued again for its next try.
+    run_dir = Path(run_row(settings, run_id).output_dir)
+    (run_dir / "load.json").unlink()
+    with session_scope(settings.db_url) as session:
+        run = session.get(JobRun, run_id)
+        run.status, run.attempt, run.finished_at = RunStatus.queued, 2, None
+    again, status = run_now(settings, job)
+    assert (again, status) == (run_id, RunStatus.succeeded), run_row(settings, run_id).error
+    assert warehouse_rows(settings, acme, "seed_twice") == SEED_ROWS  # appended once, not twice
+    assert len(loads_into(settings, acme, "seed_twice")) == 1
+    assert result_of(settings, run_id) == {
+        **first,
+        "duration_seconds": result_of(settings, run_id)["duration_seconds"],
+    }
+    # Another run of the same job does append again: only this run's own load counts.
+    other, status = run_now(settings, job)
+    assert other != run_id and status == RunStatus.succeeded
+    assert len(warehouse_rows(settings, acme, "seed_twice")) == 6
+
+
+def job_token(settings, world, who: str, kind=TokenKind.job, job_run_id=None) -> str:
+    with session_scope(settings.db_url) as session:
+        return mint_token(
+            session,
+            kind=kind,
+            user_id=world[who],
+            org_id=world["acme"],
+            ttl_seconds=600,
+            job_run_id=job_run_id,
+        )
+
+
+def test_through_the_service_a_job_token_loads_as_far_as_its_owners_role_allows(
+    settings,
+    world,
+    platform,  # noqa: F811 - pytest's fixture argument
+):
+    _, service = platform
+    sync_body = {"source": "seed", "mode": "replace"}
+
+    def call(method, path, token, **kwargs):
+        return requests.request(
+            method, service.url(path), headers={"Authorization": f"Bearer {token}"}, timeout=60, **kwargs
+        )
+
+    # An analyst's job: it may read the warehouse (a burst's recipients) but not load it.
+    analyst = job_token(settings, world, "ana")
+    assert call("GET", "warehouse/tables", analyst).status_code == 200
+    refused = assert_json_error(call("POST", "warehouse/tables/by_ana/sync", analyst, json=sync_body), 403)
+    assert refused["message"] == "Your role (analyst) does not allow warehouse:load"
+    assert warehouse_rows(settings, world["acme"], "by_ana") is None
+
+    # A studio owner's job: the load is made, and its history names the job's run (origin job).
+    job = load_job(settings, world, "by_sam")
+    with session_scope(settings.db_url) as session:
+        run = JobRun(job_id=job, status=RunStatus.running, trigger="manual", scheduled_for=utcnow())
+        session.add(run)
+        session.flush()
+        run_id, name = run.id, session.get(Job, job).name
+    studio = job_token(settings, world, "sam", job_run_id=run_id)
+    loaded = call("POST", "warehouse/tables/by_sam/sync", studio, json=sync_body)
+    assert loaded.status_code == 200, loaded.text
+    assert (loaded.json()["rows_in"], loaded.json()["rows_out"]) == (3, 3)
+    assert warehouse_rows(settings, world["acme"], "by_sam") == SEED_ROWS
+    [history] = loads_into(settings, world["acme"], "by_sam")
+    assert (history.origin, history.actor, history.actor_id) == (
+        "job",
+        f"sync seed by job {name!r} run {run_id}",
+        world["sam"],
+    )
+
+    # A Viewer kernel's token reads sources only, whatever its person's role: no warehouse at all.
+    kernel = job_token(settings, world, "sam", kind=TokenKind.viewer_kernel)
+    for method, path, kwargs in (
+        ("GET", "warehouse/tables", {}),
+        ("GET", "warehouse/tables/seed/loads", {}),
+        ("POST", "warehouse/tables/by_kernel/sync", {"json": sync_body}),
+    ):
+        refused = assert_json_error(call(method, path, kernel, **kwargs), 403)
+        assert "does not allow warehouse:" in refused["message"], (path, refused)
+    assert warehouse_rows(settings, world["acme"], "by_kernel") is None
+
+
 def validate_load(settings, world, config, who="sam"):
     with session_scope(settings.db_url) as session:
         return kind_named("load").validate(session, principal(settings, world, who), {"config": config})
@@ -624,9 +738,47 @@ def post_job(stack, token: str, body: dict) -> requests.Response:
     )
 
 
-def test_through_the_api_an_analyst_may_not_make_a_load_job_and_bad_steps_are_refused(warm_stack, tokens):
-    from tests.api_support import assert_json_error
+def run_on_stack(stack, token: str, job_id: int) -> tuple[dict, str]:
+    """Run ``job_id`` now through the API and wait for its end: the run's details and URL."""
+    from tests.api_support import api_url, auth
+    from tests.helpers import wait_until
 
+    queued = requests.post(api_url(stack, f"jobs/{job_id}/runs"), headers=auth(token), timeout=30)
+    assert queued.status_code == 202, queued.text
+    run_url = api_url(stack, f"jobs/{job_id}/runs/{queued.json()['id']}")
+
+    def finished():
+        run = requests.get(run_url, headers=auth(token), timeout=30).json()
+        return run if run["status"] in ("succeeded", "failed") else None
+
+    return wait_until(finished, 240, interval=1, what=f"the run of job {job_id}"), run_url
+
+
+def test_on_the_stack_the_scheduler_loads_through_the_service(warm_stack, tokens):
+    from tests.api_support import api_url, auth
+
+    stack = warm_stack
+    made = post_job(
+        stack,
+        tokens[STUDIO],
+        {"kind": "load", "config": {"source": "gapminder", "table": "gapminder_copy", "mode": "replace"}},
+    )
+    assert made.status_code == 201, made.text
+    run, run_url = run_on_stack(stack, tokens[STUDIO], made.json()["id"])
+    assert run["status"] == "succeeded", (run.get("error"), stack.log_tail(80))
+    result = requests.get(f"{run_url}/outputs/load.json", headers=auth(tokens[STUDIO]), timeout=30).json()
+    described = requests.get(
+        api_url(stack, "warehouse/tables/gapminder"), headers=auth(tokens[STUDIO]), timeout=30
+    ).json()
+    assert result["rows_in"] == result["rows_out"] == described["rows"] > 1000
+    [load] = requests.get(
+        api_url(stack, "warehouse/tables/gapminder_copy/loads"), headers=auth(tokens[STUDIO]), timeout=30
+    ).json()["loads"]
+    assert (load["id"], load["origin"], load["status"]) == (result["load_id"], "job", "succeeded")
+    assert load["actor"] == f"sync gapminder by job {made.json()['name']!r} run {run['id']}"
+
+
+def test_through_the_api_an_analyst_may_not_make_a_load_job_and_bad_steps_are_refused(warm_stack, tokens):
     stack = warm_stack
     load = {"kind": "load", "config": {"source": "gapminder", "table": "copy"}}
     refused = assert_json_error(post_job(stack, tokens[ANALYST], load), 403)
@@ -668,8 +820,8 @@ def test_through_the_api_an_analyst_may_not_make_a_load_job_and_bad_steps_are_re
 
 def test_after_a_warm_up_run_the_persons_first_visit_is_handed_the_pooled_page(warm_stack, tokens):
     from bench.viewer_support import kernel_id_of
-    from tests.api_support import api_url, auth
-    from tests.helpers import hub_login, wait_until
+    from tests.api_support import auth
+    from tests.helpers import hub_login
     from tests.test_viewer_pool import PRERENDERED
 
     stack = warm_stack
@@ -684,18 +836,9 @@ def test_after_a_warm_up_run_the_persons_first_visit_is_handed_the_pooled_page(w
         stack, tokens[ANALYST], {"kind": "warmup", "app_id": app_id, "config": {"people": [VIEWER]}}
     )
     assert made.status_code == 201, made.text
-    job_id = made.json()["id"]
     headers = auth(tokens[ANALYST])
-    queued = requests.post(api_url(stack, f"jobs/{job_id}/runs"), headers=headers, timeout=30)
-    assert queued.status_code == 202, queued.text
-    run_url = api_url(stack, f"jobs/{job_id}/runs/{queued.json()['id']}")
-
-    def finished():
-        run = requests.get(run_url, headers=headers, timeout=30).json()
-        return run if run["status"] in ("succeeded", "failed") else None
-
-    run = wait_until(finished, 240, interval=1, what="the warm-up run")
-    assert run["status"] == "succeeded", (run, stack.log_tail(80))
+    run, run_url = run_on_stack(stack, tokens[ANALYST], made.json()["id"])
+    assert run["status"] == "succeeded", (run.get("error"), stack.log_tail(80))
     [pooled] = prerendered()
     report = requests.get(f"{run_url}/outputs/warmup.json", headers=headers, timeout=30)
     assert report.status_code == 200

@@ -1,37 +1,46 @@
 """``load``: what one of the organization's sources answers, synced into a warehouse table (replace, append
-or upsert on key columns), as POST warehouse/tables/{table}/sync does it: the same code
-(carnet/loads/sync.py ``sync_source``), read as the job's owner, recorded in the table's load history
-(origin ``job``).
+or upsert on key columns), through the Carnet service: the run POSTs ``warehouse/tables/{table}/sync`` with
+its job token, as the CLI and kernels load. Only the service opens the org's DuckDB file
+(docs/ARCHITECTURE.md: a second process writing while the service reads is refused by DuckDB).
 
-Only studio and above make load jobs (they change the warehouse), and a run fails if its owner may no longer
-load. A source's server that cannot be reached (or answers too late) is a transient failure, retried with
-the job's backoff; anything else (bad data, a refused query, an unknown source) fails the run for good. The
-run's folder keeps ``load.json``: the load's result (rows in, rows in the table after). A run retried after
-its load was recorded does not load again (an append would double the rows).
+The job token acts for the job's owner as far as the owner's CURRENT role allows (carnet.permissions
+``JOB_OWNER_ACTIONS``): only studio and above make load jobs (they change the warehouse), and a run fails for
+good once its owner may no longer load (the route's 403). The load's history names the job and the run
+(origin ``job``, actor ``sync <source> by job '<name>' run <id>``).
+
+A source's server that cannot be reached or answers too late (the route's 502 and 504), any other 5xx, and a
+service that does not answer (connection refused, timed out) are transient: retried with the job's backoff.
+Any other refusal (bad data, a refused query, an unknown source, the row cap) fails the run for good with the
+service's message. The run's folder keeps ``load.json``: the load's result (rows in, rows in the table
+after). A run retried after its load was recorded does not load again (an append would double the rows):
+neither when ``load.json`` is there, nor when the table's history already holds this run's succeeded load (the
+service loaded, its answer was lost).
 """
 
 from __future__ import annotations
 
 import json
 
-from carnet.db import session_scope
+import requests
+
+from carnet.client import ApiClient, CarnetApiError
 from carnet.db.models import Role
-from carnet.errors import CarnetError, ConnectionFailed, PermissionDenied, QueryTimeout, ValidationError
+from carnet.errors import PermissionDenied, ValidationError
 from carnet.loads.sync import check_sync
 from carnet.query.service import find_source
 from carnet.scheduler.attachments import written_then_renamed
 from carnet.scheduler.executor import JobRunError, TransientRunError
 from carnet.scheduler.kinds import JobKind, PlannedMail, register
-from carnet.sharing import member_reader
 
 MODES = ("replace", "append", "upsert")
 FIELDS = ("source", "table", "mode", "key")
 RESULT_FILE = "load.json"
-# What the job's owner acts through in the load's permission checks: a person's rights (their role), not a
-# kernel's (a job token may only read).
-OWNER_VIA = "scheduler"
-# A source's server down or too slow: worth trying again later.
-TRANSIENT_SOURCE_ERRORS = (ConnectionFailed, QueryTimeout)
+RESULT_FIELDS = ("table", "mode", "status", "load_id", "rows_in", "rows_out", "duration_seconds")
+# The route's answers for a source's server that could not be reached (ConnectionFailed) or answered too late
+# (ConnectTimeout, QueryTimeout): worth trying again later, as is any other failure of the service itself.
+SOURCE_UNREACHABLE = (502, 504)
+# How far back a retry looks for its own load in the table's history (newest first).
+HISTORY_LOOKBACK = 50
 
 
 def config_error(exc: ValidationError) -> ValidationError:
@@ -75,55 +84,68 @@ class LoadKind(JobKind):
             raise PermissionDenied(f"A load job needs the {self.min_role.value} role or above")
         return check_load_config(session, principal.org_id, body.get("config"))
 
-    def execute(self, executor, context) -> list[PlannedMail]:
-        from carnet.loads.sync import sync_source
+    def prepare(self, executor, session, job, run, context) -> None:
+        # Valid for as long as the run may take: the sync answers once the whole load is done.
+        context.token = executor.mint_job_token(session, context, ttl_seconds=int(context.timeout) + 600)
 
+    def execute(self, executor, context) -> list[PlannedMail]:
         result_path = context.output_dir / RESULT_FILE
         if result_path.exists():  # loaded on an earlier try whose end was not recorded
             return []
         config = context.config
-        settings = executor.settings
-        with session_scope(settings.db_url) as session:
-            owner = member_reader(session, context.owner_id, context.org_id, OWNER_VIA)
-            if owner is None:
-                raise JobRunError("The job's owner is no longer an active member of the organization", "load")
-            try:
-                result = sync_source(
-                    settings,
-                    session,
-                    owner,
-                    config["source"],
-                    config["table"],
-                    mode=config["mode"],
-                    key=config.get("key") or None,
-                    actor_id=context.owner_id,
-                    actor=f"job {context.job_name!r} run {context.run_id}",
-                    origin="job",
-                )
-            except PermissionDenied as exc:
-                raise JobRunError(
-                    f"The job's owner may no longer load the warehouse: {exc.message}", "load"
-                ) from None
-            except TRANSIENT_SOURCE_ERRORS as exc:
-                raise TransientRunError(f"Reading {config['source']!r}: {exc.message}", "load") from None
-            except CarnetError as exc:
-                raise JobRunError(
-                    f"Loading {config['source']!r} into {config['table']!r}: {exc.message}", "load"
-                ) from None
+        source, table = config["source"], config["table"]
+        api = ApiClient(executor.settings.api_url, token=context.token, timeout=context.timeout)
+        table_path = f"api/v1/warehouse/tables/{ApiClient.segment(table)}"
+        answer = None
+        if context.attempt > 1:
+            answer = through_service(context, lambda: loaded_by_this_run(api, table_path, context.run_id))
+        if answer is None:
+            body = {"source": source, "mode": config["mode"], "key": config.get("key") or []}
+            answer = through_service(context, lambda: api.post_json(f"{table_path}/sync", body))
         with written_then_renamed(result_path) as partial:
-            partial.write_text(
-                json.dumps(
-                    {
-                        "source": config["source"],
-                        "table": result.table,
-                        "mode": result.mode,
-                        "status": result.status,
-                        "load_id": result.load_id,
-                        "rows_in": result.rows_in,
-                        "rows_out": result.rows_out,
-                        "duration_seconds": round(result.duration_seconds, 3),
-                    },
-                    indent=2,
-                )
-            )
+            result = {"source": source, **{name: answer.get(name) for name in RESULT_FIELDS}}
+            partial.write_text(json.dumps(result, indent=2))
         return []
+
+
+def loaded_by_this_run(api: ApiClient, table_path: str, run_id: int) -> dict | None:
+    """This run's load as the table's history has it, when an earlier try's sync succeeded but its answer
+    was lost (the service loaded, the scheduler stopped or timed out waiting): None when there is none.
+    A load of this run still running is a transient failure (look again later)."""
+    try:
+        history = api.get_json(f"{table_path}/loads", limit=HISTORY_LOOKBACK)["loads"]
+    except CarnetApiError as exc:
+        if exc.status == 404:  # no such table yet: nothing was loaded into it
+            return None
+        raise
+    for row in history:
+        # The sync route's actor for a job token ends with the run (carnet/service/api/sync.py).
+        if row["origin"] != "job" or not row["actor"].endswith(f" run {run_id}"):
+            continue
+        if row["status"] == "running":
+            raise TransientRunError(f"This run's earlier load into {row['table']!r} is still running", "load")
+        if row["status"] == "succeeded":
+            return {**row, "load_id": row["id"]}
+    return None
+
+
+def through_service(context, call):
+    """``call()`` against the Carnet service, its failures as the run's: transient (retried with backoff) or
+    for good, with the service's message."""
+    source, table = context.config["source"], context.config["table"]
+    try:
+        return call()
+    except requests.RequestException as exc:  # refused, reset, timed out: the service may be restarting
+        raise TransientRunError(f"The Carnet service did not answer: {type(exc).__name__}", "load") from None
+    except CarnetApiError as exc:
+        if exc.status in SOURCE_UNREACHABLE:
+            raise TransientRunError(f"Reading {source!r}: {exc.message}", "load") from None
+        if exc.status >= 500:
+            raise TransientRunError(
+                f"Loading {source!r} into {table!r}: {exc.message} (HTTP {exc.status})", "load"
+            ) from None
+        if exc.status == 403:
+            raise JobRunError(
+                f"The job's owner may no longer load the warehouse from {source!r}: {exc.message}", "load"
+            ) from None
+        raise JobRunError(f"Loading {source!r} into {table!r}: {exc.message}", "load") from None
