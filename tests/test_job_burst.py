@@ -17,12 +17,12 @@ import requests
 from sqlalchemy import select
 
 from carnet.db import session_scope
-from carnet.db.models import JobRun, MailStatus, OutboxMail, RunStatus, utcnow
+from carnet.db.models import Job, JobRun, MailStatus, OutboxMail, RunStatus, utcnow
 from carnet.scheduler.executor import JobExecutor, JobRunError, RunContext, TransientRunError
 from carnet.scheduler.kinds import kind_named
 from carnet.scheduler.viewer_pdf import Letterhead, PdfRenderError, ViewerPdfSettings, ViewerPrinter
 from tests.api_support import api_url, assert_json_error, unique
-from tests.helpers import wait_until
+from tests.helpers import free_port, wait_until
 from tests.test_row_security import load, people  # noqa: F401 - people is a fixture
 from tests.test_viewer_browser import CHROMIUM
 from tests.test_viewer_pdf import needs_tools, notebook, pdf_pages, publish  # noqa: F401 - needs_tools
@@ -157,6 +157,8 @@ def test_fifty_recipients_each_get_one_pdf_of_only_their_own_rows(
     seconds = [float(line["seconds"]) for line in report]
     mean, slowest = sum(seconds) / len(seconds), max(seconds)
     print(f"\nburst of 50: run {elapsed:.0f} s; per PDF mean {mean:.2f} s, slowest {slowest:.2f} s")
+    # Several pages were printed at once (ViewerPdfSettings.concurrency, 2): their times overlap.
+    assert sum(seconds) > 1.3 * elapsed, (sum(seconds), elapsed)
 
     mailed = mails_to(smtp_server, set(address.values()))
     assert sorted(m["X-Envelope-To"] for m in mailed) == sorted(address.values())  # one mail each
@@ -271,12 +273,14 @@ def printer_settings(stack) -> ViewerPdfSettings:
     return ViewerPdfSettings(viewer_url=f"{stack.url}/services/carnet-viewer/", time_budget=180)
 
 
-def try_in_process(stack, printer, run_id: int, folder: Path) -> list:
+def try_in_process(stack, printer, run_id: int, folder: Path, api_base: str = "") -> list:
     """One try of a burst run as the executor makes it (prepare in a database session, then execute),
-    in this process with ``printer``, writing into ``folder``; what execute returns."""
+    in this process with ``printer``, writing into ``folder``; what execute returns. ``api_base``: the
+    Carnet service's URL, if not the stack's."""
     settings = stack.settings
-    # As the stack's scheduler has it: mail goes to the test's SMTP server.
+    # As the stack's scheduler has it: mail goes to the test's SMTP server, the service is at its port.
     settings.smtp_host, settings.smtp_port = "127.0.0.1", int(stack.env["CARNET_SMTP_PORT"])
+    settings.api_url = api_base or f"http://127.0.0.1:{stack.ports['SERVICE']}/services/carnet/"
     executor = JobExecutor(settings, run_id, printer=printer)
     kind = kind_named("burst")
     with session_scope(stack.settings.db_url) as session:
@@ -305,19 +309,66 @@ def try_in_process(stack, printer, run_id: int, folder: Path) -> list:
     return kind.execute(executor, context)
 
 
+def unplayed_run(stack, job_id: int) -> int:
+    """A run row the stack's scheduler leaves alone (not queued, not running): the test plays its tries."""
+    with session_scope(stack.settings.db_url) as session:
+        run = JobRun(job_id=job_id, status=RunStatus.succeeded, trigger="manual", scheduled_for=utcnow())
+        session.add(run)
+        session.flush()
+        return run.id
+
+
+def test_the_recipients_table_is_read_through_the_service_unreachable_is_retried_gone_is_final(
+    carnet_stack,
+    people,  # noqa: F811 - the imported fixture
+    created,
+    orders,
+    tmp_path,
+):
+    """The scheduler reads a recipients table through the service's warehouse routes with the run's job
+    token, never the warehouse file itself (only the service opens it): with the service unreachable the
+    try fails as transient and freezes no recipient list; a table gone since the job was made (the
+    service's 404) fails the run for good."""
+    table = unique("burst_gone").replace("-", "_")
+    load(carnet_stack, people["studio"], table, {"mail": ["gone@x.example"], "cust": ["C01"]})
+    spec = {"table": table, "email_column": "mail", "attribute_columns": {"customer": "cust"}}
+    job_id = make_job(carnet_stack, people["studio"], created, orders["app"], {"recipients_from": spec})
+    run_id = unplayed_run(carnet_stack, job_id)
+    folder = tmp_path / "run"
+    folder.mkdir()
+    printer = ViewerPrinter(CHROMIUM, printer_settings(carnet_stack))
+    try:
+        closed = f"http://127.0.0.1:{free_port()}/services/carnet/"
+        with pytest.raises(TransientRunError) as unreachable:
+            try_in_process(carnet_stack, printer, run_id, folder, api_base=closed)
+        assert "the Carnet service did not answer" in unreachable.value.message
+        assert not (folder / ".burst.json").exists()  # the next try reads the table again
+
+        with session_scope(carnet_stack.settings.db_url) as session:
+            job = session.get(Job, job_id)
+            job.config = {"recipients_from": {**spec, "table": "burst_no_such_table"}}
+        with pytest.raises(JobRunError) as gone:
+            try_in_process(carnet_stack, printer, run_id, folder)
+        assert gone.value.message == "The recipients table 'burst_no_such_table' is gone"
+    finally:
+        printer.close()
+    assert printer.launches == 0  # no recipient, no page
+
+
 class PrinterFailingSome(ViewerPrinter):
-    """The real printer, except that the print calls numbered in ``failing`` (1, 2, ...) fail as a page
-    whose app failed does: the fault a burst must survive without losing the other recipients."""
+    """The real printer, except that the pages numbered in ``failing`` (1, 2, ...: the order print_many
+    finishes them in, which is the order of its jobs) fail as a page whose app failed does, after their
+    page really opened: the fault a burst must survive without losing the other recipients."""
 
     def __init__(self, chromium: str, settings: ViewerPdfSettings, failing: set[int]):
         super().__init__(chromium, settings)
         self.failing, self.calls = failing, 0
 
-    def print_token(self, token, pdf_path, letterhead=Letterhead()):
+    def _finish(self, printing, pdf_path, letterhead=Letterhead()):
         self.calls += 1
         if self.calls in self.failing:
             raise PdfRenderError("A part of the app failed while rendering; the PDF was not made")
-        return super().print_token(token, pdf_path, letterhead)
+        return super()._finish(printing, pdf_path, letterhead)
 
 
 def test_a_failed_pdf_is_retried_alone_and_the_last_try_mails_the_others_then_fails_naming_it(
@@ -339,12 +390,7 @@ def test_a_failed_pdf_is_retried_alone_and_the_last_try_mails_the_others_then_fa
         {"recipients": [{"email": address[c], "attributes": {"customer": [c]}} for c in chosen]},
         max_retries=1,
     )
-    with session_scope(carnet_stack.settings.db_url) as session:
-        # A run row the stack's scheduler leaves alone (not queued, not running): this test plays its tries.
-        run = JobRun(job_id=job_id, status=RunStatus.succeeded, trigger="manual", scheduled_for=utcnow())
-        session.add(run)
-        session.flush()
-        run_id = run.id
+    run_id = unplayed_run(carnet_stack, job_id)
     folder = tmp_path / "run"
     folder.mkdir()
     # C22's page fails on both of its tries (print calls 2 and 4).

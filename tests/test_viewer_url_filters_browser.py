@@ -18,8 +18,9 @@ pytestmark = pytest.mark.slow
 ACME_VIEWER, STUDIO = "viewer@acme.example", "studio@acme.example"
 
 
-@pytest.fixture(scope="module")
-def filtered_app(carnet_stack, hub_token):
+def publish_region_app(carnet_stack, hub_token, output_cell: str, title: str):
+    """Publish (as acme's studio) an app whose Region dropdown is bound to the URL's ``region``, then
+    ``output_cell``; yields its id and removes it after."""
     code = nbformat.v4.new_code_cell
     notebook = nbformat.v4.new_notebook(
         cells=[
@@ -32,22 +33,30 @@ def filtered_app(carnet_stack, hub_token):
                 ")\n"
                 "region"
             ),
-            code(
-                "widgets.interactive_output(lambda region: print(f'Region is {region}'), {'region': region})"
-            ),
+            code(output_cell),
         ]
     )
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     studio = auth(hub_token(STUDIO))
     response = requests.post(
         api_url(carnet_stack, "apps"),
-        json={"slug": f"url-filters-{uuid.uuid4().hex[:8]}", "title": "URL filters", "notebook": notebook},
+        json={"slug": f"region-{uuid.uuid4().hex[:8]}", "title": title, "notebook": notebook},
         headers=studio,
         timeout=30,
     )
     assert response.status_code == 201, response.text
     yield response.json()["id"]
     requests.delete(api_url(carnet_stack, f"apps/{response.json()['id']}"), headers=studio, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def filtered_app(carnet_stack, hub_token):
+    yield from publish_region_app(
+        carnet_stack,
+        hub_token,
+        "widgets.interactive_output(lambda region: print(f'Region is {region}'), {'region': region})",
+        "URL filters",
+    )
 
 
 def test_filter_values_travel_in_the_url(browser, carnet_stack, filtered_app):  # noqa: F811

@@ -9,8 +9,9 @@ give each recipient only the rows of their own attribute values.
   (1-1000 entries, checked as ``sign_print`` checks them), or
 - ``{"recipients_from": {"table", "email_column", "attribute_columns": {attribute: column},
   "variable_columns": {variable: column}}}``: a table of the org's warehouse, read when the run starts
-  (one row per recipient; a row with a bad email or value is skipped and reported; the first row of an
-  email wins),
+  through the service's warehouse routes with the run's job token, as the owner (only the service opens
+  the warehouse; at most 1000 rows; one row per recipient; a row with a bad email or value is skipped and
+  reported; the first row of an email wins),
 
 and optionally ``"file_name"``: the PDF's name, a template with ``{{date:...}}`` (scheduler/attachments.py);
 default ``<job>-<n>.pdf``.
@@ -24,6 +25,8 @@ How a run goes, and why (docs/SCHEDULER.md):
   so every try of one run mails the same people the same PDFs, even if the warehouse table changed.
 - Each recipient's PDF is ``burst/<n>/<file name>`` in the run's folder, written then renamed: a try that
   finds a recipient's PDF there does not print it again, so a burst killed at recipient 30 resumes at 30.
+- Several PDFs are printed at once (``ViewerPdfSettings.concurrency``), each its own print token, browser
+  context and Viewer kernel: no page or kernel ever serves two recipients.
 - A recipient whose PDF fails does not stop the others. When all PDFs exist the run returns one mail per
   recipient (the outbox sends each once). When some failed and the run has tries left, the try fails as
   transient: the retry prints only the missing PDFs, and everyone is mailed together once all exist. On
@@ -40,9 +43,12 @@ import logging
 import time
 from pathlib import Path
 
+import requests
+
+from carnet.client import ApiClient, CarnetApiError
 from carnet.db import session_scope
 from carnet.db.models import App, Job, Role, TokenKind, role_at_least, utcnow
-from carnet.errors import CarnetError, NotFound, ValidationError
+from carnet.errors import NotFound, ValidationError
 from carnet.print_pages import sign_print
 from carnet.query.service import check_variables
 from carnet.row_security import check_attributes
@@ -52,13 +58,15 @@ from carnet.scheduler.kinds.report import letterhead_of
 from carnet.settings import CarnetSettings
 from carnet.sharing import member_reader
 from carnet.validation import validate_email
-from carnet.warehouse import check_identifier, open_warehouse
+from carnet.warehouse import check_identifier, open_warehouse  # validate() only: it runs in the service
 
 log = logging.getLogger("carnet.scheduler")
 
 MAX_RECIPIENTS = 1000
-# Rows read from a recipients table: more than this is refused (duplicates and bad rows need room).
-MAX_TABLE_ROWS = 10_000
+# Rows read from a recipients table: more than this is refused. It is the most the service's warehouse
+# preview route (the one route that answers a table's rows) gives in one answer.
+MAX_TABLE_ROWS = 1000
+SERVICE_TIMEOUT = 120  # seconds: one read of the recipients table through the service
 FROZEN_LIST = ".burst.json"
 REPORT_FILE = "burst-recipients.csv"
 FAILED_NAMED = 10  # recipients named in a run's error; the report file lists them all
@@ -162,23 +170,28 @@ def _variable_value(value):
     return value if value is None or isinstance(value, str | int | float | bool) else str(value)
 
 
-def recipients_from_table(settings: CarnetSettings, org_id: int, spec: dict) -> tuple[list[dict], list[dict]]:
-    """(recipients, skipped rows) of the recipients table as it is now. A row is skipped, with the reason,
-    when its email or a value is bad, or its email came in an earlier row (the first row wins)."""
+def recipients_from_table(executor, context, spec: dict) -> tuple[list[dict], list[dict]]:
+    """(recipients, skipped rows) of the recipients table as it is now, read through the service's warehouse
+    route with the run's job token (only the service opens the warehouse: docs/ARCHITECTURE.md). A row is
+    skipped, with the reason, when its email or a value is bad, or its email came in an earlier row (the
+    first row wins)."""
     from carnet.scheduler.executor import JobRunError
 
-    try:
-        table = open_warehouse(settings, org_id).read_arrow(spec["table"], MAX_TABLE_ROWS + 1)
-    except NotFound:
-        raise JobRunError(f"The recipients table {spec['table']!r} is gone", step="recipients") from None
-    if table.num_rows > MAX_TABLE_ROWS:
+    table_path = f"api/v1/warehouse/tables/{ApiClient.segment(spec['table'])}"
+    api = ApiClient(executor.settings.api_url, token=context.token, timeout=SERVICE_TIMEOUT)
+    info = through_service(spec["table"], lambda: api.get_json(table_path))
+    if (info.get("rows") or 0) > MAX_TABLE_ROWS:
         raise JobRunError(f"The recipients table has more than {MAX_TABLE_ROWS} rows", step="recipients")
     needed = [spec["email_column"], *spec["attribute_columns"].values(), *spec["variable_columns"].values()]
-    missing = sorted(set(needed) - set(table.column_names))
+    missing = sorted(set(needed) - {column["name"] for column in info.get("columns") or []})
     if missing:
         raise JobRunError(f"The recipients table has no column {missing[0]!r} any more", step="recipients")
+    rows = through_service(spec["table"], lambda: api.get_json(f"{table_path}/preview", limit=MAX_TABLE_ROWS))
+    rows = rows["rows"]
+    if len(rows) > MAX_TABLE_ROWS:
+        raise JobRunError(f"The recipients table has more than {MAX_TABLE_ROWS} rows", step="recipients")
     recipients, skipped, seen = [], [], set()
-    for row_number, row in enumerate(table.select(list(dict.fromkeys(needed))).to_pylist(), start=1):
+    for row_number, row in enumerate(rows, start=1):
         try:
             email = validate_email(row[spec["email_column"]], field="email")
             if email in seen:
@@ -206,6 +219,31 @@ def recipients_from_table(settings: CarnetSettings, org_id: int, spec: dict) -> 
             step="recipients",
         )
     return recipients, skipped
+
+
+def through_service(table: str, call):
+    """``call()`` against the Carnet service, its failures as the run's: the service unreachable or failing
+    (5xx) is retried with the job's backoff; a table gone (404) or a refusal fails the run for good."""
+    from carnet.scheduler.executor import JobRunError, TransientRunError
+
+    try:
+        return call()
+    except requests.RequestException as exc:  # refused, reset, timed out: the service may be restarting
+        raise TransientRunError(
+            f"Reading the recipients table: the Carnet service did not answer ({type(exc).__name__})",
+            step="recipients",
+        ) from None
+    except CarnetApiError as exc:
+        if exc.status >= 500:
+            raise TransientRunError(
+                f"Reading the recipients table: {exc.message} (HTTP {exc.status})", step="recipients"
+            ) from None
+        if exc.status == 404:
+            raise JobRunError(f"The recipients table {table!r} is gone", step="recipients") from None
+        raise JobRunError(
+            f"Reading the recipients table {table!r} was refused: {exc.message} (HTTP {exc.status})",
+            step="recipients",
+        ) from None
 
 
 def pdf_name(context, number: int) -> str:
@@ -278,6 +316,10 @@ class BurstKind(JobKind):
                 f"A burst job's owner needs the {self.min_role.value} role", step="before_start"
             )
         context.letterhead = letterhead_of(executor, session, job)
+        if "recipients_from" in context.config and not (context.output_dir / FROZEN_LIST).exists():
+            # The table is read through the service as the owner (execute(), once this session committed
+            # the token: the service must find it).
+            context.token = executor.mint_job_token(session, context, ttl_seconds=SERVICE_TIMEOUT * 3)
         # The last try mails those whose PDF exists and fails naming the others (fail_or_retry's rule).
         context.extras["tries_left"] = run.parent_run_id is None and run.attempt <= job.max_retries
 
@@ -290,34 +332,32 @@ class BurstKind(JobKind):
         if "recipients" in context.config:
             recipients, skipped = context.config["recipients"], []
         else:
-            recipients, skipped = recipients_from_table(
-                executor.settings, context.org_id, context.config["recipients_from"]
-            )
+            recipients, skipped = recipients_from_table(executor, context, context.config["recipients_from"])
         with written_then_renamed(frozen) as partial:
             partial.write_text(json.dumps({"recipients": recipients, "skipped": skipped}))
         return recipients, skipped
 
-    def print_one(self, executor, context, recipient: dict, pdf: Path) -> float:
-        """Sign a print token for ``recipient`` (just before use: a long burst outlives any one token) and
-        print it to ``pdf``."""
+    def print_jobs(self, executor, context, todo: list[tuple[dict, Path]]):
+        """``(print token, pdf)`` of each recipient in ``todo``, the token signed when the printer takes it
+        (just before its page opens: a long burst outlives any one token)."""
         from carnet.scheduler.executor import JobRunError
 
-        printer = executor.printer_of()
-        with session_scope(executor.settings.db_url) as session:
-            app = session.get(App, context.app_id)
-            if app is None:
-                raise JobRunError("The job's app was deleted", step="pdf")
-            token = sign_print(
-                session,
-                executor.settings,
-                app,
-                attributes=recipient["attributes"],
-                variables=recipient["variables"],
-                expires_in=int(printer.settings.time_budget) + 60,
-            )
-        pdf.parent.mkdir(parents=True, exist_ok=True)
-        with written_then_renamed(pdf) as partial:
-            return printer.print_token(token, partial, context.letterhead)
+        budget = int(executor.printer_of().settings.time_budget)
+        for recipient, pdf in todo:
+            with session_scope(executor.settings.db_url) as session:
+                app = session.get(App, context.app_id)
+                if app is None:
+                    raise JobRunError("The job's app was deleted", step="pdf")
+                token = sign_print(
+                    session,
+                    executor.settings,
+                    app,
+                    attributes=recipient["attributes"],
+                    variables=recipient["variables"],
+                    expires_in=budget + 60,
+                )
+            pdf.parent.mkdir(parents=True, exist_ok=True)
+            yield token, pdf
 
     def execute(self, executor, context) -> list[PlannedMail]:
         from carnet.scheduler.executor import JobRunError, TransientRunError
@@ -329,28 +369,37 @@ class BurstKind(JobKind):
                 f"The recipients table gave no recipient ({len(skipped)} rows skipped: see {REPORT_FILE})",
                 step="recipients",
             )
-        mails, failed, report = [], [], []
+        pdfs = [
+            context.output_dir / "burst" / str(number) / pdf_name(context, number)
+            for number in range(1, len(recipients) + 1)
+        ]
+        # Each PDF is its own page, browser context and Viewer kernel (only that recipient's attributes);
+        # several are printed at once (ViewerPdfSettings.concurrency), each written then renamed into place.
+        todo = [(r, pdf) for r, pdf in zip(recipients, pdfs, strict=True) if not pdf.exists()]
         started = time.monotonic()
-        printed = 0
-        for number, recipient in enumerate(recipients, start=1):
-            pdf = context.output_dir / "burst" / str(number) / pdf_name(context, number)
+        printer = executor.printer_of()
+        outcomes = {
+            outcome.path: outcome
+            for outcome in printer.print_many(self.print_jobs(executor, context, todo), context.letterhead)
+        }
+        mails, failed, report = [], [], []
+        for number, (recipient, pdf) in enumerate(zip(recipients, pdfs, strict=True), start=1):
             line = {"n": number, "email": recipient["email"], "file": f"burst/{number}/{pdf.name}"}
-            if pdf.exists():
+            outcome = outcomes.get(pdf)
+            if outcome is None:
                 line["state"] = "printed by an earlier try"
+            elif outcome.error is not None:
+                log.warning(
+                    "Run %s: the PDF of recipient %s failed: %s",
+                    context.run_id,
+                    number,
+                    outcome.error.message,
+                )
+                failed.append(recipient["email"])
+                report.append({**line, "file": "", "state": "failed", "detail": outcome.error.message})
+                continue
             else:
-                try:
-                    line["seconds"] = f"{self.print_one(executor, context, recipient, pdf):.2f}"
-                    line["state"] = "printed"
-                    printed += 1
-                except JobRunError:
-                    raise
-                except CarnetError as exc:
-                    log.warning(
-                        "Run %s: the PDF of recipient %s failed: %s", context.run_id, number, exc.message
-                    )
-                    failed.append(recipient["email"])
-                    report.append({**line, "file": "", "state": "failed", "detail": exc.message})
-                    continue
+                line["seconds"], line["state"] = f"{outcome.seconds:.2f}", "printed"
             report.append(line)
             mails.append(
                 PlannedMail(
@@ -360,6 +409,7 @@ class BurstKind(JobKind):
                     [pdf],
                 )
             )
+        printed = len(outcomes) - len(failed)
         elapsed = time.monotonic() - started
         per_pdf = elapsed / max(printed, 1)
         log.info(

@@ -3,15 +3,22 @@
 The PDF is the app as the Viewer shows it (the scheduler's Chromium prints the Viewer's ``/print/<token>``
 page, scheduler/viewer_pdf.py), except for a job with papermill ``parameters``: only papermill can inject
 them, so such a job runs the notebook with papermill and prints nbconvert's HTML of it (scheduler/pdf.py).
+
+``config`` (optional): ``{"filters": {name: value or [values]}}``, the filter values the PDF is printed for:
+they travel in the print page's URL exactly as in an app's URL (``carnet.filters.bind``), so a value the
+app's filter does not offer is ignored as it is for a viewer. A webhook's payload ``filters`` (an object)
+replaces them for that run.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
+from urllib.parse import urlencode
 
 from carnet.branding import branding
 from carnet.db.models import Organization
-from carnet.errors import CarnetError
+from carnet.errors import CarnetError, ValidationError
 from carnet.print_pages import sign_print
 from carnet.publishing import current_notebook_path
 from carnet.scheduler.attachments import written_then_renamed
@@ -31,6 +38,47 @@ def letterhead_of(executor, session, job):
     return Letterhead(org["org_name"], org["color"], job.app.title)
 
 
+MAX_FILTERS = 50
+_FILTER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+_SCALAR = (str, int, float, bool)
+
+
+def check_filters(raw, field: str = "config.filters") -> dict:
+    """``{name: value or [values]}``: names as carnet.filters.bind takes them, scalar values."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or len(raw) > MAX_FILTERS:
+        raise ValidationError(f"{field} must be an object of at most {MAX_FILTERS} filters", field=field)
+    for name, value in raw.items():
+        if not _FILTER_NAME.fullmatch(str(name)):
+            raise ValidationError(f"{field}: {name!r} is not a filter name", field=f"{field}.{name}"[:200])
+        values = value if isinstance(value, list) else [value]
+        if not values or len(values) > 100 or not all(isinstance(v, _SCALAR) for v in values):
+            raise ValidationError(
+                f"{field}.{name} must be a text, number or boolean, or a list of 1-100 of them",
+                field=f"{field}.{name}",
+            )
+        if any(len(str(v)) > 500 for v in values):
+            raise ValidationError(
+                f"{field}.{name}: a value is longer than 500 characters", field=f"{field}.{name}"
+            )
+    return dict(raw)
+
+
+def filter_query(filters: dict) -> str:
+    """The URL query of ``filters`` (a list: comma-separated, as the Viewer writes several choices)."""
+
+    def text(value) -> str:
+        return str(value).lower() if isinstance(value, bool) else str(value)
+
+    return urlencode(
+        {
+            name: ",".join(text(v) for v in (value if isinstance(value, list) else [value]))
+            for name, value in filters.items()
+        }
+    )
+
+
 @register
 class ReportKind(JobKind):
     name = "report"
@@ -39,10 +87,17 @@ class ReportKind(JobKind):
     needs_recipients = True
 
     def validate(self, session, principal, body: dict) -> dict:
-        return {}
+        config = body.get("config") or {}
+        if not isinstance(config, dict):
+            raise ValidationError("config must be an object", field="config")
+        unknown = sorted(set(config) - {"filters"})
+        if unknown:
+            raise ValidationError(f"Unknown field 'config.{unknown[0]}'", field=f"config.{unknown[0]}")
+        filters = check_filters(config.get("filters"))
+        return {"filters": filters} if filters else {}
 
     def prepare(self, executor, session, job, run, context) -> None:
-        from carnet.scheduler.executor import PdfRenderer, pdf_renderer_for
+        from carnet.scheduler.executor import JobRunError, PdfRenderer, pdf_renderer_for
 
         copy_app_notebook(executor, job, context)
         context.renderer = pdf_renderer_for(job)
@@ -55,6 +110,14 @@ class ReportKind(JobKind):
                 session, executor.settings, job.app, as_user=job.owner_id, expires_in=int(budget) + 60
             )
             context.letterhead = letterhead_of(executor, session, job)
+            payload = (run.payload or {}).get("filters")
+            filters = context.config.get("filters") or {}
+            if payload is not None:
+                try:
+                    filters = check_filters(payload, "payload.filters")
+                except ValidationError as exc:
+                    raise JobRunError(exc.message, "before_start") from None
+            context.extras["query"] = filter_query(filters)
         else:
             context.token = executor.mint_job_token(session, context)
 
@@ -63,8 +126,12 @@ class ReportKind(JobKind):
 
         with written_then_renamed(context.pdf) as partial:
             if context.renderer == PdfRenderer.viewer:
+                printer = executor.printer_of()
+                url = printer.settings.viewer_url.rstrip("/") + "/print/" + context.print_token
+                if context.extras.get("query"):
+                    url += "?" + context.extras["query"]
                 try:
-                    executor.printer_of().print_token(context.print_token, partial, context.letterhead)
+                    printer.print_url(url, partial, context.letterhead)
                 except CarnetError as exc:
                     raise JobRunError(exc.message, step="pdf") from None
             else:

@@ -89,7 +89,7 @@ class JobWebhookHandler(BaseHandler):
 
 def parse_payload(body: bytes) -> dict | None:
     """A webhook body: nothing (no payload) or a JSON object of parameter names to scalars or lists of
-    scalars."""
+    scalars; ``filters`` may be an object of those (a report's filter values, scheduler/kinds/report.py)."""
     if not body.strip():
         return None
     try:
@@ -99,7 +99,11 @@ def parse_payload(body: bytes) -> dict | None:
     if not isinstance(payload, dict):
         raise ValidationError("The body must be a JSON object of parameters", field="body")
     for key, value in payload.items():
-        items = value if isinstance(value, list) else [value]
+        if key == "filters" and isinstance(value, dict):
+            # A report's filter values for this run ({name: value or [values]}): the same check, one level.
+            items = [item for v in value.values() for item in (v if isinstance(v, list) else [v])]
+        else:
+            items = value if isinstance(value, list) else [value]
         if not all(isinstance(item, SCALARS) for item in items):
             raise ValidationError(
                 f"Parameter {key!r} must be text, a number, true/false, null or a list of those", field=key
