@@ -91,6 +91,13 @@ class PdfTimeBudgetExceeded(PdfRenderError):
     """The page did not finish rendering within the PDF's time budget."""
 
 
+class PdfViewerBusy(PdfRenderError):
+    """The Viewer answered its "busy" page (503: at its kernel cap for the app or the organization): worth
+    trying again later, unlike a page that failed."""
+
+    status = 503
+
+
 class ViewerPdfSettings(Configurable):
     """How the scheduler prints apps (its ``--ViewerPdfSettings.<name>`` options, or the environment)."""
 
@@ -394,7 +401,16 @@ class ViewerPrinter:
             printing.context.route("**/*", lambda route: self._only(route, origin))
             printing.context.route_web_socket(re.compile(".*"), lambda ws: self._only_ws(ws, origin))
             printing.page = printing.context.new_page()
-            printing.page.goto(url, wait_until="commit", timeout=printing.left_ms())
+            response = printing.page.goto(url, wait_until="commit", timeout=printing.left_ms())
+            if response is not None and response.status == 503:
+                raise PdfViewerBusy(
+                    "The Viewer is at its kernel cap (too many app pages open at once); the PDF was not made"
+                )
+        except PdfViewerBusy as busy:
+            if not defer_errors:
+                self._end(printing)
+                raise
+            printing.error = busy
         except (PlaywrightTimeout, PlaywrightError) as exc:
             error = self._error(printing, exc)
             if not defer_errors:

@@ -122,7 +122,8 @@ class ReportKind(JobKind):
             context.token = executor.mint_job_token(session, context)
 
     def execute(self, executor, context) -> list[PlannedMail]:
-        from carnet.scheduler.executor import JobRunError, PdfRenderer
+        from carnet.scheduler.executor import JobRunError, PdfRenderer, TransientRunError
+        from carnet.scheduler.viewer_pdf import PdfViewerBusy
 
         with written_then_renamed(context.pdf) as partial:
             if context.renderer == PdfRenderer.viewer:
@@ -132,6 +133,8 @@ class ReportKind(JobKind):
                     url += "?" + context.extras["query"]
                 try:
                     printer.print_url(url, partial, context.letterhead)
+                except PdfViewerBusy as exc:  # the Viewer's kernel cap: retried with the job's backoff
+                    raise TransientRunError(exc.message, step="pdf") from None
                 except CarnetError as exc:
                     raise JobRunError(exc.message, step="pdf") from None
             else:
