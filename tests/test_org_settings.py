@@ -25,6 +25,7 @@ DEFAULTS = {
     "embed_origins": "",
     "api_key_max_days": 0,
     "invitation_days": 7,
+    "job_output_retention_days": 90,
     "primary_color": "",
     "custom_css": "",
 }
@@ -149,6 +150,8 @@ def test_admin_changes_settings_audited_with_from_and_to(carnet_stack, admin, hu
         ({"invitation_days": 0}, "invitation_days"),
         ({"invitation_days": 91}, "invitation_days"),
         ({"invitation_days": True}, "invitation_days"),
+        ({"job_output_retention_days": 0}, "job_output_retention_days"),
+        ({"job_output_retention_days": 3651}, "job_output_retention_days"),
         ({"allow_public_apps": "yes"}, "allow_public_apps"),
         ({"allow_public_apps": 1}, "allow_public_apps"),
         ({"name": ""}, "name"),

@@ -83,8 +83,15 @@ def _load_builtin_kinds() -> None:
             register(point.load())
 
 
+_loaded = False
+
+
 def kinds() -> dict[str, JobKind]:
-    if not _REGISTRY:
+    """Every kind by name: the built-in ones and those of the ``carnet.job_kinds`` entry points, loaded once
+    (a module registering one kind before, e.g. by importing it, does not hide the others)."""
+    global _loaded
+    if not _loaded:
+        _loaded = True
         _load_builtin_kinds()
     return _REGISTRY
 
