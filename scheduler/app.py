@@ -23,6 +23,7 @@ from carnet.db import upgrade
 from carnet.scheduler.executor import JobExecutor
 from carnet.scheduler.kinds import kinds
 from carnet.scheduler.lease import LeaseKeeper
+from carnet.scheduler.notebook_workers import NotebookWorkerPool
 from carnet.scheduler.outbox import deliver_due_notices
 from carnet.scheduler.retention import sweep_outputs
 from carnet.scheduler.run_queue import claim_next_run, enqueue_due_runs, recover_interrupted_runs
@@ -65,6 +66,19 @@ class SchedulerService(Application):
         "job_output_retention_days (carnet/scheduler/retention.py).",
     ).tag(config=True)
 
+    notebook_workers = Integer(
+        2,
+        help="Warm notebook workers kept at most (carnet/scheduler/notebook_workers.py): processes with "
+        "papermill imported and a kernel pre-started, one per OS account that runs notebooks, so that a "
+        "notebook run does not pay ~2 s of process and kernel start. The least recently used is stopped "
+        "to make room. 0: every notebook run starts a process of its own.",
+    ).tag(config=True)
+
+    notebook_worker_idle_seconds = Float(
+        600,
+        help="Seconds a warm notebook worker may stay unused before it is stopped (with its kernel).",
+    ).tag(config=True)
+
     _last_sweep = float("-inf")
 
     def tick(self, settings: CarnetSettings) -> bool:
@@ -87,18 +101,29 @@ class SchedulerService(Application):
         recovered = recover_interrupted_runs(settings)
         if recovered:
             log.warning("Recovered %s interrupted run(s)", recovered)
+        if self.worker_pool is not None:
+            self.worker_pool.stop_idle()
         run_id = claim_next_run(settings.db_url)
         if run_id is None:
             return False
-        status = JobExecutor(settings, run_id, cell_timeout=self.cell_timeout, printer=self.printer).run()
+        status = JobExecutor(
+            settings,
+            run_id,
+            cell_timeout=self.cell_timeout,
+            printer=self.printer,
+            notebook_workers=self.worker_pool,
+        ).run()
         log.info("Run %s finished: %s", run_id, status.value)
         return True
 
     printer = None  # the process's one PDF browser (viewer_pdf.py), made at start
+    worker_pool = None  # the warm notebook workers (notebook_workers.py), made at start
 
     def start(self):
         settings = CarnetSettings(parent=self)
         self.printer = ViewerPrinter(settings.chromium_path, ViewerPdfSettings(parent=self))
+        if self.notebook_workers > 0:
+            self.worker_pool = NotebookWorkerPool(self.notebook_workers, self.notebook_worker_idle_seconds)
         upgrade(settings.db_url)
         # Every job kind (built-in and from the carnet.job_kinds entry points) is loaded before the first
         # run: a broken plugin shows at start, and no run pays for the imports.
@@ -110,9 +135,13 @@ class SchedulerService(Application):
         try:
             while lease.acquire():
                 self.run_while_held(settings, lease, stop)
+                if self.worker_pool is not None:  # the lease is lost: no runs here until it is back
+                    self.worker_pool.close()
         finally:
             lease.release()
             self.printer.close()
+            if self.worker_pool is not None:  # SIGTERM ends the loop above: no worker or kernel outlives us
+                self.worker_pool.close()
 
     def run_while_held(self, settings: CarnetSettings, lease: LeaseKeeper, stop: threading.Event) -> None:
         while not stop.is_set() and lease.held:

@@ -27,6 +27,13 @@ from carnet.errors import CarnetError
 from carnet.isolation import account_for
 from carnet.scheduler.attachments import written_then_renamed
 from carnet.scheduler.kinds import PlannedMail, kind_named
+from carnet.scheduler.notebook_workers import (
+    RUN_VARIABLES,
+    NotebookWorkerPool,
+    WorkerGone,
+    WorkerTimedOut,
+    worker_folder,
+)
 from carnet.scheduler.outbox import (
     MailNotDelivered,
     deliver_run_mail,
@@ -145,6 +152,11 @@ def stop_run_processes(process: subprocess.Popen, output_dir: Path) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
     process.communicate()
+    kill_processes_in(output_dir)
+
+
+def kill_processes_in(output_dir: Path) -> None:
+    """SIGKILL every process whose working directory is the run's folder."""
     folder = str(output_dir.resolve())
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -179,6 +191,7 @@ class JobExecutor:
         cell_timeout: int = 600,
         run_timeout: float | None = None,
         printer: ViewerPrinter | None = None,
+        notebook_workers: NotebookWorkerPool | None = None,
     ):
         self.settings = settings
         self.run_id = run_id
@@ -187,6 +200,9 @@ class JobExecutor:
         # closed when the run ends.
         self.printer = printer
         self._own_printer = printer is None
+        # The scheduler's warm notebook workers (notebook_workers.py); without a pool each notebook run
+        # starts a process of its own (the cold path).
+        self.notebook_workers = notebook_workers
         # Overrides the job's own timeout (tests); else job.timeout_seconds, else the platform's.
         self._run_timeout = run_timeout
         self.run_timeout = run_timeout or settings.job_run_timeout_seconds
@@ -303,58 +319,124 @@ class JobExecutor:
 
     def run_notebook(self, context: RunContext, parameters: dict) -> None:
         """papermill runs ``context.notebook`` into ``context.executed_notebook`` as the job's owner, in a
-        process of its own (killed past the run's timeout). The output notebook is written under a temporary
-        name and renamed once papermill is done. A failed cell: papermill wrote the error into the output
-        notebook, which is kept under its name; the run fails (not retried)."""
+        process of its own (killed past the run's timeout): a warm worker of the scheduler's pool when the
+        executor has one (notebook_workers.py: papermill imported, a fresh kernel pre-started), else a new
+        process. The output notebook is written under a temporary name and renamed once papermill is done.
+        A failed cell: papermill wrote the error into the output notebook, which is kept under its name; the
+        run fails (not retried)."""
         env = self.kernel_environment(context)
         as_owner = self.run_as_owner(context, env)
-        failure = None
+        log.info("Run %s: running the notebook (at most %g s)", context.run_id, self.run_timeout)
+        started = time.monotonic()
         with written_then_renamed(context.executed_notebook) as partial:
-            command = [
-                sys.executable,
-                "-m",
-                "carnet.scheduler.notebook_run",
-                str(context.notebook),
-                str(partial),
-                "--parameters",
-                json.dumps(parameters, default=str),
-                "--cwd",
-                str(context.output_dir),
-                "--timeout",
-                str(self.cell_timeout),
-            ]
-            log.info("Run %s: running the notebook (at most %g s)", context.run_id, self.run_timeout)
-            started = time.monotonic()
-            process = subprocess.Popen(  # noqa: S603 - our own module, arguments are ours
-                command,
-                env=env,
-                **as_owner,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                start_new_session=True,
-            )
-            try:
-                stdout, stderr = process.communicate(timeout=self.run_timeout)
-            except subprocess.TimeoutExpired:
-                stop_run_processes(process, context.output_dir)
-                raise JobRunError(
-                    f"The notebook did not finish within {self.run_timeout:g} s", step="execute"
-                ) from None
-            # Kept with the run's outputs (run history: stdout/stderr).
-            for name, text in (("stdout.txt", stdout), ("stderr.txt", stderr)):
-                if text:
-                    (context.output_dir / name).write_text(text)
-            if process.returncode != 0:
-                detail = stderr.strip().splitlines()[-1] if stderr.strip() else "no output"
-                with contextlib.suppress(ValueError, KeyError, TypeError):
-                    detail = json.loads(detail)["error"]
-                failure = JobRunError(f"The notebook failed: {detail}", step="execute")
-                if not partial.exists():  # papermill wrote nothing (e.g. the kernel never started)
-                    raise failure
+            if self.notebook_workers is None:
+                failure = self._notebook_in_new_process(context, parameters, env, as_owner, partial)
+            else:
+                failure = self._notebook_in_worker(context, parameters, env, as_owner, partial)
+            if failure is not None and not partial.exists():  # papermill wrote nothing (no kernel...)
+                raise failure
         if failure is not None:  # the executed notebook with the error cell is kept (renamed above)
             raise failure
         log.info("Run %s: notebook done in %.1f s", context.run_id, time.monotonic() - started)
+
+    def _timed_out(self) -> JobRunError:
+        return JobRunError(f"The notebook did not finish within {self.run_timeout:g} s", step="execute")
+
+    def _notebook_in_new_process(
+        self, context: RunContext, parameters: dict, env: dict, as_owner: dict, partial: Path
+    ) -> JobRunError | None:
+        """The cold path: ``python -m carnet.scheduler.notebook_run`` for this run only."""
+        command = [
+            sys.executable,
+            "-m",
+            "carnet.scheduler.notebook_run",
+            str(context.notebook),
+            str(partial),
+            "--parameters",
+            json.dumps(parameters, default=str),
+            "--cwd",
+            str(context.output_dir),
+            "--timeout",
+            str(self.cell_timeout),
+        ]
+        process = subprocess.Popen(  # noqa: S603 - our own module, arguments are ours
+            command,
+            env=env,
+            **as_owner,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            stdout, stderr = process.communicate(timeout=self.run_timeout)
+        except subprocess.TimeoutExpired:
+            stop_run_processes(process, context.output_dir)
+            raise self._timed_out() from None
+        # Kept with the run's outputs (run history: stdout/stderr).
+        for name, text in (("stdout.txt", stdout), ("stderr.txt", stderr)):
+            if text:
+                (context.output_dir / name).write_text(text)
+        if process.returncode == 0:
+            return None
+        detail = stderr.strip().splitlines()[-1] if stderr.strip() else "no output"
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            detail = json.loads(detail)["error"]
+        return JobRunError(f"The notebook failed: {detail}", step="execute")
+
+    def _notebook_in_worker(
+        self, context: RunContext, parameters: dict, env: dict, as_owner: dict, partial: Path
+    ) -> JobRunError | None:
+        """The warm path: the pool's worker of the owner's account runs the notebook on a fresh kernel,
+        which it makes the run's (environment, working directory) before the first cell."""
+        pool = self.notebook_workers
+        key = (as_owner["user"], as_owner["group"]) if as_owner else None
+        # The worker outlives the run: it starts without the run's variables, in a folder of no run.
+        worker_env = {name: value for name, value in env.items() if name not in RUN_VARIABLES}
+        popen_args = {name: value for name, value in as_owner.items() if name != "cwd"}
+        popen_args["cwd"] = str(worker_folder(env, as_owner))
+        request = {
+            "input": str(context.notebook),
+            "output": str(partial),
+            "parameters": json.loads(json.dumps(parameters, default=str)),
+            "cwd": str(context.output_dir),
+            "timeout": self.cell_timeout,
+            "env": env,
+        }
+        deadline = time.monotonic() + self.run_timeout
+        try:
+            worker = pool.take(key, worker_env, popen_args, deadline)
+        except WorkerTimedOut:  # the pool killed the worker that could not start in time
+            kill_processes_in(context.output_dir)
+            raise self._timed_out() from None
+        except WorkerGone as exc:
+            return JobRunError(f"The notebook failed: {exc.detail}", step="execute")
+        offset = worker.log_size()
+        try:
+            answer = worker.run(request, deadline)
+        except WorkerTimedOut:
+            pool.discard(worker)
+            kill_processes_in(context.output_dir)
+            raise self._timed_out() from None
+        except WorkerGone as exc:  # died mid-run: the run fails as a crashed notebook process would
+            detail = pool.last_error_line(worker, offset, exc.detail)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                if worker.process.wait(timeout=1) < 0:
+                    detail = f"its process was killed ({signal.Signals(-worker.process.returncode).name})"
+            pool.discard(worker)
+            kill_processes_in(context.output_dir)
+            return JobRunError(f"The notebook failed: {detail}", step="execute")
+        except BaseException:  # anything else (the scheduler stopping...): the worker is not reused
+            pool.discard(worker)
+            raise
+        # Kept with the run's outputs (run history): what the worker and the kernel wrote during the run.
+        written = worker.log_since(offset)
+        if written.strip():
+            (context.output_dir / "stderr.txt").write_text(written)
+        pool.release(worker)
+        if "error" in answer:
+            return JobRunError(f"The notebook failed: {answer['error']}", step="execute")
+        return None
 
     def on_complete(self, context: RunContext) -> None:
         with session_scope(self.settings.db_url) as session:
