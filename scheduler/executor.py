@@ -463,9 +463,6 @@ class JobExecutor:
             )
 
 
-ReportExecutor = JobExecutor  # the name before job kinds
-
-
 def fail_or_retry(
     session, settings: CarnetSettings, run: JobRun, message: str, transient: bool, wait: bool = True
 ) -> RunStatus:

@@ -179,13 +179,3 @@ def recover_interrupted_runs(settings) -> int:
                 # The interruption was the wait: go again at once.
                 fail_or_retry(session, settings, run, message, transient=True, wait=False)
         return len(runs)
-
-
-def fail_interrupted_runs(db_url: str) -> int:
-    """Runs left 'running' marked failed without retry (kept for callers that want no retry)."""
-    with session_scope(db_url) as session:
-        return session.execute(
-            update(JobRun)
-            .where(JobRun.status == RunStatus.running)
-            .values(status=RunStatus.failed, finished_at=utcnow(), error="Interrupted: the scheduler stopped")
-        ).rowcount

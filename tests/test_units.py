@@ -38,7 +38,7 @@ from carnet.passwords import MAX_PASSWORD_BYTES, generate_password, hash_passwor
 from carnet.publishing import publish
 from carnet.scheduler.cron import next_fire_time, validate_cron, validate_timezone
 from carnet.scheduler.mail import send_mail
-from carnet.scheduler.run_queue import claim_next_run, enqueue_due_runs, fail_interrupted_runs
+from carnet.scheduler.run_queue import claim_next_run, enqueue_due_runs, recover_interrupted_runs
 from carnet.settings import CarnetSettings
 from carnet.tokens import mint_token, resolve_token, revoke_tokens
 from carnet.warehouse import Warehouse, check_identifier, quote
@@ -519,22 +519,23 @@ def test_concurrent_claims_hand_each_run_to_one_worker(settings, world):
     assert sorted(claimed) == sorted(run_ids)
 
 
-def test_interrupted_runs_are_marked_failed(settings, world):
+def test_interrupted_runs_are_queued_again_at_once_and_others_left_alone(settings, world):
     job = add_job(settings, world)
     queued = queue_run(settings, job)
     done = queue_run(settings, job, RunStatus.succeeded)
     running = [queue_run(settings, job, RunStatus.running), queue_run(settings, job, RunStatus.running)]
-    assert fail_interrupted_runs(settings.db_url) == 2
-    assert fail_interrupted_runs(settings.db_url) == 0
+    assert recover_interrupted_runs(settings) == 2
+    assert recover_interrupted_runs(settings) == 0
     runs = {run.id: run for run in runs_of(settings, job)}
     for run_id in running:
-        assert runs[run_id].status == RunStatus.failed
-        assert runs[run_id].error == "Interrupted: the scheduler stopped"
-        assert runs[run_id].finished_at is not None
+        # A transient failure whose wait was the downtime: queued again, no backoff, its try counted.
+        assert (runs[run_id].status, runs[run_id].not_before) == (RunStatus.queued, None)
+        assert runs[run_id].error.startswith("Try 1 of ") and "Interrupted" in runs[run_id].error
+        assert runs[run_id].attempt == 2 and runs[run_id].finished_at is None
     assert (runs[queued].status, runs[queued].finished_at) == (RunStatus.queued, None)
     assert (runs[done].status, runs[done].error) == (RunStatus.succeeded, None)
-    # The queued run is still there for the restarted scheduler.
-    assert claim_next_run(settings.db_url) == queued
+    # Everything queued is there for the restarted scheduler, in order.
+    assert [claim_next_run(settings.db_url) for _ in range(3)] == [queued, *running]
 
 
 @pytest.mark.parametrize(
@@ -546,7 +547,7 @@ def test_interrupted_runs_are_marked_failed(settings, world):
     ],
 )
 def test_a_run_fails_when_its_owner_lost_the_right_to_the_app(settings, world, change, error):
-    from carnet.scheduler.executor import ReportExecutor
+    from carnet.scheduler.executor import JobExecutor
 
     job = add_job(settings, world)
     run_id = queue_run(settings, job, RunStatus.running)
@@ -563,7 +564,7 @@ def test_a_run_fails_when_its_owner_lost_the_right_to_the_app(settings, world, c
                     Membership.user_id == world["ana"], Membership.org_id == world["acme"]
                 )
             )
-    assert ReportExecutor(settings, run_id).run() == RunStatus.failed
+    assert JobExecutor(settings, run_id).run() == RunStatus.failed
     run = runs_of(settings, job)[-1]
     assert run.status == RunStatus.failed and error in run.error
     with session_scope(settings.db_url) as session:  # no credential was minted for the run
@@ -578,7 +579,7 @@ def test_a_run_past_its_time_limit_fails_and_leaves_no_process(settings, world, 
     import nbformat
 
     from carnet.publishing import publish
-    from carnet.scheduler.executor import ReportExecutor
+    from carnet.scheduler.executor import JobExecutor
 
     monkeypatch.setenv("CARNET_ISOLATION", "off")  # the run's processes are this test's own
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import time\ntime.sleep(120)")])
@@ -598,7 +599,7 @@ def test_a_run_past_its_time_limit_fails_and_leaves_no_process(settings, world, 
         session.get(Job, job).parameters = {"wait": 120}
     run_id = queue_run(settings, job, RunStatus.running)
     started = time.monotonic()
-    assert ReportExecutor(settings, run_id, run_timeout=8).run() == RunStatus.failed
+    assert JobExecutor(settings, run_id, run_timeout=8).run() == RunStatus.failed
     assert time.monotonic() - started < 60
     run = runs_of(settings, job)[-1]
     assert run.error == "The notebook did not finish within 8 s" and run.finished_at is not None
