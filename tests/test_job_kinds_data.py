@@ -236,6 +236,43 @@ def test_a_csv_attachment_holds_the_query_result_and_goes_to_every_recipient(set
     assert sorted(p.name for p in Path(run.output_dir).iterdir()) == ["sales_2026-05-04.csv"]
 
 
+@pytest.mark.parametrize(
+    "option, expected_notes",
+    [
+        pytest.param(
+            {},
+            ['\'=HYPERLINK("http://x")', "'+1", "'-2+3", "'@SUM(A1)", "'\tx", "plain -1", ""],
+            id="neutralized-by-default",
+        ),
+        pytest.param(
+            {"csv_formulas": "keep"},
+            ['=HYPERLINK("http://x")', "+1", "-2+3", "@SUM(A1)", "\tx", "plain -1", ""],
+            id="kept-when-asked",
+        ),
+    ],
+)
+def test_csv_text_that_a_spreadsheet_would_run_is_neutralized_unless_kept(
+    settings, world, smtp, option, expected_notes
+):
+    notes = ['=HYPERLINK("http://x")', "+1", "-2+3", "@SUM(A1)", "\tx", "plain -1", None]
+    risky = pa.table(
+        {"n": pa.array([-5, -1, 0, 1, 2, 3, 4], pa.int64()), "note": notes, "=x": list("abcdefg")}
+    )
+    load_table(settings, world["acme"], "risky", risky, actor="test")
+    with session_scope(settings.db_url) as session:
+        session.add(
+            DataSource(org_id=world["acme"], name="risky", kind="warehouse_table", options={"table": "risky"})
+        )
+    job = add_job(settings, world, "data_email", {"source": "risky", "query": {"order_by": ["n"]}, **option})
+    assert run_job(settings, job).status == RunStatus.succeeded
+    [data] = attachments_of(smtp.messages[0]).values()
+    rows = csv_rows(data)
+    assert [row[1] for row in rows[1:]] == expected_notes
+    # Numbers are never text: a negative number stays a number either way.
+    assert [row[0] for row in rows[1:]] == ["-5", "-1", "0", "1", "2", "3", "4"]
+    assert rows[0] == ["n", "note", "'=x" if not option else "=x"]
+
+
 def test_an_xlsx_attachment_keeps_types_and_a_bold_header(settings, world, smtp):
     job = add_job(
         settings,
@@ -643,6 +680,7 @@ GROUPED = {"group_by": ["region"], "aggregates": {"amount": "sum"}}
         # A grouped query's result has only its group and aggregate columns.
         ("alert", on_sales(GROUPED, aggregate="max", column="id"), "config.condition.column"),
         ("alert", on_sql("DELETE FROM {sales}"), "config.sql"),
+        ("data_email", {"source": "sales", "csv_formulas": "strip"}, "config.csv_formulas"),
         ("alert", on_sql("SELECT * FROM sales"), "config.sql"),
         ("alert", on_sql("SELECT 1 FROM {sales}", source="sales"), "config.source"),
         ("alert", {"condition": {"aggregate": "count", "op": ">", "threshold": 1}}, "config.source"),
@@ -691,6 +729,7 @@ def test_a_valid_config_is_stored_with_its_defaults(settings, world):
         "format": "xlsx",
         "file_name": "sales_{{date:%Y-%m-%d}}.xlsx",
         "max_rows": 100_000,
+        "csv_formulas": "neutralize",
     }
     condition = {"aggregate": "avg", "column": "amount", "op": "<=", "threshold": 2.5}
     assert validated(settings, world, "alert", {"source": "sales", "condition": condition}) == {

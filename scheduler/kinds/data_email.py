@@ -47,7 +47,12 @@ FORMATS = ("csv", "xlsx")
 # run with a message asking for a filter, rather than a mail that never arrives.
 MAX_ROWS = 100_000
 MAX_ATTACHMENT_BYTES = 20 * 1024 * 1024
-DATA_EMAIL_KEYS = frozenset({"source", "query", "format", "file_name", "max_rows"})
+DATA_EMAIL_KEYS = frozenset({"source", "query", "format", "file_name", "max_rows", "csv_formulas"})
+# config.csv_formulas: what a CSV does with text that a spreadsheet would read as a formula (OWASP "CSV
+# injection"): "neutralize" (the default) puts a ' before it, "keep" writes it as it is (for programs).
+CSV_FORMULAS = ("neutralize", "keep")
+# A spreadsheet opening a CSV reads a cell starting with one of these as a formula.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 # -- shared with the alert kind ----------------------------------------------------------------------------
@@ -201,14 +206,25 @@ def _csv_value(value):
     return value
 
 
-def write_csv(table: pa.Table, path) -> None:
-    """UTF-8, a header row, ``,`` separated, quoted where needed (RFC 4180); nulls are empty fields."""
+def _neutralized(value):
+    """Text a spreadsheet would run as a formula, with a ``'`` before it (shown as text, the ``'`` hidden by
+    Excel/LibreOffice); numbers, even negative ones, are never text here and stay as they are."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
+def write_csv(table: pa.Table, path, neutralize_formulas: bool = True) -> None:
+    """UTF-8, a header row, ``,`` separated, quoted where needed (RFC 4180); nulls are empty fields. With
+    ``neutralize_formulas``, text cells (header included) that a spreadsheet would read as a formula are
+    written as text (``_neutralized``)."""
+    guard = _neutralized if neutralize_formulas else (lambda value: value)
     with open(path, "w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(table.column_names)
+        writer.writerow([guard(name) for name in table.column_names])
         for batch in table.to_batches(max_chunksize=10_000):
             for row in batch.to_pylist():
-                writer.writerow([_csv_value(v) for v in row.values()])
+                writer.writerow([guard(_csv_value(v)) for v in row.values()])
 
 
 # Characters an XLSX cell cannot hold (XML 1.0 control characters).
@@ -273,6 +289,11 @@ class DataEmailKind(JobKind):
                 f"config.format must be one of: {', '.join(FORMATS)}", field="config.format"
             )
         max_rows = whole_number_in(config, "max_rows", MAX_ROWS, 1, MAX_ROWS)
+        formulas = config.get("csv_formulas", CSV_FORMULAS[0])
+        if formulas not in CSV_FORMULAS:
+            raise ValidationError(
+                f"config.csv_formulas must be one of: {', '.join(CSV_FORMULAS)}", field="config.csv_formulas"
+            )
         source, spec_raw, _columns = checked_source_query(session, validation_settings(), principal, config)
         template = config.get("file_name", f"{source}_{{{{date:%Y-%m-%d}}}}.{fmt}")
         if not isinstance(template, str):
@@ -285,6 +306,7 @@ class DataEmailKind(JobKind):
             "format": fmt,
             "file_name": template,
             "max_rows": max_rows,
+            "csv_formulas": formulas,
         }
 
     def prepare(self, executor, session, job, run, context) -> None:
@@ -308,7 +330,7 @@ class DataEmailKind(JobKind):
             if fmt == "xlsx":
                 write_xlsx(table, partial, context.timezone)
             else:
-                write_csv(table, partial)
+                write_csv(table, partial, config.get("csv_formulas", "neutralize") == "neutralize")
             size = partial.stat().st_size
             if size > MAX_ATTACHMENT_BYTES:
                 raise JobRunError(
