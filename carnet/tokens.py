@@ -98,3 +98,14 @@ def revoke_tokens(session: Session, *, user_id: int, kind: TokenKind, note: str 
     for token in tokens:
         token.revoked_at = utcnow()
     return len(tokens)
+
+
+def revoke_run_tokens(session: Session, run_id: int) -> int:
+    """Revokes the job tokens minted for one run of a job (``job_run_id``) once the run has ended, however
+    it ended: a token never outlives its run's work (a retry mints its own). Returns how many were live."""
+    tokens = session.scalars(
+        select(Token).where(Token.job_run_id == run_id, Token.revoked_at.is_(None))
+    ).all()
+    for token in tokens:
+        token.revoked_at = utcnow()
+    return len(tokens)

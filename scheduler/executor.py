@@ -45,7 +45,7 @@ from carnet.scheduler.outbox import (
 from carnet.scheduler.viewer_pdf import Letterhead, ViewerPrinter
 from carnet.settings import CarnetSettings
 from carnet.sharing import may_open, member_reader
-from carnet.tokens import mint_token
+from carnet.tokens import mint_token, revoke_run_tokens
 
 log = logging.getLogger("carnet.scheduler")
 
@@ -222,6 +222,7 @@ class JobExecutor:
         except Exception as exc:
             return self.on_failure(context, exc)
         finally:
+            self.revoke_tokens()
             if self._own_printer and self.printer is not None:
                 self.printer.close()
                 self.printer = None
@@ -276,6 +277,15 @@ class JobExecutor:
             note=f"job run {context.run_id}",
             job_run_id=context.run_id,
         )
+
+    def revoke_tokens(self) -> None:
+        """The run's job tokens stop working when its work ends (kernels, the Viewer's print page, data
+        reads are done); failing to revoke is logged, the tokens then expire on their own."""
+        try:
+            with session_scope(self.settings.db_url) as session:
+                revoke_run_tokens(session, self.run_id)
+        except Exception:
+            log.exception("Run %s: its job tokens could not be revoked (they expire)", self.run_id)
 
     def execute(self, context: RunContext) -> list[PlannedMail]:
         return kind_named(context.kind).execute(self, context)

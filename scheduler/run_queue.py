@@ -168,11 +168,13 @@ def recover_interrupted_runs(settings) -> int:
     run is queued again (its outputs and mail, if recorded, are reused: carnet/scheduler/outbox.py) while the
     job has tries left, else it fails and its owner is told. A chain's steps fail; their chain is retried."""
     from carnet.scheduler.executor import fail_or_retry
+    from carnet.tokens import revoke_run_tokens
 
     message = "Interrupted: the scheduler stopped during the run"
     with session_scope(settings.db_url) as session:
         runs = session.scalars(select(JobRun).where(JobRun.status == RunStatus.running)).all()
         for run in sorted(runs, key=lambda r: r.parent_run_id is None):  # steps first
+            revoke_run_tokens(session, run.id)  # a retry mints its own
             if run.parent_run_id is not None:
                 run.status, run.error, run.finished_at = RunStatus.failed, message, utcnow()
             else:

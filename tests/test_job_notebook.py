@@ -274,6 +274,38 @@ def test_a_run_gets_the_scheduled_time_its_parameters_and_keeps_state_for_its_jo
     assert attachment.get_content() == (Path(first.output_dir) / "executed.ipynb").read_bytes()
 
 
+@pytest.mark.parametrize("fails", [False, True], ids=["succeeded", "failed"])
+def test_a_runs_job_token_stops_working_when_the_run_ends(platform, world, fails):
+    settings, service = platform
+    # The notebook uses its token (carnet.state), keeps a copy of it in its run folder, then ends or fails.
+    cells = [
+        "import os, pathlib, carnet\n"
+        "carnet.state.set('alive', True)\n"
+        "pathlib.Path(os.environ['CARNET_RUN_DIR'], 'token.txt').write_text(os.environ['CARNET_TOKEN'])",
+        "1 / 0" if fails else "print('done')",
+    ]
+    with session_scope(settings.db_url) as session:
+        app = publish(
+            session,
+            settings,
+            org_id=world["acme"],
+            user_id=world["ana"],
+            slug=f"token-{uuid.uuid4().hex[:6]}",
+            title="Token",
+            notebook=make_notebook(*(nbformat.v4.new_code_cell(c) for c in cells)),
+        )
+        app_id = app.id
+    job = add_notebook_job(settings, world, app_id=app_id)
+    status, run = run_job(settings, job)
+    assert status == (RunStatus.failed if fails else RunStatus.succeeded), run.error
+    assert job_state(settings, job) == {"alive": True}  # the token worked while the run ran
+    token = (Path(run.output_dir) / "token.txt").read_text()
+    url = service.url("job-state/alive")
+    assert_error(requests.get(url, headers=bearer(token), timeout=30), 401)
+    assert_error(requests.put(url, json={"value": 2}, headers=bearer(token), timeout=30), 401)
+    assert job_state(settings, job) == {"alive": True}
+
+
 def test_a_failed_cell_fails_the_run_once_and_keeps_the_notebook_with_the_error(platform, world):
     settings, service = platform
     # No cell tagged "parameters": papermill injects them at the top.

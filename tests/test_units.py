@@ -524,6 +524,16 @@ def test_interrupted_runs_are_queued_again_at_once_and_others_left_alone(setting
     queued = queue_run(settings, job)
     done = queue_run(settings, job, RunStatus.succeeded)
     running = [queue_run(settings, job, RunStatus.running), queue_run(settings, job, RunStatus.running)]
+    with session_scope(settings.db_url) as session:
+        for run_id in (running[0], done):
+            mint_token(
+                session,
+                kind=TokenKind.job,
+                user_id=world["ana"],
+                org_id=world["acme"],
+                ttl_seconds=600,
+                job_run_id=run_id,
+            )
     assert recover_interrupted_runs(settings) == 2
     assert recover_interrupted_runs(settings) == 0
     runs = {run.id: run for run in runs_of(settings, job)}
@@ -534,6 +544,10 @@ def test_interrupted_runs_are_queued_again_at_once_and_others_left_alone(setting
         assert runs[run_id].attempt == 2 and runs[run_id].finished_at is None
     assert (runs[queued].status, runs[queued].finished_at) == (RunStatus.queued, None)
     assert (runs[done].status, runs[done].error) == (RunStatus.succeeded, None)
+    # The interrupted run's token is revoked (its retry mints its own); another run's is not touched.
+    with session_scope(settings.db_url) as session:
+        tokens = session.scalars(select(Token).where(Token.job_run_id.in_([running[0], done]))).all()
+        assert {t.job_run_id: t.revoked_at is not None for t in tokens} == {running[0]: True, done: False}
     # Everything queued is there for the restarted scheduler, in order.
     assert [claim_next_run(settings.db_url) for _ in range(3)] == [queued, *running]
 
