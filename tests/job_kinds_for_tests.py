@@ -17,7 +17,7 @@ class EchoKind(JobKind):
     description = "Tests only: writes echo.txt and mails it."
     needs_recipients = True
 
-    def validate(self, session, principal, body):
+    def validate(self, session, settings, principal, body):
         return dict(body.get("config") or {})
 
     def execute(self, executor, context):

@@ -136,7 +136,7 @@ def world(settings):
 def validated(settings, world, kind: str, config: dict, user="sam", org="acme", **body) -> dict:
     with session_scope(settings.db_url) as session:
         principal = member_reader(session, world[user], world[org], "hub")
-        return kind_named(kind).validate(session, principal, {"config": config, **body})
+        return kind_named(kind).validate(session, settings, principal, {"config": config, **body})
 
 
 def add_job(settings, world, kind: str, config: dict, owner="sam", timezone="UTC", recipients=None) -> int:

@@ -396,7 +396,7 @@ def test_a_chain_interrupted_mid_step_resumes_after_its_succeeded_steps(settings
 def validate_chain(settings, world, config, who="sam", org="acme", **body):
     with session_scope(settings.db_url) as session:
         return kind_named("chain").validate(
-            session, principal(settings, world, who, org), {"config": config, **body}
+            session, settings, principal(settings, world, who, org), {"config": config, **body}
         )
 
 
@@ -665,7 +665,8 @@ def test_through_the_service_a_job_token_loads_as_far_as_its_owners_role_allows(
 
 def validate_load(settings, world, config, who="sam"):
     with session_scope(settings.db_url) as session:
-        return kind_named("load").validate(session, principal(settings, world, who), {"config": config})
+        reader = principal(settings, world, who)
+        return kind_named("load").validate(session, settings, reader, {"config": config})
 
 
 def test_load_jobs_are_checked_when_made_as_the_sync_route_checks(settings, world):

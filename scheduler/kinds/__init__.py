@@ -44,8 +44,10 @@ class JobKind:
     # The lowest role that may create a job of this kind (data loads change the warehouse: studio).
     min_role = Role.analyst
 
-    def validate(self, session, principal, body: dict) -> dict:
-        """The kind's ``config`` from the request body; raise ValidationError(field=...) on bad input."""
+    def validate(self, session, settings, principal, body: dict) -> dict:
+        """The kind's ``config`` from the request body; raise ValidationError(field=...) on bad input.
+        ``settings`` are the service's own (CarnetSettings, as the request's handler has them: the sources
+        and the warehouse a check may read); ``principal`` is who makes or changes the job."""
         return {}
 
     def prepare(self, executor: JobExecutor, session, job, run, context: RunContext) -> None:

@@ -48,7 +48,6 @@ from carnet.scheduler.kinds.data_email import (
     mint_owner_token,
     read_source,
     read_sql,
-    validation_settings,
 )
 from carnet.scheduler.outbox import queue_mail
 
@@ -178,9 +177,8 @@ class AlertKind(JobKind):
     description = "Check a condition on data at each run; mail when it becomes true (with a cool-down)."
     needs_recipients = True
 
-    def validate(self, session, principal, body: dict) -> dict:
+    def validate(self, session, settings, principal, body: dict) -> dict:
         config = config_of(body, ALERT_KEYS)
-        settings = validation_settings()
         if ("sql" in config) == ("source" in config):
             raise ValidationError(
                 "config needs either source (with an optional query) or sql", field="config.source"

@@ -277,7 +277,7 @@ class BurstKind(JobKind):
     needs_recipients = False
     min_role = Role.studio
 
-    def validate(self, session, principal, body: dict) -> dict:
+    def validate(self, session, settings, principal, body: dict) -> dict:
         if body.get("recipients") not in (None, []):
             raise ValidationError(
                 "A burst job's recipients are in config.recipients or config.recipients_from",
@@ -300,9 +300,8 @@ class BurstKind(JobKind):
         if "recipients" in config:
             checked["recipients"] = check_recipient_list(config["recipients"])
         else:
-            # The request's own settings are not handed to kinds; the service's environment makes the same.
             checked["recipients_from"] = check_recipients_from(
-                config["recipients_from"], CarnetSettings(), principal.org_id
+                config["recipients_from"], settings, principal.org_id
             )
         return checked
 

@@ -142,7 +142,7 @@ class ChainKind(JobKind):
     name = "chain"
     description = "Run other jobs one after the other; the first that fails stops the chain."
 
-    def validate(self, session, principal, body: dict) -> dict:
+    def validate(self, session, settings, principal, body: dict) -> dict:
         config = body.get("config")
         if not isinstance(config, dict):
             raise ValidationError("config must be an object with steps: [job ids]", field="config")

@@ -38,7 +38,6 @@ from carnet.query.service import find_source
 from carnet.query.spec import parse_spec
 from carnet.scheduler.attachments import render_file_name, written_then_renamed
 from carnet.scheduler.kinds import JobKind, PlannedMail, register
-from carnet.settings import CarnetSettings
 from carnet.sharing import member_reader
 from carnet.sources import source_context, source_kinds
 
@@ -94,13 +93,6 @@ def checked_source_query(session, settings, principal, config: dict) -> tuple[st
         where = "config.query" if part in (None, "query") else f"config.query.{part}"
         raise ValidationError(f"config.query: {exc.message}", field=where) from None
     return name, spec_raw, list(spec.output_columns() or names)
-
-
-def validation_settings() -> CarnetSettings:
-    """The settings a kind's ``validate`` reads sources with (it is given none): every Carnet process gets
-    its settings as CARNET_* variables from the Hub (carnet.settings ``environment_for``), as audit.py reads
-    them too."""
-    return CarnetSettings()
 
 
 def job_timezone(session, principal, body: dict) -> str:
@@ -281,7 +273,7 @@ class DataEmailKind(JobKind):
     description = "Mail a source's data (a query on it) as a CSV or XLSX attachment."
     needs_recipients = True
 
-    def validate(self, session, principal, body: dict) -> dict:
+    def validate(self, session, settings, principal, body: dict) -> dict:
         config = config_of(body, DATA_EMAIL_KEYS)
         fmt = config.get("format", "csv")
         if fmt not in FORMATS:
@@ -294,7 +286,7 @@ class DataEmailKind(JobKind):
             raise ValidationError(
                 f"config.csv_formulas must be one of: {', '.join(CSV_FORMULAS)}", field="config.csv_formulas"
             )
-        source, spec_raw, _columns = checked_source_query(session, validation_settings(), principal, config)
+        source, spec_raw, _columns = checked_source_query(session, settings, principal, config)
         template = config.get("file_name", f"{source}_{{{{date:%Y-%m-%d}}}}.{fmt}")
         if not isinstance(template, str):
             raise ValidationError("config.file_name must be text", field="config.file_name")

@@ -79,7 +79,7 @@ class LoadKind(JobKind):
     description = "Sync one of the organization's sources into a warehouse table (replace, append, upsert)."
     min_role = Role.studio
 
-    def validate(self, session, principal, body: dict) -> dict:
+    def validate(self, session, settings, principal, body: dict) -> dict:
         if not principal.can("warehouse:load"):
             raise PermissionDenied(f"A load job needs the {self.min_role.value} role or above")
         return check_load_config(session, principal.org_id, body.get("config"))

@@ -91,7 +91,7 @@ class NotebookKind(JobKind):
     )
     needs_app = True
 
-    def validate(self, session, principal, body: dict) -> dict:
+    def validate(self, session, settings, principal, body: dict) -> dict:
         config = body.get("config") or {}
         if not isinstance(config, dict):
             raise ValidationError("config must be an object", field="config")

@@ -86,7 +86,7 @@ class ReportKind(JobKind):
     needs_app = True
     needs_recipients = True
 
-    def validate(self, session, principal, body: dict) -> dict:
+    def validate(self, session, settings, principal, body: dict) -> dict:
         config = body.get("config") or {}
         if not isinstance(config, dict):
             raise ValidationError("config must be an object", field="config")

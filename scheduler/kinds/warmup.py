@@ -97,7 +97,7 @@ class WarmupKind(JobKind):
     description = "Pre-render an app's page for the people listed, ahead of their first visit."
     needs_app = True
 
-    def validate(self, session, principal, body: dict) -> dict:
+    def validate(self, session, settings, principal, body: dict) -> dict:
         config = body.get("config")
         if not isinstance(config, dict):
             raise ValidationError("config must be an object with people: [emails]", field="config")

@@ -145,7 +145,7 @@ def job_as_body(job: Job) -> dict:
     }
 
 
-def patched_values(session, principal, job: Job, kind, body: dict) -> dict:
+def patched_values(session, settings, principal, job: Job, kind, body: dict) -> dict:
     """The new value of each field ``body`` sends (column name -> value), all checked; nothing is changed."""
     unknown = sorted(set(body) - PATCHABLE - set(FIXED))
     if unknown:
@@ -180,7 +180,7 @@ def patched_values(session, principal, job: Job, kind, body: dict) -> dict:
         values["after_job_id"] = check_after_job(session, job.org_id, body["after_job_id"], job_id=job.id)
     if "config" in body or "app_id" in body:
         # The kind checks its config against the job as it would be (its app may matter to it).
-        values["config"] = kind.validate(session, principal, {**job_as_body(job), **body}) or None
+        values["config"] = kind.validate(session, settings, principal, {**job_as_body(job), **body}) or None
     return values
 
 
@@ -214,7 +214,7 @@ class JobListHandler(BaseHandler):
                 # One schedules only an app one may open (a restricted app not shared is unknown).
                 app = find_openable_app(session, principal, body.get("app_id")) if kind.needs_app else None
                 after = check_after_job(session, principal.org_id, body.get("after_job_id"))
-                config = kind.validate(session, principal, body)
+                config = kind.validate(session, self.settings_obj, principal, body)
                 job = Job(
                     org_id=principal.org_id,
                     name=name.strip(),
@@ -267,7 +267,8 @@ class JobHandler(BaseHandler):
                 job = find_job(session, principal.org_id, job_id)
                 kind = kind_named(job.kind)
                 check_kind_role(principal, kind)
-                values = patched_values(session, principal, job, kind, self.get_json_body())
+                body = self.get_json_body()
+                values = patched_values(session, self.settings_obj, principal, job, kind, body)
                 name = values.get("name")
                 changed = sorted(key for key, value in values.items() if getattr(job, key) != value)
                 reschedule = bool({"cron", "timezone"} & set(changed)) or (
