@@ -694,6 +694,7 @@ def run_tool(command: list[str], env: dict, timeout: float = 300) -> bool:
 
 
 def bench_pdf(repeat: int) -> dict:
+    import requests
     from sqlalchemy import select
 
     from bench.common import start_stack, stop_stack, studio_token
@@ -706,7 +707,9 @@ def bench_pdf(repeat: int) -> dict:
     if shutil.which("pdftotext") is None or not Path(CHROMIUM_BINARY).exists():
         raise SystemExit("part 2 needs pdftotext (poppler-utils) and Chromium at " + CHROMIUM_BINARY)
     with stack_lock():
-        stack = start_stack()
+        # The render pool on (one page per key), as a report's print page pre-rendered ahead of its fire
+        # time needs it (extension/viewer_print_warm.py); the cold rows are never pooled.
+        stack = start_stack(env={"CARNET_VIEWER_POOL_SIZE": "1"})
         work = Path(tempfile.mkdtemp(prefix="carnet-bench-pdf-"))
         printer = None
         try:
@@ -786,6 +789,33 @@ def bench_pdf(repeat: int) -> dict:
                     )
                 printer.print_token(token, carnet_pdf, Letterhead("Acme", "#0b7285", "World development"))
 
+            prerendered_pdf = work / "prerendered.pdf"
+            print_url = f"{stack.url}/services/carnet-viewer/print/"
+
+            def prerendered_print():
+                """What a scheduled report's run takes when the scheduler had its page pre-rendered ahead of
+                the fire time (report.py prerender_report_pages): only the print of the pooled page is
+                timed; the pre-render is done (and waited for) before."""
+                with session_scope(settings.db_url) as session:
+                    token = sign_print(
+                        session, settings, session.get(App, stack.app_id), as_user=studio_id, expires_in=600
+                    )
+                warm_url = f"{stack.url}/services/carnet-viewer/carnet/warm-print/{token}"
+
+                def pooled():
+                    answer = requests.post(warm_url, timeout=30)
+                    if answer.status_code not in (200, 202):
+                        raise SystemExit(f"warm-print refused: {answer.status_code} {answer.text[:200]}")
+                    return answer.json()["state"] == "pooled"
+
+                wait_for(pooled, 120, "the pre-rendered print page", 0.1)
+                started = time.perf_counter()
+                letterhead = Letterhead("Acme", "#0b7285", "World development")
+                printer.print_url(print_url + token, prerendered_pdf, letterhead)
+                prerendered_print.samples.append(time.perf_counter() - started)
+
+            prerendered_print.samples = []
+
             def report_job(job_id: int):
                 def run():
                     with session_scope(settings.db_url) as session:
@@ -816,6 +846,8 @@ def bench_pdf(repeat: int) -> dict:
             papermill_samples.clear()
             webpdf_samples.clear()
             carnet_print()
+            prerendered_print()
+            prerendered_print.samples.clear()
             report_job(viewer_job_id)()
             report_job(stack.job_id)()
 
@@ -823,6 +855,12 @@ def bench_pdf(repeat: int) -> dict:
             webpdf_total = [a + b for a, b in zip(papermill_samples, webpdf_samples, strict=True)]
             printer.prints.clear()
             carnet_samples = timed(carnet_print, repeat)
+            cold_prints = len(printer.prints)
+            for _ in range(repeat):
+                prerendered_print()
+            prerendered_samples = prerendered_print.samples
+            prerendered_phases = printer.prints[cold_prints:]
+            del printer.prints[cold_prints:]
             viewer_job_samples = timed(report_job(viewer_job_id), repeat)
             papermill_job_samples = timed(report_job(stack.job_id), repeat)
 
@@ -836,6 +874,7 @@ def bench_pdf(repeat: int) -> dict:
                     ("  of it: papermill CLI", papermill_samples),
                     ("  of it: nbconvert --to webpdf", webpdf_samples),
                     ("Carnet ViewerPrinter, warm browser (print page)", carnet_samples),
+                    ("Carnet PDF, page pre-rendered (print of the pooled page)", prerendered_samples),
                     ("Carnet report job, Viewer PDF, queued -> mailed", viewer_job_samples),
                     ("Carnet report job with parameters (papermill PDF), -> mailed", papermill_job_samples),
                 ],
@@ -843,15 +882,21 @@ def bench_pdf(repeat: int) -> dict:
             print("Where a Carnet print page's time goes (ViewerPrinter with a warm browser, medians, s):")
             for name, values in print_phases(printer.prints):
                 print(f"  {name:66s} {median(values):7.3f}")
+            print("Where a pre-rendered print page's time goes (medians, s):")
+            for name, values in print_phases(prerendered_phases):
+                print(f"  {name:66s} {median(values):7.3f}")
             print("Charts present (their titles in pdftotext's text of the PDF):")
             print(f"  webpdf:                         {charts_in(work / 'executed.pdf')}")
             print(f"  Carnet print page:              {charts_in(carnet_pdf)}")
+            print(f"  Carnet pre-rendered print page: {charts_in(prerendered_pdf)}")
             print(f"  Carnet report job (Viewer):     {charts_in(job_pdf(viewer_job_id))}")
             print(f"  Carnet report job (parameters): {charts_in(job_pdf(stack.job_id))}")
             speedup = median(webpdf_total) / median(carnet_samples)
             print(f"Carnet PDF is {speedup:.2f}x faster than papermill + webpdf (target >= 3x)")
+            speedup = median(webpdf_total) / median(prerendered_samples)
+            print(f"Carnet PDF of a pre-rendered page is {speedup:.2f}x faster than papermill + webpdf")
             print(f"papermill stalls (killed after a 60 s cell, tried again): {len(stalls)}")
-            return {"webpdf": webpdf_total, "carnet": carnet_samples}
+            return {"webpdf": webpdf_total, "carnet": carnet_samples, "prerendered": prerendered_samples}
         finally:
             if printer is not None:
                 printer.close()

@@ -14,11 +14,16 @@ org's public-apps setting nor a customer-facing origin. The page's kernel reads 
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import json
+import secrets
 import time
 
-from carnet.app_links import app_sources, signed, verified, visitor_token
+from carnet.app_links import app_sources, embed_key, signed, verified, visitor_token
 from carnet.db.models import App, TokenKind
-from carnet.errors import NotFound
+from carnet.errors import NotFound, PermissionDenied
 from carnet.query.service import check_variables
 from carnet.row_security import check_attributes
 from carnet.sharing import may_open, member_reader
@@ -49,8 +54,28 @@ def sign_print(
         # Fixed now, as for embed URLs: the sources the current snapshot names.
         "src": [] if as_user is not None else app_sources(session, settings, app),
         "exp": int(time.time()) + max(1, min(int(expires_in), MAX_PRINT_SECONDS)),
+        # Each token is one print's own, even for the same app, reader and second: a page the Viewer
+        # pre-rendered for a token (render_pool.print_pool_key) is handed to that print only.
+        "n": secrets.token_urlsafe(9),
     }
     return signed(settings, payload)
+
+
+def print_payload(settings, text: str) -> dict:
+    """The payload of an authentic, unexpired print token, checked without the platform database (the
+    Viewer's pre-render route checks a token before asking the service anything). Tampered, unknown or made
+    for another use: 404; expired: 403, with the same messages as ``print_session``."""
+    body, _, signature = (text or "").partition(".")
+    digest = hmac.new(embed_key(settings), body.encode(), hashlib.sha256).digest()
+    expected = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+    if not body or not hmac.compare_digest(signature.encode(), expected.encode()):
+        raise NotFound("No such app")
+    payload = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    if not isinstance(payload, dict) or payload.get("use") != PRINT_USE:
+        raise NotFound("No such app")
+    if payload["exp"] <= time.time():
+        raise PermissionDenied("This link has expired")
+    return payload
 
 
 def print_session(session, settings, text: str) -> tuple[App, TokenKind, str, dict]:

@@ -34,6 +34,11 @@ A pre-render also leaves a snapshot of its page (snapshots.py): a viewer with no
 is shown the snapshot of the same app version, data, filters and row context at once, while their own page
 is pre-rendered (``viewer_prerender_concurrency`` at a time), and the page reloads into it when it is ready.
 
+The scheduler's print pages (viewer_print_warm.py) are pooled too, but only on its request, for one print
+token: a report job's page is rendered shortly before its fire time and handed to the ``print/<token>``
+request of the same token and URL query (``print_pool_key``), never to anyone else, once, under the same
+caps, TTL and reaper, and only into free places (it evicts nobody's page; people's pages may evict it).
+
 Not done: preheated kernels not yet bound to anyone (imports done, identity given later): pages are per
 person, and with OS accounts a kernel is bound to a person from its start.
 """
@@ -87,6 +92,33 @@ def pool_key(session: dict, query: str) -> PoolKey | None:
         version=int(app["version"]),
         org_id=int(app["org_id"]),
         row_context=session["row_context"],
+        data_version=session["data_version"],
+        page=hashlib.sha256(page.encode()).hexdigest()[:16],
+        query=json.dumps(sorted(parse_qsl(query, keep_blank_values=True))),
+        person=int(session["user"]["id"]),
+    )
+
+
+PRINT_CONTEXT = "print:"  # a print page's row context: the hash of its token follows (print_pool_key)
+
+
+def print_pool_key(session: dict, query: str, token: str) -> PoolKey | None:
+    """The key of the scheduler's print page of ``token`` (carnet.print_pages) for the URL's ``query``: only a
+    later request of the same token and query computes it. The token names its reader and expires in
+    minutes, so its hash stands for the row context and the person; the service's ``data_version`` and the
+    app's version make a page rendered before a load or a publish unused, as for people's pages. None: not
+    poolable (a service that does not say its data version)."""
+    if "data_version" not in session:
+        return None
+    shown = {k: v for k, v in session.items() if k not in ("token", "notebook_path")}
+    page = json.dumps(shown, sort_keys=True, default=str)
+    app = session["app"]
+    return PoolKey(
+        app_id=int(app["id"]),
+        version=int(app["version"]),
+        org_id=int(app["org_id"]),
+        # Never equal to a person's row context (the service's hex hash): no visit is handed a print page.
+        row_context=PRINT_CONTEXT + hashlib.sha256(token.encode()).hexdigest()[:32],
         data_version=session["data_version"],
         page=hashlib.sha256(page.encode()).hexdigest()[:16],
         query=json.dumps(sorted(parse_qsl(query, keep_blank_values=True))),
@@ -224,14 +256,50 @@ class RenderPool:
         await self._refill(key, context, new_session)
         return "pooled" if self.pooled(key) else "failed"
 
-    async def _refill(self, key: PoolKey, context: RenderContext, new_session, someone_waits=False) -> None:
+    def prerender_print(self, key: PoolKey, context: RenderContext, new_session, token: str) -> str:
+        """Starts rendering the scheduler's print page of ``token`` (``key``: print_pool_key) into the pool
+        (viewer_print_warm.py) and returns at once: "scheduled", "rendering" (already under way), "pooled"
+        (already waiting), "off" (no pool) or "busy" (at a cap: a print page never takes places from people's
+        pages). The page is rendered once: it is never refilled after its print takes it, nor snapshotted."""
+        if not self.size:
+            return "off"
+        self._start_reaper()  # a print page nobody takes is shut down after the TTL
+        if self.pooled(key):
+            return "pooled"
+        if key in self.refilling:
+            return "rendering"
+        if self._room(key.app_id, key.org_id) is not None:
+            return "busy"
+        self.refilling.add(key)
+        self.log.info("Pre-render of app %s scheduled (print page)", key.app_id)
+        task = asyncio.ensure_future(self._refill(key, context, new_session, print_token=token))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return "scheduled"
+
+    async def take_print(self, key: PoolKey, owner: str, token: str, wait: float) -> Entry | None:
+        """The pooled print page of ``key`` for ``owner`` (hand_over), waiting up to ``wait`` seconds for
+        its pre-render if one is under way (it started earlier than a cold render would now)."""
+        deadline = time.monotonic() + wait
+        while key in self.refilling and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        return await self.hand_over(key, owner, token)
+
+    async def _refill(
+        self, key: PoolKey, context: RenderContext, new_session, someone_waits=False, print_token=None
+    ) -> None:
         made = False
         try:
             if self._room(key.app_id, key.org_id) is not None and not someone_waits:
                 return  # at a cap: not even a token is minted for it
             session = await new_session()
             query = context.env[ENV_VARIABLE.QUERY_STRING]
-            if pool_key(session, query) != key:
+            now_key = (
+                pool_key(session, query)
+                if print_token is None
+                else print_pool_key(session, query, print_token)
+            )
+            if now_key != key:
                 return  # the app or its data changed meanwhile: the next visit renders anew
             try:
                 # The pool never takes the last places from people, unless for a person waiting.
@@ -243,8 +311,10 @@ class RenderPool:
                     kernel_id, html = await prerender(context, session, slot, self.km)
             finally:
                 slot.free()
-            # Before the page is offered: its widgets' states are read while nobody has it yet.
-            await record_snapshot(self.snapshots, self.km, key, kernel_id, html, session)
+            # Before the page is offered: its widgets' states are read while nobody has it yet. A print
+            # page is for its token only: no snapshot of it is shown to anyone.
+            if print_token is None:
+                await record_snapshot(self.snapshots, self.km, key, kernel_id, html, session)
             self.entries.setdefault(key, []).append(Entry(key, kernel_id, html))
             made = True
             self.log.info("Pre-rendered app %s v%s in kernel %s", key.app_id, key.version, kernel_id)
@@ -252,7 +322,7 @@ class RenderPool:
             self.log.exception("Pre-rendering app %s failed", key.app_id)
         finally:
             self.refilling.discard(key)
-            if made:
+            if made and print_token is None:
                 self.refill(key, context, new_session)  # one at a time up to the pool's size
             self.log.info("Pre-render of app %s ended", key.app_id)
 

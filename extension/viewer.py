@@ -310,6 +310,7 @@ def _load_jupyter_server_extension(server_app):
         "template_paths": template_paths,
         "voila_configuration": configuration,
     }
+    from carnet.extension.viewer_print_warm import warm_print_handlers  # noqa: PLC0415 - the same
     from carnet.extension.viewer_visitors import visitor_handlers  # noqa: PLC0415 - it imports this module
     from carnet.extension.viewer_warm import warm_handlers  # noqa: PLC0415 - it imports this module
 
@@ -321,6 +322,8 @@ def _load_jupyter_server_extension(server_app):
             *visitor_handlers(base, app_kwargs),
             # The scheduler's warm-up: a person's page pre-rendered into the pool (viewer_warm.py).
             *warm_handlers(base, app_kwargs),
+            # The scheduler's pre-render of a report's print page (viewer_print_warm.py).
+            *warm_print_handlers(base, app_kwargs),
             # Prometheus metrics: any signed-in Hub user could read the Viewer's kernel counts and traffic.
             (url_path_join(base, r"metrics/?"), NotFoundHandler),
             # Jupyter Server's own front page: nothing of Carnet's lives there.

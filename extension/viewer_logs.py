@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-_SECRET_IN_PATH = re.compile(r"(/(?:public|embed|print)/)[^/?#]+")
+_SECRET_IN_PATH = re.compile(r"(/(?:public|embed|print|warm-print)/)[^/?#]+")
 
 
 def without_link_secret(uri: str) -> str:

@@ -20,6 +20,7 @@ from jupyter_server.auth.decorator import allow_unauthenticated
 from jupyter_server.auth.identity import User
 from jupyter_server.utils import url_path_join
 
+from carnet.extension.render_pool import print_pool_key, render_pool_of
 from carnet.extension.viewer import AppHandler, ask_service
 from carnet.extension.viewer_logs import without_link_secret
 
@@ -30,6 +31,9 @@ _VISITOR_ID = re.compile(r"^[0-9a-f]{32}$")
 _VISITOR_PATHS = re.compile(
     r"^(api/kernels/[\w-]+(/channels)?|voila/api/shutdown/[\w-]+|public/.+|embed/.+|print/.+)$"
 )
+# Seconds a print request waits for the pre-render of its own page already under way (the rest of a cold
+# render's time is saved; past it the page renders cold beside it).
+PRINT_RENDER_WAIT = 120.0
 _ORIGIN = re.compile(r"^(\*|https?://[A-Za-z0-9.*-]+(:\d{1,5})?)$")
 
 
@@ -105,6 +109,9 @@ class VisitorAppHandler(AppHandler):
         # Sets the _xsrf cookie, which the page's shutdown call on leaving needs (signed-in people get theirs
         # with the Hub's OAuth; a visitor has no other page that would set it).
         _ = self.xsrf_token
+        await self.render_visitor_page(token, session, owner)
+
+    async def render_visitor_page(self, token: str, session: dict, owner: str) -> None:
         await self.render_app(session, owner=owner)
 
 
@@ -122,10 +129,29 @@ class EmbedAppHandler(VisitorAppHandler):
 
 class PrintAppHandler(VisitorAppHandler):
     """/print/<payload>.<signature>: the scheduler's page of an app to print as a PDF (carnet.print_pages,
-    scheduler/viewer_pdf.py). Not a public page: no "Public" mark, not framable."""
+    scheduler/viewer_pdf.py). Not a public page: no "Public" mark, not framable.
+
+    The page the scheduler had pre-rendered for this token and query (viewer_print_warm.py), if the pool
+    holds it for the same app version and data, is handed over at once; otherwise the page renders cold.
+    Print pages are never refilled: each token is printed once."""
 
     kind = "print"
     carnet_public = False
+
+    async def render_visitor_page(self, token: str, session: dict, owner: str) -> None:
+        pool = render_pool_of(self)
+        key = print_pool_key(session, self.request.query, token)
+        app_id = session["app"]["id"]
+        if key is not None:
+            entry = await pool.take_print(key, owner, session["token"], wait=PRINT_RENDER_WAIT)
+            if entry is not None:
+                self.log.info("Print page of app %s from its pre-rendered kernel %s", app_id, entry.kernel_id)
+                self.set_header("Content-Type", "text/html")
+                self.set_header("Cache-Control", "no-cache, no-store, must-revalidate")
+                self.finish(entry.html)
+                return
+        self.log.info("Print page of app %s rendered cold", app_id)
+        await self.render_app(session, owner=owner)
 
 
 def visitor_handlers(base: str, handler_kwargs: dict) -> list[tuple]:

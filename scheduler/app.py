@@ -22,6 +22,7 @@ from traitlets.config import Application
 from carnet.db import upgrade
 from carnet.scheduler.executor import JobExecutor
 from carnet.scheduler.kinds import kinds
+from carnet.scheduler.kinds.report import prerender_report_pages
 from carnet.scheduler.lease import LeaseKeeper
 from carnet.scheduler.notebook_workers import NotebookWorkerPool
 from carnet.scheduler.outbox import deliver_due_notices
@@ -79,6 +80,19 @@ class SchedulerService(Application):
         help="Seconds a warm notebook worker may stay unused before it is stopped (with its kernel).",
     ).tag(config=True)
 
+    report_prerender_seconds = Float(
+        help="Seconds before a report job's fire time at which the scheduler asks the Viewer to pre-render "
+        "the page its run will print (carnet/scheduler/kinds/report.py prerender_report_pages): the PDF is "
+        "then printed from a ready page instead of a cold render. The page waits at most the Viewer's "
+        "viewer_pool_ttl and is not used if the data changed meanwhile; the Viewer's render pool must be on "
+        "(viewer_pool_size > 0). 0 turns it off. Environment: CARNET_REPORT_PRERENDER_SECONDS. Default: 90 "
+        "(docs/SCHEDULER.md 'Pre-rendered report pages'; bench/RESULTS.md for what it saves).",
+    ).tag(config=True)
+
+    @default("report_prerender_seconds")
+    def _default_report_prerender_seconds(self):
+        return float(os.environ.get("CARNET_REPORT_PRERENDER_SECONDS", "90"))
+
     _last_sweep = float("-inf")
 
     def tick(self, settings: CarnetSettings) -> bool:
@@ -86,6 +100,13 @@ class SchedulerService(Application):
         was executed."""
         for run_id in enqueue_due_runs(settings.db_url):
             log.info("Queued scheduled run %s", run_id)
+        if self.report_prerender_seconds > 0 and self.printer is not None:
+            try:
+                pdf = self.printer.settings
+                lead = self.report_prerender_seconds
+                prerender_report_pages(settings, pdf.viewer_url, lead, pdf.time_budget)
+            except Exception:
+                log.exception("Pre-rendering report pages failed; their runs render cold")
         try:
             deliver_due_notices(settings)
         except Exception:

@@ -56,6 +56,9 @@ VIEWER_ROUTES = [
     # The scheduler's warm-up of a person's page (viewer_warm.py): only a signed warm token does anything;
     # tests/test_job_kinds_flow.py warms a real one.
     (r"carnet/warm/(?P<token>[^/]{1,8000})$",               "POST", "carnet/warm/e30.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", 404, 404, 404, 404, 404, 404, 404),
+    # The scheduler's pre-render of a report's print page (viewer_print_warm.py): only a signed print token
+    # does anything; tests/test_print_prerender.py pre-renders real ones.
+    (r"carnet/warm-print/(?P<token>[^/]{1,8000})$",         "POST", "carnet/warm-print/e30.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", 404, 404, 404, 404, 404, 404, 404),
     (r"metrics/?$",                                         "GET", "metrics",                    404, 404, 404, 404, 404, 404, 404),
     (r"voila/templates/(.*)$",                              "GET", "voila/templates/carnet/static/carnet.css", 200, 200, 200, 200, 200, 200, 200),
     (r"voila/api/themes/(.*)$",                             "GET", "voila/api/themes/no-such-theme.css", 404, 404, 404, 404, 404, 404, 404),

@@ -8,16 +8,33 @@ them, so such a job runs the notebook with papermill and prints nbconvert's HTML
 they travel in the print page's URL exactly as in an app's URL (``carnet.filters.bind``), so a value the
 app's filter does not offer is ignored as it is for a viewer. A webhook's payload ``filters`` (an object)
 replaces them for that run.
+
+Pre-rendered print pages: most of a Viewer PDF's time is the cold render of the page (kernel start, the
+app's cells). The scheduler's tick (``prerender_report_pages``, scheduler/app.py) signs, shortly before a
+report's fire time, the print token its scheduled run will use and asks the Viewer to render that page now
+(extension/viewer_print_warm.py); the run's ``prepare`` takes the kept token when its scheduled time, owner,
+app and filters match, and the Viewer hands the print its pooled page. The Viewer uses it only for the same
+token and query, the same app version and data version (a load in between: the print renders cold over the
+new data). Manual and webhook runs, retries, and anything that does not match sign a new token and render
+cold, as does every failure of the pre-render (only logged).
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import shutil
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from urllib.parse import urlencode
 
+from sqlalchemy import select
+
 from carnet.branding import branding
-from carnet.db.models import Organization
+from carnet.db import session_scope
+from carnet.db.models import Job, Organization, utcnow
 from carnet.errors import CarnetError, ValidationError
 from carnet.print_pages import sign_print
 from carnet.publishing import current_notebook_path
@@ -79,6 +96,136 @@ def filter_query(filters: dict) -> str:
     )
 
 
+log = logging.getLogger("carnet.scheduler")
+
+# At most this many pre-rendered print tokens are kept (a few per due report; older ones are dropped).
+MAX_PRERENDERS_KEPT = 500
+# Pre-renders asked for in one tick (the rest at the next ticks): each is one short POST to the Viewer.
+MAX_PRERENDERS_PER_TICK = 10
+# Seconds the Viewer may take to answer a pre-render request (it answers before rendering).
+PRERENDER_POST_TIMEOUT = 10.0
+# A kept token is used only if it still has this long to live beyond the PDF's time budget.
+PRERENDER_SPARE_SECONDS = 60
+
+
+def fire_key(when: datetime) -> datetime:
+    """A fire time as a dictionary key: naive UTC (databases give it back with or without its zone)."""
+    return when.astimezone(UTC).replace(tzinfo=None) if when.tzinfo else when
+
+
+@dataclass(frozen=True)
+class PrerenderedPrint:
+    """A print token signed ahead of a report's fire time, whose page the Viewer was asked to pre-render."""
+
+    token: str
+    query: str
+    owner_id: int
+    app_id: int
+    expires_at: float  # time.time() when the token expires
+
+
+class PrerenderedPrints:
+    """{(job id, fire time): PrerenderedPrint} in the scheduler's memory (lost on restart: those runs render
+    cold). Bounded; an entry is dropped when its run takes it or when it is stale."""
+
+    def __init__(self, limit: int = MAX_PRERENDERS_KEPT):
+        self.limit = limit
+        self._kept: dict[tuple[int, datetime], PrerenderedPrint] = {}
+        self._lock = threading.Lock()
+
+    def __contains__(self, key: tuple[int, datetime]) -> bool:
+        with self._lock:
+            return (key[0], fire_key(key[1])) in self._kept
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._kept)
+
+    def keep(self, job_id: int, fire: datetime, prerendered: PrerenderedPrint) -> None:
+        with self._lock:
+            now = time.time()
+            for key in [k for k, kept in self._kept.items() if kept.expires_at <= now]:
+                del self._kept[key]
+            while len(self._kept) >= self.limit:  # the oldest kept first
+                del self._kept[next(iter(self._kept))]
+            self._kept[(job_id, fire_key(fire))] = prerendered
+
+    def take(self, job_id: int, fire: datetime) -> PrerenderedPrint | None:
+        with self._lock:
+            return self._kept.pop((job_id, fire_key(fire)), None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._kept.clear()
+
+
+PRERENDERED = PrerenderedPrints()
+
+
+def config_query(job: Job) -> str:
+    return filter_query((job.config or {}).get("filters") or {})
+
+
+def prerender_report_pages(
+    settings, viewer_url: str, lead_seconds: float, time_budget: float, now: datetime | None = None
+) -> list[tuple[int, str]]:
+    """For each enabled report job on the Viewer path whose next fire is within ``lead_seconds`` and not
+    prepared yet: sign the print token its run will use (as its owner, for its config filters, valid until
+    past the fire time + the PDF's ``time_budget``), keep it in ``PRERENDERED``, and ask the Viewer to
+    pre-render that page (``carnet/warm-print/<token>?<query>``). Returns (job id, the Viewer's state or
+    "unreachable") per job asked; a refusal or failure is only logged: that run renders cold."""
+    import requests
+
+    from carnet.print_pages import MAX_PRINT_SECONDS
+    from carnet.scheduler.executor import PdfRenderer, pdf_renderer_for
+
+    now = now or utcnow()
+    lifetime = min(int(lead_seconds + time_budget) + PRERENDER_SPARE_SECONDS + 30, MAX_PRINT_SECONDS)
+    asked = []
+    with session_scope(settings.db_url) as session:
+        due = session.scalars(
+            select(Job)
+            .where(
+                Job.enabled.is_(True),
+                Job.kind == ReportKind.name,
+                Job.app_id.is_not(None),
+                Job.next_run_at.is_not(None),
+                Job.next_run_at <= now + timedelta(seconds=lead_seconds),
+            )
+            .order_by(Job.next_run_at)
+        ).all()
+        for job in due:
+            if len(asked) >= MAX_PRERENDERS_PER_TICK:
+                break
+            if (job.id, job.next_run_at) in PRERENDERED or pdf_renderer_for(job) != PdfRenderer.viewer:
+                continue
+            if job.app is None or job.app.current_version is None:
+                continue  # unpublished: the run fails as it would
+            token = sign_print(session, settings, job.app, as_user=job.owner_id, expires_in=lifetime)
+            kept = PrerenderedPrint(
+                token, config_query(job), job.owner_id, job.app_id, time.time() + lifetime
+            )
+            # Kept even if the Viewer refuses: the run then prints the same token, cold (a retry each tick
+            # would only repeat the refusal).
+            PRERENDERED.keep(job.id, job.next_run_at, kept)
+            asked.append((job.id, kept))
+    states = []
+    base = viewer_url.rstrip("/") + "/carnet/warm-print/"
+    for job_id, kept in asked:
+        try:
+            answer = requests.post(
+                base + kept.token + (f"?{kept.query}" if kept.query else ""), timeout=PRERENDER_POST_TIMEOUT
+            )
+            json_answer = answer.headers.get("Content-Type", "").startswith("application/json")
+            state = (answer.json() if json_answer else {}).get("state") or f"refused ({answer.status_code})"
+        except (requests.RequestException, ValueError) as exc:
+            # Never the URL in the log: it holds the token.
+            state = f"unreachable ({type(exc).__name__})"
+        log.info("Pre-render of report job %s's print page asked for: %s", job_id, state)
+        states.append((job_id, state))
+    return states
+
+
 @register
 class ReportKind(JobKind):
     name = "report"
@@ -103,12 +250,6 @@ class ReportKind(JobKind):
         context.renderer = pdf_renderer_for(job)
         run.pdf_renderer = context.renderer.value
         if context.renderer == PdfRenderer.viewer:
-            # The page reads as the job's owner (a job token minted when the Viewer opens it), for as long
-            # as the PDF may take.
-            budget = executor.printer_of().settings.time_budget
-            context.print_token = sign_print(
-                session, executor.settings, job.app, as_user=job.owner_id, expires_in=int(budget) + 60
-            )
             context.letterhead = letterhead_of(executor, session, job)
             payload = (run.payload or {}).get("filters")
             filters = context.config.get("filters") or {}
@@ -118,6 +259,24 @@ class ReportKind(JobKind):
                 except ValidationError as exc:
                     raise JobRunError(exc.message, "before_start") from None
             context.extras["query"] = filter_query(filters)
+            budget = executor.printer_of().settings.time_budget
+            # A scheduled run's page may have been pre-rendered for its fire time with a token signed then
+            # (prerender_report_pages): used only if it prints the same page, with time to spare.
+            kept = PRERENDERED.take(job.id, run.scheduled_for) if run.trigger == "schedule" else None
+            if kept is not None and (
+                (kept.owner_id, kept.app_id, kept.query)
+                == (job.owner_id, job.app_id, context.extras["query"])
+                and kept.expires_at - time.time() >= budget + PRERENDER_SPARE_SECONDS
+            ):
+                context.print_token = kept.token
+                context.extras["prerendered"] = True
+                log.info("Run %s prints the page pre-rendered for its fire time", run.id)
+            else:
+                # The page reads as the job's owner (a job token minted when the Viewer opens it), for as
+                # long as the PDF may take.
+                context.print_token = sign_print(
+                    session, executor.settings, job.app, as_user=job.owner_id, expires_in=int(budget) + 60
+                )
         else:
             context.token = executor.mint_job_token(session, context)
 

@@ -29,7 +29,7 @@ from carnet.org_settings import setting
 from carnet.print_pages import print_session
 from carnet.publishing import current_notebook_path
 from carnet.service.api.base import API_PREFIX, BaseHandler, authorized, service_only
-from carnet.service.api.internal import VIEWER_SERVICE
+from carnet.service.api.internal import VIEWER_SERVICE, data_version
 from carnet.sharing import find_openable_app
 
 EMBED_ORIGINS_SETTING = "embed_origins"
@@ -145,7 +145,8 @@ class VisitorSessionHandler(BaseHandler):
             frame_ancestors = None
             # No person: the kernel runs as the org's visitors' OS account (carnet.isolation).
             reader = None
-            if isinstance(print_text, str):  # the scheduler's print page (carnet.print_pages)
+            printing = isinstance(print_text, str)
+            if printing:  # the scheduler's print page (carnet.print_pages)
                 app, kind, token, reader = print_session(session, settings, print_text)
             elif isinstance(link_text, str):
                 link, app = find_public_link(session, link_text)
@@ -186,6 +187,9 @@ class VisitorSessionHandler(BaseHandler):
                     "preview_by": None,
                     "branding": branding(settings.data_dir, org),
                     "frame_ancestors": frame_ancestors,
+                    # A print page the Viewer pre-renders is used only while the data is unchanged
+                    # (extension/render_pool.py print_pool_key).
+                    **({"data_version": data_version(session, app.org_id)} if printing else {}),
                 },
                 status=201,
             )
