@@ -1,10 +1,11 @@
 """Operating-system accounts: each person's code runs as an unprivileged account of their own.
 
 When Carnet runs as root (a server, the demo, CI), every Studio server, Viewer kernel and job kernel runs
-as ``carnet-u<user id>``, an account with no login and a private home under ``<data_dir>/homes``. Code in a
-notebook then cannot read Carnet's database, secrets, organizations' warehouses or other people's
-processes: it reaches data only through the API, with its own token. Run as an ordinary user (a laptop),
-Carnet cannot switch accounts: everything runs as that user and the Hub says so at start.
+as ``carnet-u<user id>`` (the start is CarnetSettings.os_account_prefix), an account with no login and a
+private home under ``<data_dir>/homes``. Code in a notebook then cannot read Carnet's database, secrets,
+organizations' warehouses or other people's processes: it reaches data only through the API, with its own
+token. Run as an ordinary user (a laptop), Carnet cannot switch accounts: everything runs as that user and
+the Hub says so at start.
 ``CARNET_ISOLATION=off`` turns accounts off explicitly (development only).
 """
 
@@ -22,7 +23,6 @@ from carnet.settings import CarnetSettings
 
 log = logging.getLogger("carnet.isolation")
 
-ACCOUNT_PREFIX = "carnet-u"
 # The variable by which a kernel start names the account it must run as (removed before the kernel runs).
 KERNEL_ACCOUNT_ENV = "CARNET_KERNEL_ACCOUNT"
 
@@ -84,8 +84,9 @@ class Account:
 
 
 def ensure_account(settings: CarnetSettings, user_id: int) -> Account:
-    """The account of Carnet user ``user_id``, created on first use, with its private home."""
-    name = f"{ACCOUNT_PREFIX}{int(user_id)}"
+    """The account of Carnet user ``user_id`` (``<settings.os_account_prefix><user_id>``), created on first
+    use, with its private home."""
+    name = f"{settings.os_account_prefix}{int(user_id)}"
     home = homes_dir(settings) / f"u{int(user_id)}"
     try:
         pwd.getpwnam(name)
@@ -114,7 +115,11 @@ def ensure_account(settings: CarnetSettings, user_id: int) -> Account:
     entry = pwd.getpwnam(name)
     account = Account(name=name, uid=entry.pw_uid, gid=entry.pw_gid, home=home)
     if entry.pw_dir != str(home):  # the same account served another data directory before
-        subprocess.run(["usermod", "--home", str(home), name], capture_output=True, check=False)
+        moved = subprocess.run(
+            ["usermod", "--home", str(home), name], capture_output=True, text=True, check=False
+        )
+        if moved.returncode != 0:  # e.g. the account still runs processes of that other installation
+            log.warning("Cannot move the home of %s to %s: %s", name, home, moved.stderr.strip())
     account.own(home)
     for sub in (".ipython", ".jupyter", ".local/share/jupyter/runtime", ".config", "tmp"):
         (home / sub).mkdir(parents=True, exist_ok=True)

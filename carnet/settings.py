@@ -12,6 +12,9 @@ from pathlib import Path
 from traitlets import Float, Integer, List, Unicode, default, validate
 from traitlets.config import Configurable
 
+# carnet.isolation's account names: <prefix><user id> must stay a valid name of at most 32 characters.
+_ACCOUNT_PREFIX = re.compile(r"[a-z][a-z0-9-]{0,23}")
+
 
 class CarnetSettings(Configurable):
     data_dir = Unicode(
@@ -279,6 +282,28 @@ class CarnetSettings(Configurable):
     def _positive_invitation_days(self, proposal):
         if proposal["value"] < 1:
             raise ValueError("invitation_days must be at least 1")
+        return proposal["value"]
+
+    os_account_prefix = Unicode(
+        help="""Start of the names of the operating-system accounts people's code runs as when Carnet runs
+        as root (carnet/isolation.py): user 7 runs as ``<prefix>7``. Two Carnet installations on one machine
+        (staging beside production; the test suite's parallel workers) need prefixes of their own, or their
+        people with the same ids would share an account and its home. Lowercase letters, digits and ``-``,
+        starting with a letter, at most 24 characters (account names have at most 32). Environment:
+        CARNET_OS_ACCOUNT_PREFIX. Default: carnet-u""",
+    ).tag(config=True)
+
+    @default("os_account_prefix")
+    def _default_os_account_prefix(self):
+        return os.environ.get("CARNET_OS_ACCOUNT_PREFIX") or "carnet-u"
+
+    @validate("os_account_prefix")
+    def _valid_os_account_prefix(self, proposal):
+        if not _ACCOUNT_PREFIX.fullmatch(proposal["value"]):
+            raise ValueError(
+                f"os_account_prefix {proposal['value']!r}: lowercase letters, digits and '-', starting "
+                "with a letter, at most 24 characters"
+            )
         return proposal["value"]
 
     # -- the Viewer's kernels (extension/render_pool.py) ------------------------------------------------
@@ -637,4 +662,5 @@ def environment_for(settings: CarnetSettings) -> dict:
         "CARNET_OUTBOX_DIR": settings.outbox_dir,
         "CARNET_CHROMIUM": settings.chromium_path,
         "CARNET_INVITATION_DAYS": str(settings.invitation_days),
+        "CARNET_OS_ACCOUNT_PREFIX": settings.os_account_prefix,
     }

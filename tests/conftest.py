@@ -15,6 +15,9 @@ Index (session-scoped unless noted):
 - ``admin`` (module): request headers of acme's admin (a Hub API token).
 - ``pg_url`` / ``mysql_url``: server URLs from CARNET_TEST_PG_URL / CARNET_TEST_MYSQL_URL (set by
   scripts/test, which starts private servers when none answer); tests needing them fail if unset in CI.
+- Parallel runs (scripts/test: ``pytest -n 2 --dist loadfile``): each xdist worker's stacks and in-process
+  kernels run as OS accounts of its own (``CARNET_OS_ACCOUNT_PREFIX`` = ``carnet-gw0-u``, ...; set at start
+  and kept by ``settings_env``), so two workers' people with the same ids never share an account.
 - ``pg_warehouse_url``: a database ``carnet_test_warehouse`` on that PostgreSQL (created once) for the
   PostgreSQL warehouse option; ``warehouse_backend`` (function, parametrized "duckdb"/"postgresql") sets
   CARNET_WAREHOUSE_URL and a schema prefix of its own for in-process tests, dropping its schemas after.
@@ -31,6 +34,15 @@ import pytest
 
 from tests.api_support import Created, auth
 from tests.helpers import CarnetStack, SmtpCatcher, hub_login, make_hub_token
+
+# The variable naming the OS accounts of this worker's stacks and kernels (carnet/isolation.py).
+ACCOUNT_PREFIX_VARIABLE = "CARNET_OS_ACCOUNT_PREFIX"
+
+
+def pytest_configure(config):
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker:
+        os.environ[ACCOUNT_PREFIX_VARIABLE] = f"carnet-{worker}-u"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -106,13 +118,19 @@ def hub_token(carnet_stack, login):
 def settings_env(tmp_path):
     """CARNET_* pointing at a fresh data directory, for tests of in-process code."""
     saved = {
-        k: v for k, v in os.environ.items() if k.startswith("CARNET_") and not k.startswith("CARNET_TEST")
+        k: v
+        for k, v in os.environ.items()
+        if k.startswith("CARNET_") and not k.startswith("CARNET_TEST") and k != ACCOUNT_PREFIX_VARIABLE
     }
     for name in saved:
         del os.environ[name]
     os.environ["CARNET_DATA_DIR"] = str(tmp_path / "data")
     yield tmp_path / "data"
-    for name in [k for k in os.environ if k.startswith("CARNET_") and not k.startswith("CARNET_TEST")]:
+    for name in [
+        k
+        for k in os.environ
+        if k.startswith("CARNET_") and not k.startswith("CARNET_TEST") and k != ACCOUNT_PREFIX_VARIABLE
+    ]:
         del os.environ[name]
     os.environ.update(saved)
 
@@ -131,6 +149,9 @@ def pg_url():
     return _server_url("CARNET_TEST_PG_URL")
 
 
+_EXISTS = "SELECT 1 FROM pg_database WHERE datname = 'carnet_test_warehouse'"
+
+
 @pytest.fixture(scope="session")
 def pg_warehouse_url(pg_url):
     import sqlalchemy as sa
@@ -138,9 +159,12 @@ def pg_warehouse_url(pg_url):
     server = sa.engine.make_url(pg_url)
     engine = sa.create_engine(server, isolation_level="AUTOCOMMIT")
     with engine.connect() as conn:
-        exists = conn.exec_driver_sql("SELECT 1 FROM pg_database WHERE datname = 'carnet_test_warehouse'")
-        if exists.scalar() is None:
-            conn.exec_driver_sql("CREATE DATABASE carnet_test_warehouse")
+        if conn.exec_driver_sql(_EXISTS).scalar() is None:
+            try:
+                conn.exec_driver_sql("CREATE DATABASE carnet_test_warehouse")
+            except sa.exc.DBAPIError:  # another xdist worker may have made it meanwhile
+                if conn.exec_driver_sql(_EXISTS).scalar() is None:
+                    raise
     engine.dispose()
     return server.set(database="carnet_test_warehouse").render_as_string(hide_password=False)
 

@@ -7,6 +7,7 @@ import contextlib
 import email
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -96,6 +97,8 @@ class CarnetStack:
                 if not k.startswith("CARNET_") or k.startswith("CARNET_TEST")
             },
             "CARNET_DATA_DIR": str(self.data_dir),
+            # This xdist worker's OS accounts (tests/conftest.py pytest_configure), else the default.
+            "CARNET_OS_ACCOUNT_PREFIX": os.environ.get("CARNET_OS_ACCOUNT_PREFIX") or "carnet-u",
             "CARNET_SCHEDULER_POLL": "0.5",
             "CARNET_LOCKOUT_SECONDS": "3",  # short sign-in locks (tests/test_audit.py waits them out)
             "CARNET_FETCH_ALLOW_HOSTS": f"127.0.0.1:{self.fetch_port}",
@@ -178,7 +181,7 @@ class CarnetStack:
         if self.process and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
             try:
-                self.process.wait(timeout=20)
+                self.process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
         # The proxy and spawned servers may outlive the Hub (STACK-NOTES): kill what the pid files name.
@@ -189,6 +192,39 @@ class CarnetStack:
         if self.process:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)
+        # The Hub's managed services (Viewer, scheduler, service) and Studio servers run in sessions of their
+        # own: a Hub killed before it stopped them leaves them running, competing for the CPU with the
+        # tests after. Whatever still belongs to this stack's data directory goes too.
+        kill_processes_of(self.data_dir)
+        keep = os.environ.get("CARNET_TEST_KEEP_LOGS")  # a folder: each stack's log is copied there
+        if keep and self.log_path.exists():
+            Path(keep).mkdir(parents=True, exist_ok=True)
+            shutil.copy(self.log_path, Path(keep) / f"{self.data_dir.name}.log")
+
+
+def kill_processes_of(data_dir: Path) -> list[int]:
+    """SIGKILLs every process whose environment names ``data_dir`` as CARNET_DATA_DIR, whose command line
+    names a path inside it (kernels: their connection files under the accounts' homes) or whose working
+    directory is inside it; returns their pids. A kernel left running as ``carnet-u<N>`` would also keep
+    the next stack from moving that account's home (usermod refuses while the account has processes)."""
+    marker = f"CARNET_DATA_DIR={Path(data_dir)}".encode()
+    root = str(Path(data_dir).resolve())
+    inside = (root + "/").encode()
+    killed = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            command = (entry / "cmdline").read_bytes()
+            cwd = os.readlink(entry / "cwd")
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        if marker in environ or inside in command or cwd == root or cwd.startswith(root + "/"):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(entry.name), signal.SIGKILL)
+                killed.append(int(entry.name))
+    return killed
 
 
 def hub_login(base_url: str, email: str, password: str) -> requests.Session:

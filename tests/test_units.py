@@ -34,6 +34,7 @@ from carnet.db.models import (
     utcnow,
 )
 from carnet.errors import ValidationError
+from carnet.isolation import accounts_enabled, ensure_account
 from carnet.passwords import MAX_PASSWORD_BYTES, generate_password, hash_password, verify_password
 from carnet.publishing import publish
 from carnet.scheduler.cron import next_fire_time, validate_cron, validate_timezone
@@ -883,3 +884,34 @@ def test_studio_kernels_get_the_orgs_brand_colour_and_the_map_outlines(settings,
         assert token.startswith("ck_") and user_id == world["ana"]
         assert page_env.get("CARNET_BRAND_COLOR") == given
         assert page_env["CARNET_TOPOJSON_URL"] == STUDIO_TOPOJSON_URL
+
+
+# -- OS accounts (carnet/isolation.py) --------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "prefix", ["", "Carnet-u", "1carnet", "carnet_u", "carnet u", "c" * 25], ids=lambda p: repr(p)[:12]
+)
+def test_a_bad_os_account_prefix_is_refused(prefix):
+    with pytest.raises(ValueError, match="os_account_prefix"):
+        CarnetSettings(os_account_prefix=prefix)
+
+
+@pytest.mark.skipif(not accounts_enabled(), reason="needs root and useradd: accounts are off here")
+def test_accounts_are_named_with_the_installations_prefix(tmp_path):
+    import pwd
+    import subprocess
+
+    prefixes = [f"carnet-t{uuid.uuid4().hex[:6]}-u" for _ in range(2)]
+    try:
+        accounts = [
+            ensure_account(CarnetSettings(data_dir=str(tmp_path / p), os_account_prefix=p), 7)
+            for p in prefixes
+        ]
+        for prefix, account in zip(prefixes, accounts, strict=True):
+            assert account.name == f"{prefix}7" and account.uid != 0
+            home = tmp_path / prefix / "homes" / "u7"
+            assert pwd.getpwnam(account.name).pw_dir == str(home) and home.stat().st_uid == account.uid
+        # Two installations' user 7 are two accounts.
+        assert accounts[0].uid != accounts[1].uid
+    finally:
+        for prefix in prefixes:
+            subprocess.run(["userdel", f"{prefix}7"], capture_output=True, check=False)
