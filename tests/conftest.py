@@ -15,9 +15,10 @@ Index (session-scoped unless noted):
 - ``admin`` (module): request headers of acme's admin (a Hub API token).
 - ``pg_url`` / ``mysql_url``: server URLs from CARNET_TEST_PG_URL / CARNET_TEST_MYSQL_URL (set by
   scripts/test, which starts private servers when none answer); tests needing them fail if unset in CI.
-- Parallel runs (scripts/test: ``pytest -n 2 --dist loadfile``): each xdist worker's stacks and in-process
-  kernels run as OS accounts of its own (``CARNET_OS_ACCOUNT_PREFIX`` = ``carnet-gw0-u``, ...; set at start
-  and kept by ``settings_env``), so two workers' people with the same ids never share an account.
+- Parallel runs (scripts/test: ``pytest -n 2 --dist loadscope``, longest modules first: ``LONGEST_MODULES``):
+  each xdist worker's stacks and in-process kernels run as OS accounts of its own
+  (``CARNET_OS_ACCOUNT_PREFIX`` = ``carnet-gw0-u``, ...; set at start and kept by ``settings_env``), so two
+  workers' people with the same ids never share an account.
 - ``pg_warehouse_url``: a database ``carnet_test_warehouse`` on that PostgreSQL (created once) for the
   PostgreSQL warehouse option; ``warehouse_backend`` (function, parametrized "duckdb"/"postgresql") sets
   CARNET_WAREHOUSE_URL and a schema prefix of its own for in-process tests, dropping its schemas after.
@@ -37,6 +38,32 @@ from tests.helpers import CarnetStack, SmtpCatcher, hub_login, make_hub_token
 
 # The variable naming the OS accounts of this worker's stacks and kernels (carnet/isolation.py).
 ACCOUNT_PREFIX_VARIABLE = "CARNET_OS_ACCOUNT_PREFIX"
+
+
+# The longest test modules, longest first (measured: a run's --durations). With two workers
+# (scripts/test: --dist loadscope --no-loadscope-reorder) a module runs whole on one worker, in this order,
+# so the long ones start first and the many short ones fill in around them instead of one long module
+# starting last and running alone at the end.
+LONGEST_MODULES = (
+    "test_job_burst.py",
+    "test_api_authorization.py",
+    "test_print_prerender.py",
+    "test_job_kinds_flow.py",
+    "test_scheduler_crash.py",
+    "test_viewer_pool.py",
+    "test_job_notebook.py",
+    "test_viewer_pdf.py",
+    "test_loads.py",
+    "test_viewer_snapshots.py",
+    "test_api_validation.py",
+    "test_viewer_culling.py",
+    "test_job_triggers.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_MODULES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: other modules keep their order
 
 
 def pytest_configure(config):

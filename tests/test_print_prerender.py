@@ -576,7 +576,7 @@ def test_a_scheduled_report_is_printed_from_its_pre_rendered_page(print_stack, p
     from tests.helpers import wait_until
 
     stack, app = print_stack, print_app
-    fire = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=50)
+    fire = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=30)
     recipient = f"prerendered-{uuid.uuid4().hex[:8]}@acme.example"
     known = len(prerendered(stack, app.id))
     made = requests.post(
@@ -595,7 +595,7 @@ def test_a_scheduled_report_is_printed_from_its_pre_rendered_page(print_stack, p
     job = made.json()
     try:
         # Before its fire time, the scheduler had the Viewer render the page the run will print.
-        wait_until(lambda: len(prerendered(stack, app.id)) > known, 45, what="the report's pre-rendered page")
+        wait_until(lambda: len(prerendered(stack, app.id)) > known, 28, what="the report's pre-rendered page")
         kernel = prerendered(stack, app.id)[-1]
         assert datetime.now(UTC) < fire, "the page was pre-rendered ahead of the fire time"
         message = wait_until(
