@@ -180,7 +180,10 @@ def test_sigkill_20_times_loses_no_fire_and_sends_each_mail_once(settings, world
         smtp.stop()
 
     log = log_path.read_text(errors="replace")
-    assert log.count("holds the lease: running jobs") == KILLS + 1, log[-3000:]
+    # Every scheduler started took the lease (one may take it again after a renewal came too late on a busy
+    # machine: its holder id is then counted once).
+    holders = set(re.findall(r"Scheduler (\S+) holds the lease: running jobs", log))
+    assert len(holders) == KILLS + 1, log[-3000:]
     every = runs(settings)
     with session_scope(settings.db_url) as session:
         last_fire = session.get(Job, job_id).next_run_at - timedelta(seconds=2)
