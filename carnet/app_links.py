@@ -237,18 +237,27 @@ def signed(settings, payload: dict) -> str:
     return f"{body}.{signature}"
 
 
-def verified(session, settings, text: str, use: str | None) -> tuple[dict, App]:
+def verified_payload(settings, text: str, use: str | None, expired: str = "This link has expired") -> dict:
     """The payload of an authentic, unexpired token made for ``use`` (None: an embed URL, whose payload names
-    no use) and its published app. Tampered, unknown or made for another use: 404 (like an unknown app)."""
+    no use), checked without the database. Tampered, unknown or made for another use: 404 (like an unknown
+    app); expired: 403 ``expired``."""
     body, _, signature = (text or "").partition(".")
     expected = _b64(hmac.new(embed_key(settings), body.encode(), hashlib.sha256).digest())
     if not body or not hmac.compare_digest(signature.encode(), expected.encode()):
         raise NotFound("No such app")
     payload = json.loads(_unb64(body))
-    if payload.get("use") != use:
+    if not isinstance(payload, dict) or payload.get("use") != use:
         raise NotFound("No such app")
     if payload["exp"] <= time.time():
-        raise PermissionDenied("This embed link has expired" if use is None else "This link has expired")
+        raise PermissionDenied(expired)
+    return payload
+
+
+def verified(session, settings, text: str, use: str | None) -> tuple[dict, App]:
+    """The payload of an authentic, unexpired token made for ``use`` (``verified_payload``) and its
+    published app (404 if gone, unpublished or moved to another organization)."""
+    expired = "This embed link has expired" if use is None else "This link has expired"
+    payload = verified_payload(settings, text, use, expired)
     app = session.get(App, payload["app"])
     if app is None or app.current_version < 1 or app.org_id != payload["org"]:
         raise NotFound("No such app")

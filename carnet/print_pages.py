@@ -14,16 +14,12 @@ org's public-apps setting nor a customer-facing origin. The page's kernel reads 
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
-import json
 import secrets
 import time
 
-from carnet.app_links import app_sources, embed_key, signed, verified, visitor_token
+from carnet.app_links import app_sources, signed, verified, verified_payload, visitor_token
 from carnet.db.models import App, TokenKind
-from carnet.errors import NotFound, PermissionDenied
+from carnet.errors import NotFound
 from carnet.query.service import check_variables
 from carnet.row_security import check_attributes
 from carnet.sharing import may_open, member_reader
@@ -65,17 +61,7 @@ def print_payload(settings, text: str) -> dict:
     """The payload of an authentic, unexpired print token, checked without the platform database (the
     Viewer's pre-render route checks a token before asking the service anything). Tampered, unknown or made
     for another use: 404; expired: 403, with the same messages as ``print_session``."""
-    body, _, signature = (text or "").partition(".")
-    digest = hmac.new(embed_key(settings), body.encode(), hashlib.sha256).digest()
-    expected = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
-    if not body or not hmac.compare_digest(signature.encode(), expected.encode()):
-        raise NotFound("No such app")
-    payload = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
-    if not isinstance(payload, dict) or payload.get("use") != PRINT_USE:
-        raise NotFound("No such app")
-    if payload["exp"] <= time.time():
-        raise PermissionDenied("This link has expired")
-    return payload
+    return verified_payload(settings, text, PRINT_USE)
 
 
 def print_session(session, settings, text: str) -> tuple[App, TokenKind, str, dict]:

@@ -20,8 +20,6 @@ people's pages). Whatever it says, the print still works: it renders cold.
 
 from __future__ import annotations
 
-import json
-
 from jupyter_server.auth.decorator import allow_unauthenticated
 from jupyter_server.utils import url_path_join
 from tornado import web
@@ -33,6 +31,7 @@ from carnet.extension.render_pool import RETRY_AFTER, print_pool_key, render_poo
 from carnet.extension.viewer import AppHandler
 from carnet.extension.viewer_logs import without_link_secret
 from carnet.extension.viewer_visitors import request_visitor_session
+from carnet.extension.viewer_warm import SignedTokenJsonMixin
 from carnet.print_pages import print_payload
 from carnet.settings import CarnetSettings
 
@@ -47,28 +46,15 @@ MESSAGES = {
 }
 
 
-class WarmPrintHandler(AppHandler):
+class WarmPrintHandler(SignedTokenJsonMixin, AppHandler):
     """POST carnet/warm-print/<payload>.<signature>?<query>: pre-render that print page into the pool."""
 
     SUPPORTED_METHODS = ("POST",)  # not AppHandler's page: a GET is a 405
     carnet_public = False  # rendered as the print page is: no "Public" mark
 
-    def check_xsrf_cookie(self):
-        return None  # no cookie is read: the signed token is the only credential
-
     def _request_summary(self) -> str:
         # Tornado's line for a refused request, without the token (a credential for minutes).
         return f"{self.request.method} {without_link_secret(self.request.uri)} ({self.request.remote_ip})"
-
-    def write_error(self, status_code, **kwargs):
-        self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps({"status": status_code, "message": self._reason}))
-
-    def answer(self, status: int, message: str, **fields) -> None:
-        self.set_status(status)
-        self.set_header("Content-Type", "application/json")
-        self.set_header("Cache-Control", "no-store")
-        self.finish(json.dumps({"status": status, "message": message, **fields}))
 
     @allow_unauthenticated
     async def post(self, token):

@@ -35,10 +35,9 @@ MESSAGES = {
 }
 
 
-class WarmHandler(AppHandler):
-    """POST carnet/warm/<payload>.<signature>: pre-render the token's app for the token's person."""
-
-    SUPPORTED_METHODS = ("POST",)  # not AppHandler's page: a GET is a 405
+class SignedTokenJsonMixin:
+    """A scheduler's POST route of the Viewer whose only credential is a signed token in its URL: no cookie
+    is read (so no XSRF check), every answer is JSON ``{status, message, ...}``."""
 
     def check_xsrf_cookie(self):
         return None  # no cookie is read: the signed token is the only credential
@@ -52,6 +51,12 @@ class WarmHandler(AppHandler):
         self.set_header("Content-Type", "application/json")
         self.set_header("Cache-Control", "no-store")
         self.finish(json.dumps({"status": status, "message": message, **fields}))
+
+
+class WarmHandler(SignedTokenJsonMixin, AppHandler):
+    """POST carnet/warm/<payload>.<signature>: pre-render the token's app for the token's person."""
+
+    SUPPORTED_METHODS = ("POST",)  # not AppHandler's page: a GET is a 405
 
     @allow_unauthenticated
     async def post(self, token):

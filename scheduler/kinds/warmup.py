@@ -19,17 +19,14 @@ no longer open the app are skipped (listed in the run's ``warmup.json``), a run 
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import json
 import time
 
 from sqlalchemy import func, select
 
-from carnet.app_links import embed_key, signed
+from carnet.app_links import signed, verified_payload
 from carnet.db.models import User
-from carnet.errors import NotFound, PermissionDenied, ValidationError
+from carnet.errors import ValidationError
 from carnet.scheduler.attachments import written_then_renamed
 from carnet.scheduler.kinds import JobKind, PlannedMail, register
 from carnet.sharing import find_openable_app, may_open, member_reader
@@ -56,17 +53,7 @@ def sign_warm(settings, app_id: int, org_id: int, email: str, expires_in: int) -
 def warm_payload(settings, text: str) -> dict:
     """The payload of an authentic, unexpired warm-up token (``sign_warm``). Tampered, unknown or made for
     another use (an embed URL, a print page): 404; expired: 403."""
-    body, _, signature = (text or "").partition(".")
-    digest = hmac.new(embed_key(settings), body.encode(), hashlib.sha256).digest()
-    expected = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
-    if not body or not hmac.compare_digest(signature.encode(), expected.encode()):
-        raise NotFound("No such app")
-    payload = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
-    if not isinstance(payload, dict) or payload.get("use") != WARM_USE:
-        raise NotFound("No such app")
-    if payload["exp"] <= time.time():
-        raise PermissionDenied("This warm-up link has expired")
-    return payload
+    return verified_payload(settings, text, WARM_USE, "This warm-up link has expired")
 
 
 def reader_of(session, email: str, app):
