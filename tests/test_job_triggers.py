@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import nbformat
@@ -249,6 +251,40 @@ def test_a_bad_webhook_payload_is_a_json_error_that_queues_nothing(
     body = assert_json_error(response, status)
     assert body.get("field") == field
     assert runs_of(carnet_stack, analyst, job["id"]) == []
+
+
+def test_a_body_refused_before_it_arrives_does_not_break_the_proxys_next_calls(
+    carnet_stack, analyst, created, tiny_app
+):
+    """A 413 on the declared length is answered before the body is read, so the service then closes that
+    connection. The Hub's proxy keeps its connections to the service alive: unless the answer says
+    ``Connection: close``, the proxy may send its next request down the closing socket and answer it with
+    its own 503 (a CI run saw exactly that on the call after this 413)."""
+    job = make_job(carnet_stack, analyst, created, tiny_app)
+    url = webhook_url(carnet_stack, analyst, job["id"])
+    big = json.dumps({"big": "x" * 17000}).encode()
+    runs_url = api_url(carnet_stack, f"jobs/{job['id']}/runs")
+
+    refusing = threading.Event()
+
+    def calls_meanwhile() -> list[int]:
+        # Other callers' requests keep arriving while the bodies are refused, as on a busy server.
+        statuses = []
+        while refusing.is_set() or not statuses:
+            statuses.append(requests.get(runs_url, headers=analyst, timeout=30).status_code)
+        return statuses
+
+    refusing.set()
+    with ThreadPoolExecutor(4) as pool:
+        callers = [pool.submit(calls_meanwhile) for _ in range(4)]
+        try:
+            for _ in range(60):
+                refused = call_hook(url, data=big, headers={"Content-Type": "application/json"})
+                assert refused.status_code == 413, refused.text[:200]
+        finally:
+            refusing.clear()
+        statuses = [status for caller in callers for status in caller.result()]
+    assert set(statuses) == {200}, {status: statuses.count(status) for status in set(statuses)}
 
 
 def test_an_oversized_webhook_body_without_a_length_is_cut_off(carnet_stack, analyst, created, tiny_app):

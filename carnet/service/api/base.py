@@ -201,6 +201,14 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
             self.write(part)
         self.finish()
 
+    def finish(self, chunk=None):
+        # Answered before the request's body was read (a 413 on its declared length): tornado closes the
+        # connection after this answer. Saying so keeps the Hub's proxy, which keeps its connections to us
+        # alive, from sending its next request down the closing socket and answering that with a 503.
+        if not self._headers_written and getattr(self.request.connection, "_read_finished", True) is False:
+            self.set_header("Connection", "close")
+        return super().finish(chunk)
+
     def write_error(self, status_code: int, **kwargs) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(exc, CarnetError):
