@@ -17,12 +17,10 @@ from traitlets import Float, Integer, default
 from carnet.audit import client_address, record
 from carnet.db import session_scope
 from carnet.db.models import AUTHOR_ROLES, User, utcnow
-from carnet.passwords import verify_password
+from carnet.passwords import dummy_hash, verify_password
 from carnet.settings import CarnetSettings
 
 AUTHORS_GROUP = "carnet-authors"
-# Hashed when the email is unknown, so that unknown and known emails cost the same bcrypt work.
-DUMMY_HASH = "$2b$12$" + "." * 53
 
 
 def hub_groups_for(memberships) -> list[str]:
@@ -92,7 +90,7 @@ class CarnetAuthenticator(Authenticator):
             user = session.scalar(select(User).where(User.email == email))
             # Hash even when the user is unknown or locked, so that timing reveals neither.
             good = verify_password(
-                password, user.password_hash if user and user.password_hash else DUMMY_HASH
+                password, user.password_hash if user and user.password_hash else dummy_hash()
             )
             org_ids = sorted({m.org_id for m in user.memberships}) if user else []
 

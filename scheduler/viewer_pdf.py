@@ -230,7 +230,7 @@ class PrintOutcome:
     error: CarnetError | None = None
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity (ViewerPrinter._ahead)
 class _Printing:
     """A page being printed: its browser context, and the deadline of its time budget."""
 
@@ -270,6 +270,7 @@ class ViewerPrinter:
         self._marker = f"--carnet-printer={uuid.uuid4().hex}"  # finds the browser's process (browser_pid)
         self._playwright = None
         self._browser = None
+        self._ahead: list[_Printing] = []  # pages opened ahead of their print (open_page), not printed yet
 
     # -- the browser ----------------------------------------------------------------------------------------
     def browser(self):
@@ -316,6 +317,8 @@ class ViewerPrinter:
         return None
 
     def close(self) -> None:
+        for printing in list(self._ahead):
+            self.discard(printing)
         for thread in self._shutdowns:  # the last pages' kernels end before the printer does
             thread.join(SHUTDOWN_TIMEOUT)
         self._shutdowns = []
@@ -345,6 +348,64 @@ class ViewerPrinter:
             return self._finish(printing, pdf_path, letterhead)
         finally:
             self._end(printing)
+
+    # -- pages opened ahead of their print (the scheduler's report pages, scheduler/kinds/report.py) -------
+    def open_page(self, url: str) -> _Printing:
+        """Opens ``url`` now (returns once its response has begun) so that it loads, runs and draws before
+        it is printed with ``finish_page``; its time budget counts from now. While the caller does anything
+        else than call the browser, the page's requests wait: ``pump`` lets it go on. An opening that failed
+        is kept as such (``finish_page`` raises its error)."""
+        self._drop_overdue()
+        printing = self._open(url, defer_errors=True)
+        self._ahead.append(printing)
+        return printing
+
+    def _drop_overdue(self) -> None:
+        # A page whose run never printed it (the run failed before its print) is closed once its time
+        # budget is spent, rather than held until the printer closes.
+        for printing in [p for p in self._ahead if p.deadline <= time.monotonic()]:
+            log.info("PDF printer: a page opened ahead was never printed; closed")
+            self.discard(printing)
+
+    @property
+    def pages_ahead(self) -> int:
+        return len(self._ahead)
+
+    def finish_page(
+        self, printing: _Printing, pdf_path: Path, letterhead: Letterhead = Letterhead()
+    ) -> float:
+        """Prints a page of ``open_page`` (waiting for its render if it is not done) to ``pdf_path`` and
+        closes it; the seconds this call took."""
+        started = time.monotonic()
+        try:
+            self._finish(printing, pdf_path, letterhead)
+        finally:
+            self.discard(printing)
+        return time.monotonic() - started
+
+    def discard(self, printing: _Printing) -> None:
+        """Closes a page of ``open_page`` unprinted (its Viewer kernel is shut down as after a print)."""
+        if printing in self._ahead:
+            self._ahead.remove(printing)
+        self._end(printing)
+
+    def pump(self, seconds: float) -> None:
+        """Waits ``seconds`` inside the browser's driver, so that the pages opened ahead go on loading
+        (Playwright's sync API answers their requests, filtered by ``_only``, only while it is called); a
+        plain sleep when there are none."""
+        from playwright.sync_api import Error as PlaywrightError
+
+        self._drop_overdue()
+        live = [p for p in self._ahead if p.page is not None and p.error is None]
+        if not live:
+            time.sleep(seconds)
+            return
+        try:
+            live[0].page.wait_for_timeout(seconds * 1000)
+        except PlaywrightError as exc:  # the page or browser is gone: finish_page reports it
+            log.warning("PDF printer: a page opened ahead is gone: %s", exc.message.splitlines()[0])
+            live[0].error = PdfRenderError("The page opened ahead was closed by the browser")
+            time.sleep(seconds)
 
     def print_many(
         self, jobs: Iterable[tuple[str, Path]], letterhead: Letterhead = Letterhead(), concurrency: int = 0

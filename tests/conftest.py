@@ -19,6 +19,9 @@ Index (session-scoped unless noted):
   each xdist worker's stacks and in-process kernels run as OS accounts of its own
   (``CARNET_OS_ACCOUNT_PREFIX`` = ``carnet-gw0-u``, ...; set at start and kept by ``settings_env``), so two
   workers' people with the same ids never share an account.
+- Password hashes: bcrypt cost 4 for the whole session (``CARNET_PASSWORD_HASH_ROUNDS``, also passed to every
+  stack), not the production 12: people are created and signed in thousands of times. tests/test_units.py
+  checks the default, the variable's refusals and that hashes of any cost verify.
 - ``pg_warehouse_url``: a database ``carnet_test_warehouse`` on that PostgreSQL (created once) for the
   PostgreSQL warehouse option; ``warehouse_backend`` (function, parametrized "duckdb"/"postgresql") sets
   CARNET_WAREHOUSE_URL and a schema prefix of its own for in-process tests, dropping its schemas after.
@@ -33,11 +36,14 @@ from pathlib import Path
 
 import pytest
 
+from carnet.passwords import ROUNDS_VARIABLE
 from tests.api_support import Created, auth
 from tests.helpers import CarnetStack, SmtpCatcher, hub_login, make_hub_token
 
 # The variable naming the OS accounts of this worker's stacks and kernels (carnet/isolation.py).
 ACCOUNT_PREFIX_VARIABLE = "CARNET_OS_ACCOUNT_PREFIX"
+# Set for the whole session and kept by ``settings_env``: this worker's OS accounts, cheap password hashes.
+SESSION_VARIABLES = (ACCOUNT_PREFIX_VARIABLE, ROUNDS_VARIABLE)
 
 
 # The longest test modules, longest first (measured: a run's --durations). With two workers
@@ -67,6 +73,9 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_configure(config):
+    # bcrypt cost 4 instead of 12 for the people tests create and sign in (tests/test_units.py checks 12 is
+    # the default); CarnetStack passes the same to its processes.
+    os.environ[ROUNDS_VARIABLE] = "4"
     worker = os.environ.get("PYTEST_XDIST_WORKER")
     if worker:
         os.environ[ACCOUNT_PREFIX_VARIABLE] = f"carnet-{worker}-u"
@@ -147,7 +156,7 @@ def settings_env(tmp_path):
     saved = {
         k: v
         for k, v in os.environ.items()
-        if k.startswith("CARNET_") and not k.startswith("CARNET_TEST") and k != ACCOUNT_PREFIX_VARIABLE
+        if k.startswith("CARNET_") and not k.startswith("CARNET_TEST") and k not in SESSION_VARIABLES
     }
     for name in saved:
         del os.environ[name]
@@ -156,7 +165,7 @@ def settings_env(tmp_path):
     for name in [
         k
         for k in os.environ
-        if k.startswith("CARNET_") and not k.startswith("CARNET_TEST") and k != ACCOUNT_PREFIX_VARIABLE
+        if k.startswith("CARNET_") and not k.startswith("CARNET_TEST") and k not in SESSION_VARIABLES
     ]:
         del os.environ[name]
     os.environ.update(saved)

@@ -100,6 +100,9 @@ class CarnetStack:
             # This xdist worker's OS accounts (tests/conftest.py pytest_configure), else the default.
             "CARNET_OS_ACCOUNT_PREFIX": os.environ.get("CARNET_OS_ACCOUNT_PREFIX") or "carnet-u",
             "CARNET_SCHEDULER_POLL": "0.5",
+            # Cheap password hashes (bcrypt cost 4, not 12): stacks seed, create and sign in people all the
+            # time; tests/test_units.py checks the production cost.
+            "CARNET_PASSWORD_HASH_ROUNDS": "4",
             "CARNET_LOCKOUT_SECONDS": "3",  # short sign-in locks (tests/test_audit.py waits them out)
             "CARNET_FETCH_ALLOW_HOSTS": f"127.0.0.1:{self.fetch_port}",
             # The test database servers (and the closed / silent ports the connection tests use); other

@@ -8,8 +8,10 @@ only for its own fire time, owner and filters (manual runs, changed filters: a n
 
 On a real stack (slow; run under the machine lock): the Viewer pre-renders a print page only for a valid
 token; its ``print/<token>?<query>`` is handed the pooled kernel, while another token or another query never
-is; a page pre-rendered before a data load is not used after it (cold render, new data); and a scheduled
-report job whose fire is near is printed from its pre-rendered page, with the right text in the PDF.
+is; a page pre-rendered before a data load is not used after it (cold render, new data); two scheduled
+report jobs firing together are printed, one from the page the scheduler's browser opened ahead and held
+(CARNET_REPORT_PAGES_HELD=1), the other from the Viewer's pre-rendered page, each PDF with its own text; and
+a held page is not printed after a load (its run prints cold, over the new data).
 """
 
 from __future__ import annotations
@@ -205,6 +207,31 @@ def test_the_kept_tokens_are_bounded_and_expire():
     assert kept.take(10, fire) is None  # taken once
 
 
+def test_held_pages_are_closed_when_their_entry_is_dropped_expired_or_cleared():
+    class Holder:  # records what a ViewerPrinter would close (PrerenderedPrint.release -> discard)
+        def __init__(self):
+            self.closed = []
+
+        def discard(self, page):
+            self.closed.append(page)
+
+    holder, kept, fire = Holder(), PrerenderedPrints(limit=2), utcnow()
+
+    def entry(page, ttl=60):
+        return PrerenderedPrint(page, "", 1, 1, time.time() + ttl, held=page, printer=holder)
+
+    kept.keep(1, fire, entry("page-1"))
+    kept.keep(2, fire, entry("page-2", ttl=-1))
+    assert kept.held() == 2 and holder.closed == []
+    kept.keep(3, fire, entry("page-3"))  # page-2 expired: closed; two kept (page-1, page-3)
+    assert holder.closed == ["page-2"] and kept.held() == 2
+    kept.keep(4, fire, entry("page-4"))  # over the limit: the oldest (page-1) closed
+    assert holder.closed == ["page-2", "page-1"]
+    assert kept.take(3, fire).held == "page-3"  # taken by its run: not closed here (the run prints it)
+    kept.clear()
+    assert holder.closed == ["page-2", "page-1", "page-4"] and kept.held() == 0
+
+
 def run_of(settings, job_id, trigger="schedule") -> int:  # noqa: F811
     with session_scope(settings.db_url) as session:
         job = session.get(Job, job_id)
@@ -395,13 +422,19 @@ SALES = {"region": ["North", "South", "South", "East"], "amount": [1, 20, 22, 30
 
 @pytest.fixture(scope="module")
 def print_stack(smtp_server):
-    """A stack of its own with the Viewer's render pool on (one page per key); report pages pre-rendered
-    90 s ahead of their fire time."""
+    """A stack of its own with the Viewer's render pool on (one page per key); report pages prepared 90 s
+    ahead of their fire time, one of them held in the scheduler's browser."""
     from tests.helpers import CarnetStack
 
     data_dir = Path(tempfile.mkdtemp(prefix="carnet-print-stack-"))
     os.chmod(data_dir, 0o711)  # noqa: S103 - kernels' accounts traverse it
-    env = {"CARNET_VIEWER_POOL_SIZE": "1", "CARNET_REPORT_PRERENDER_SECONDS": "90"}
+    # One page held by the scheduler's browser: a second report due at the same time is pre-rendered by the
+    # Viewer (both paths on one stack).
+    env = {
+        "CARNET_VIEWER_POOL_SIZE": "1",
+        "CARNET_REPORT_PRERENDER_SECONDS": "90",
+        "CARNET_REPORT_PAGES_HELD": "1",
+    }
     stack = CarnetStack(data_dir, smtp=smtp_server, env=env)
     stack.start()
     yield stack
@@ -568,17 +601,9 @@ def test_a_page_pre_rendered_before_a_load_is_not_printed_after_it(print_stack, 
         load(stack, app.headers, app.table, SALES)
 
 
-@pytest.mark.slow
-def test_a_scheduled_report_is_printed_from_its_pre_rendered_page(print_stack, print_app, smtp_server):
-    from pypdf import PdfReader
-
+def make_report(stack, app, recipient: str, fire: datetime, region: str) -> dict:
     from tests.api_support import api_url
-    from tests.helpers import wait_until
 
-    stack, app = print_stack, print_app
-    fire = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=30)
-    recipient = f"prerendered-{uuid.uuid4().hex[:8]}@acme.example"
-    known = len(prerendered(stack, app.id))
     made = requests.post(
         api_url(stack, "jobs"),
         json={
@@ -586,33 +611,97 @@ def test_a_scheduled_report_is_printed_from_its_pre_rendered_page(print_stack, p
             "app_id": app.id,
             "cron": f"{fire.minute} {fire.hour} * * * {fire.second}",  # seconds last (croniter)
             "recipients": [recipient],
-            "config": {"filters": {"region": "South"}},
+            "config": {"filters": {"region": region}},
         },
         headers=app.headers,
         timeout=30,
     )
     assert made.status_code == 201, made.text
-    job = made.json()
-    try:
-        # Before its fire time, the scheduler had the Viewer render the page the run will print.
-        wait_until(lambda: len(prerendered(stack, app.id)) > known, 28, what="the report's pre-rendered page")
-        kernel = prerendered(stack, app.id)[-1]
-        assert datetime.now(UTC) < fire, "the page was pre-rendered ahead of the fire time"
-        message = wait_until(
-            lambda: next((m for m in smtp_server.messages if recipient in m["To"]), None),
-            timeout=180,
-            what="the report mail",
-        )
-        with session_scope(stack.settings.db_url) as session:  # before the job (and its runs) is deleted
-            [run] = session.scalars(select(JobRun).where(JobRun.job_id == job["id"])).all()
-            assert run.trigger == "schedule" and run.status == RunStatus.succeeded
-    finally:
-        requests.delete(api_url(stack, f"jobs/{job['id']}"), headers=app.headers, timeout=30)
-    log = log_text(stack)
-    assert f"Print page of app {app.id} from its pre-rendered kernel {kernel}" in log
-    assert "prints the page pre-rendered for its fire time" in log
-    [pdf] = [part for part in message.walk() if part.get_content_type() == "application/pdf"]
-    text = "\n".join(
-        page.extract_text() for page in PdfReader(io.BytesIO(pdf.get_payload(decode=True))).pages
+    return made.json()
+
+
+def mailed_pdf_text(stack, smtp_server, recipient: str, job_id: int) -> str:
+    """Waits for the report mail to ``recipient``; the text of its PDF (the job's one run succeeded)."""
+    from pypdf import PdfReader
+
+    from tests.helpers import wait_until
+
+    message = wait_until(
+        lambda: next((m for m in smtp_server.messages if recipient in m["To"]), None),
+        timeout=180,
+        what="the report mail",
     )
-    assert "TOTAL South 42 ROWS 4" in text
+    with session_scope(stack.settings.db_url) as session:
+        [run] = session.scalars(select(JobRun).where(JobRun.job_id == job_id)).all()
+        assert run.trigger == "schedule" and run.status == RunStatus.succeeded
+    [pdf] = [part for part in message.walk() if part.get_content_type() == "application/pdf"]
+    reader = PdfReader(io.BytesIO(pdf.get_payload(decode=True)))
+    return "\n".join(page.extract_text() for page in reader.pages)
+
+
+def run_ids(stack, job_id: int) -> list[int]:
+    with session_scope(stack.settings.db_url) as session:
+        return list(session.scalars(select(JobRun.id).where(JobRun.job_id == job_id)))
+
+
+@pytest.mark.slow
+def test_scheduled_reports_are_printed_from_the_page_held_or_pre_rendered_for_them(
+    print_stack, print_app, smtp_server
+):
+    """Two reports firing together on a stack holding one page (CARNET_REPORT_PAGES_HELD=1): the first
+    job's page is opened ahead in the scheduler's browser and only printed at the fire; the second's the
+    Viewer pre-renders. Each PDF shows its own region."""
+    from tests.api_support import api_url
+    from tests.helpers import wait_until
+
+    stack, app = print_stack, print_app
+    fire = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=30)
+    tag = uuid.uuid4().hex[:8]
+    recipients = (f"held-{tag}@acme.example", f"prerendered-{tag}@acme.example")
+    known = len(prerendered(stack, app.id))
+    held = make_report(stack, app, recipients[0], fire, "South")
+    pooled = make_report(stack, app, recipients[1], fire, "North")
+    try:
+        # Before their fire time: one page open in the scheduler's browser, the other in the Viewer's pool.
+        opened = f"Report job {held['id']}'s print page in the scheduler's browser: opened ahead"
+        wait_until(lambda: opened in log_text(stack), 28, what="the page opened ahead")
+        wait_until(lambda: len(prerendered(stack, app.id)) > known, 28, what="the pre-rendered page")
+        kernel = prerendered(stack, app.id)[-1]
+        assert datetime.now(UTC) < fire, "both pages were prepared ahead of the fire time"
+        held_text = mailed_pdf_text(stack, smtp_server, recipients[0], held["id"])
+        pooled_text = mailed_pdf_text(stack, smtp_server, recipients[1], pooled["id"])
+        [held_run], [pooled_run] = run_ids(stack, held["id"]), run_ids(stack, pooled["id"])
+    finally:
+        for job in (held, pooled):
+            requests.delete(api_url(stack, f"jobs/{job['id']}"), headers=app.headers, timeout=30)
+    log = log_text(stack)
+    assert f"Run {held_run} prints the page opened ahead for its fire time" in log
+    assert f"Run {pooled_run} prints the page pre-rendered for its fire time" in log
+    assert f"Print page of app {app.id} from its pre-rendered kernel {kernel}" in log
+    assert "TOTAL South 42 ROWS 4" in held_text and "North" not in held_text
+    assert "TOTAL North 1 ROWS 4" in pooled_text and "South" not in pooled_text
+
+
+@pytest.mark.slow
+def test_a_page_held_for_a_report_is_not_printed_after_a_load(print_stack, print_app, smtp_server):
+    from tests.helpers import wait_until
+    from tests.test_row_security import load
+
+    stack, app = print_stack, print_app
+    fire = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=25)
+    recipient = f"held-load-{uuid.uuid4().hex[:8]}@acme.example"
+    job = make_report(stack, app, recipient, fire, "East")
+    try:
+        opened = f"Report job {job['id']}'s print page in the scheduler's browser: opened ahead"
+        wait_until(lambda: opened in log_text(stack), 23, what="the page opened ahead")
+        load(stack, app.headers, app.table, {"region": ["East", "East"], "amount": [5, 6]})  # new data
+        assert datetime.now(UTC) < fire, "the load came before the fire time"
+        text = mailed_pdf_text(stack, smtp_server, recipient, job["id"])
+        [run] = run_ids(stack, job["id"])
+    finally:
+        load(stack, app.headers, app.table, SALES)
+        from tests.api_support import api_url
+
+        requests.delete(api_url(stack, f"jobs/{job['id']}"), headers=app.headers, timeout=30)
+    assert f"Run {run}: the page opened ahead is not used" in log_text(stack)
+    assert "TOTAL East 11 ROWS 2" in text and "TOTAL East 300" not in text

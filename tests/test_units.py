@@ -35,7 +35,15 @@ from carnet.db.models import (
 )
 from carnet.errors import ValidationError
 from carnet.isolation import accounts_enabled, ensure_account
-from carnet.passwords import MAX_PASSWORD_BYTES, generate_password, hash_password, verify_password
+from carnet.passwords import (
+    MAX_PASSWORD_BYTES,
+    ROUNDS_VARIABLE,
+    dummy_hash,
+    generate_password,
+    hash_password,
+    hash_rounds,
+    verify_password,
+)
 from carnet.publishing import publish
 from carnet.scheduler.cron import next_fire_time, validate_cron, validate_timezone
 from carnet.scheduler.mail import send_mail
@@ -794,6 +802,23 @@ def test_passwords_longer_than_72_bytes_are_refused():
             hash_password(too_long)
     # bcrypt would compare only the first 72 bytes: a longer candidate must never match
     assert not verify_password(exactly + "tail", hash_password(exactly))
+
+
+def test_password_hashes_cost_12_unless_told_and_any_cost_verifies(monkeypatch):
+    monkeypatch.delenv(ROUNDS_VARIABLE, raising=False)  # the suite runs with 4 (tests/conftest.py)
+    production = hash_password("correct horse")
+    assert production.startswith("$2b$12$") and hash_rounds() == 12
+    assert dummy_hash().startswith("$2b$12$") and not verify_password("", dummy_hash())
+    monkeypatch.setenv(ROUNDS_VARIABLE, "5")
+    cheap = hash_password("correct horse")
+    assert cheap.startswith("$2b$05$")
+    # A hash carries its own cost: one made before a change of the setting still verifies after it.
+    assert verify_password("correct horse", production) and verify_password("correct horse", cheap)
+    assert dummy_hash().startswith("$2b$05$")
+    for bad in ("3", "32", "twelve", "-1", "1e1"):
+        monkeypatch.setenv(ROUNDS_VARIABLE, bad)
+        with pytest.raises(ValueError, match=ROUNDS_VARIABLE):
+            hash_password("correct horse")
 
 
 def test_generated_passwords_are_random_and_usable():

@@ -21,12 +21,14 @@ cold, as does every failure of the pre-render (only logged).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import re
 import shutil
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlencode
 
@@ -34,7 +36,7 @@ from sqlalchemy import select
 
 from carnet.branding import branding
 from carnet.db import session_scope
-from carnet.db.models import Job, Organization, utcnow
+from carnet.db.models import Job, Membership, Organization, utcnow
 from carnet.errors import CarnetError, ValidationError
 from carnet.print_pages import sign_print
 from carnet.publishing import current_notebook_path
@@ -115,13 +117,22 @@ def fire_key(when: datetime) -> datetime:
 
 @dataclass(frozen=True)
 class PrerenderedPrint:
-    """A print token signed ahead of a report's fire time, whose page the Viewer was asked to pre-render."""
+    """A print token signed ahead of a report's fire time, whose page the Viewer was asked to pre-render or
+    the scheduler's browser opened ahead (``held``)."""
 
     token: str
     query: str
     owner_id: int
     app_id: int
     expires_at: float  # time.time() when the token expires
+    fingerprint: str = ""  # page_fingerprint when the page was asked for
+    held: object = None  # the page opened in the scheduler's browser (ViewerPrinter.open_page), if any
+    printer: object = None  # the ViewerPrinter holding it
+
+    def release(self) -> None:
+        """Closes the held page, if any (its run will not print it)."""
+        if self.held is not None and self.printer is not None:
+            self.printer.discard(self.held)
 
 
 class PrerenderedPrints:
@@ -142,13 +153,29 @@ class PrerenderedPrints:
             return len(self._kept)
 
     def keep(self, job_id: int, fire: datetime, prerendered: PrerenderedPrint) -> None:
+        self.drop_expired()
+        dropped = []
+        with self._lock:
+            while len(self._kept) >= self.limit:  # the oldest kept first
+                dropped.append(self._kept.pop(next(iter(self._kept))))
+            self._kept[(job_id, fire_key(fire))] = prerendered
+        for kept in dropped:
+            kept.release()
+
+    def drop_expired(self) -> list[PrerenderedPrint]:
+        """Removes the entries whose token expired (their runs never came: a job disabled or changed, a
+        missed fire) and closes their held pages; returns them."""
         with self._lock:
             now = time.time()
-            for key in [k for k, kept in self._kept.items() if kept.expires_at <= now]:
-                del self._kept[key]
-            while len(self._kept) >= self.limit:  # the oldest kept first
-                del self._kept[next(iter(self._kept))]
-            self._kept[(job_id, fire_key(fire))] = prerendered
+            dropped = [self._kept.pop(k) for k, kept in list(self._kept.items()) if kept.expires_at <= now]
+        for kept in dropped:
+            kept.release()
+        return dropped
+
+    def held(self) -> int:
+        """How many kept entries hold a page open in the scheduler's browser."""
+        with self._lock:
+            return sum(1 for kept in self._kept.values() if kept.held is not None)
 
     def take(self, job_id: int, fire: datetime) -> PrerenderedPrint | None:
         with self._lock:
@@ -156,7 +183,10 @@ class PrerenderedPrints:
 
     def clear(self) -> None:
         with self._lock:
+            dropped = list(self._kept.values())
             self._kept.clear()
+        for kept in dropped:
+            kept.release()
 
 
 PRERENDERED = PrerenderedPrints()
@@ -166,22 +196,54 @@ def config_query(job: Job) -> str:
     return filter_query((job.config or {}).get("filters") or {})
 
 
+def page_fingerprint(session, job: Job, query: str) -> str:
+    """What a report's printed page depends on besides its code: the app's version, the organization's
+    data version (every load, source change or row-rule change gives a new one), the owner's role and
+    attributes in the organization (the rows they may see) and the filter query. A page opened ahead is
+    printed only if this is unchanged at its run."""
+    from carnet.service.api.internal import data_version
+
+    member = session.scalar(
+        select(Membership).where(Membership.user_id == job.owner_id, Membership.org_id == job.org_id)
+    )
+    facts = [
+        job.app_id,
+        job.app.current_version if job.app is not None else None,
+        data_version(session, job.org_id),
+        member.role.value if member is not None else None,
+        member.attributes if member is not None else None,
+        query,
+    ]
+    return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def prerender_report_pages(
-    settings, viewer_url: str, lead_seconds: float, time_budget: float, now: datetime | None = None
+    settings,
+    viewer_url: str,
+    lead_seconds: float,
+    time_budget: float,
+    now: datetime | None = None,
+    printer=None,
+    hold: int = 0,
 ) -> list[tuple[int, str]]:
     """For each enabled report job on the Viewer path whose next fire is within ``lead_seconds`` and not
     prepared yet: sign the print token its run will use (as its owner, for its config filters, valid until
-    past the fire time + the PDF's ``time_budget``), keep it in ``PRERENDERED``, and ask the Viewer to
-    pre-render that page (``carnet/warm-print/<token>?<query>``). Returns (job id, the Viewer's state or
-    "unreachable") per job asked; a refusal or failure is only logged: that run renders cold."""
+    past the fire time + the PDF's ``time_budget``) and keep it in ``PRERENDERED``. Then, while fewer than
+    ``hold`` pages are held, ``printer`` (the scheduler's browser) opens the page itself and holds it, drawn,
+    until the run prints it (state "opened ahead"); the others' pages the Viewer is asked to pre-render
+    (``carnet/warm-print/<token>?<query>``). Returns (job id, the state or "unreachable") per job; a refusal
+    or failure is only logged: that run renders cold."""
     import requests
 
     from carnet.print_pages import MAX_PRINT_SECONDS
     from carnet.scheduler.executor import PdfRenderer, pdf_renderer_for
 
     now = now or utcnow()
+    PRERENDERED.drop_expired()
     lifetime = min(int(lead_seconds + time_budget) + PRERENDER_SPARE_SECONDS + 30, MAX_PRINT_SECONDS)
     asked = []
+    to_open = []
+    free_holds = max(0, hold - PRERENDERED.held()) if printer is not None else 0
     with session_scope(settings.db_url) as session:
         due = session.scalars(
             select(Job)
@@ -192,7 +254,7 @@ def prerender_report_pages(
                 Job.next_run_at.is_not(None),
                 Job.next_run_at <= now + timedelta(seconds=lead_seconds),
             )
-            .order_by(Job.next_run_at)
+            .order_by(Job.next_run_at, Job.id)
         ).all()
         for job in due:
             if len(asked) >= MAX_PRERENDERS_PER_TICK:
@@ -202,14 +264,36 @@ def prerender_report_pages(
             if job.app is None or job.app.current_version is None:
                 continue  # unpublished: the run fails as it would
             token = sign_print(session, settings, job.app, as_user=job.owner_id, expires_in=lifetime)
+            query = config_query(job)
             kept = PrerenderedPrint(
-                token, config_query(job), job.owner_id, job.app_id, time.time() + lifetime
+                token,
+                query,
+                job.owner_id,
+                job.app_id,
+                time.time() + lifetime,
+                fingerprint=page_fingerprint(session, job, query),
             )
+            if len(to_open) < free_holds:
+                to_open.append((job.id, job.next_run_at, kept))
+                continue
             # Kept even if the Viewer refuses: the run then prints the same token, cold (a retry each tick
             # would only repeat the refusal).
             PRERENDERED.keep(job.id, job.next_run_at, kept)
             asked.append((job.id, kept))
     states = []
+    for job_id, fire, kept in to_open:
+        url = printer.url_of(kept.token) + (f"?{kept.query}" if kept.query else "")
+        try:
+            held = printer.open_page(url)
+        except CarnetError as exc:  # no browser here (not installed, cannot start): the Viewer pre-renders
+            log.warning("Report job %s's page cannot be opened ahead (%s)", job_id, exc.message)
+            PRERENDERED.keep(job_id, fire, kept)
+            asked.append((job_id, kept))
+            continue
+        PRERENDERED.keep(job_id, fire, replace(kept, held=held, printer=printer))
+        state = "opened ahead" if held.error is None else f"failed to open ({held.error.message})"
+        log.info("Report job %s's print page in the scheduler's browser: %s", job_id, state)
+        states.append((job_id, state))
     base = viewer_url.rstrip("/") + "/carnet/warm-print/"
     for job_id, kept in asked:
         try:
@@ -263,11 +347,27 @@ class ReportKind(JobKind):
             # A scheduled run's page may have been pre-rendered for its fire time with a token signed then
             # (prerender_report_pages): used only if it prints the same page, with time to spare.
             kept = PRERENDERED.take(job.id, run.scheduled_for) if run.trigger == "schedule" else None
-            if kept is not None and (
+            usable = kept is not None and (
                 (kept.owner_id, kept.app_id, kept.query)
                 == (job.owner_id, job.app_id, context.extras["query"])
                 and kept.expires_at - time.time() >= budget + PRERENDER_SPARE_SECONDS
-            ):
+            )
+            if usable and kept.held is not None:
+                # Printed as held only if nothing it shows changed since it was opened; else closed.
+                if kept.fingerprint == page_fingerprint(session, job, context.extras["query"]):
+                    context.extras["held"] = kept.held
+                    log.info("Run %s prints the page opened ahead for its fire time", run.id)
+                else:
+                    kept.release()
+                    log.info(
+                        "Run %s: the page opened ahead is not used (the app, its data or the owner's "
+                        "access changed since); printed cold",
+                        run.id,
+                    )
+                usable = False  # a token of its own, should the held page fail
+            elif kept is not None and not usable:
+                kept.release()
+            if usable:
                 context.print_token = kept.token
                 context.extras["prerendered"] = True
                 log.info("Run %s prints the page pre-rendered for its fire time", run.id)
@@ -287,7 +387,14 @@ class ReportKind(JobKind):
         with written_then_renamed(context.pdf) as partial:
             if context.renderer == PdfRenderer.viewer:
                 printer = executor.printer_of()
-                url = printer.settings.viewer_url.rstrip("/") + "/print/" + context.print_token
+                held = context.extras.pop("held", None)
+                if held is not None:
+                    try:
+                        printer.finish_page(held, partial, context.letterhead)
+                        return report_mail(context)
+                    except CarnetError as exc:
+                        log.warning("The page opened ahead failed (%s); printing it cold", exc.message)
+                url = printer.url_of(context.print_token)
                 if context.extras.get("query"):
                     url += "?" + context.extras["query"]
                 try:
@@ -304,11 +411,15 @@ class ReportKind(JobKind):
                     notebook_to_pdf(context.executed_notebook, partial, executor.printer_of().browser())
                 except CarnetError as exc:
                     raise JobRunError(exc.message, step="pdf") from None
-        return [
-            PlannedMail(
-                context.recipients,
-                f"[Carnet] {context.job_name}",
-                f"Your report {context.job_name!r} is attached.\n\n-- Carnet",
-                [context.pdf],
-            )
-        ]
+        return report_mail(context)
+
+
+def report_mail(context) -> list[PlannedMail]:
+    return [
+        PlannedMail(
+            context.recipients,
+            f"[Carnet] {context.job_name}",
+            f"Your report {context.job_name!r} is attached.\n\n-- Carnet",
+            [context.pdf],
+        )
+    ]
