@@ -65,9 +65,10 @@ def cmd_hub(args) -> int:
     port = os.environ.setdefault("CARNET_HUB_PORT", str(args.port))
     os.environ.setdefault("CARNET_PUBLIC_URL", f"http://127.0.0.1:{port}/")
     print(f"\nCarnet is starting at http://127.0.0.1:{port}/  (Ctrl-C stops it)\n", flush=True)
-    hub = os.path.join(os.path.dirname(sys.executable), "jupyterhub")
     os.chdir(settings.data_dir)
-    os.execv(hub, [hub, "-f", str(CONFIG_FILE)])  # noqa: S606 - replaces this process with the Hub
+    # JupyterHub itself, started through carnet.hub_config.launch (without jsonschema's slow IRI parser).
+    launch = [sys.executable, "-m", "carnet.hub_config.launch", "hub", "-f", str(CONFIG_FILE)]
+    os.execv(sys.executable, launch)  # noqa: S606 - replaces this process with the Hub
     return 0  # not reached
 
 

@@ -89,7 +89,9 @@ c.JupyterHub.template_paths = [str(Path(__file__).resolve().parent / "templates"
 
 # -- Studio servers ---------------------------------------------------------------------------------
 c.Spawner.default_url = "/lab"
-c.Spawner.cmd = [os.path.join(venv_bin, "jupyterhub-singleuser")]
+# jupyterhub-singleuser through carnet.hub_config.launch: without jsonschema's slow IRI parser at each start.
+SINGLEUSER = [sys.executable, "-m", "carnet.hub_config.launch", "singleuser"]
+c.Spawner.cmd = SINGLEUSER
 c.Spawner.args = ["--allow-root"] if os.geteuid() == 0 else []
 c.Spawner.start_timeout = 60
 c.Spawner.http_timeout = 60
@@ -157,7 +159,7 @@ c.JupyterHub.services = [
     {
         "name": "carnet-viewer",
         "url": f"http://127.0.0.1:{viewer_port}",
-        "command": [os.path.join(venv_bin, "jupyterhub-singleuser"), f"--config={viewer_config}"]
+        "command": [*SINGLEUSER, f"--config={viewer_config}"]
         + (["--allow-root"] if os.geteuid() == 0 else []),
         "cwd": str(data_dir / "viewer-cwd"),
         "environment": service_env,

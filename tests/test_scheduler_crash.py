@@ -171,7 +171,10 @@ def test_sigkill_20_times_loses_no_fire_and_sends_each_mail_once(settings, world
             seen_sending |= sending_rows(settings)
         # The last scheduler runs undisturbed; the job stops firing and everything queued drains.
         process = start_scheduler(log_path, env)
-        time.sleep(3)
+        # It takes the lease first (its start alone took over 3 s on a busy machine: a fixed sleep let the
+        # test end it before it ran anything).
+        wait_for(lambda: len(lease_holders(log_path)) > KILLS, 30, "the last scheduler to take the lease")
+        time.sleep(2)
         with session_scope(settings.db_url) as session:
             session.get(Job, job_id).enabled = False
         wait_for(

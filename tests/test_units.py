@@ -8,6 +8,8 @@ import email.policy
 import io
 import json
 import stat
+import subprocess
+import sys
 import threading
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -825,6 +827,60 @@ def test_generated_passwords_are_random_and_usable():
     passwords = {generate_password() for _ in range(20)}
     assert len(passwords) == 20
     assert all(len(p) >= 16 and len(p.encode()) <= MAX_PASSWORD_BYTES for p in passwords)
+
+
+# -- process start ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import carnet, nbformat",
+        "import carnet.scheduler.app",
+        "import carnet.service.app",
+    ],
+    ids=["import carnet first", "the scheduler", "the service"],
+)
+def test_carnet_processes_start_without_jsonschemas_iri_parser_and_still_validate(code):
+    """carnet/fast_imports.py: a Carnet process never loads rfc3987_syntax (2-3 s of CPU per start), and
+    jsonschema still checks formats (a bad date-time is refused) and notebooks still validate."""
+    check = (
+        f"{code}\nimport sys, jsonschema, nbformat\n"
+        "assert 'rfc3987_syntax' in sys.modules and sys.modules['rfc3987_syntax'] is None\n"
+        "schema = {'type': 'string', 'format': 'date-time'}\n"
+        "checker = jsonschema.Draft7Validator.FORMAT_CHECKER\n"
+        "assert 'iri' not in checker.checkers and 'date-time' in checker.checkers\n"
+        "jsonschema.validate('2026-11-28T10:00:00Z', schema, format_checker=checker)\n"
+        "try:\n    jsonschema.validate('not a date', schema, format_checker=checker)\n"
+        "except jsonschema.ValidationError:\n    pass\nelse:\n    raise SystemExit('no format check')\n"
+        "nbformat.validate(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell('1')]))\n"
+        "print('ok')"
+    )
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_the_hub_and_jupyter_servers_start_through_the_launcher():
+    """Hub and singleuser servers start via carnet.hub_config.launch (which skips the parser first); an
+    unknown program name is a usage error, not a start."""
+    from carnet.hub_config import launch
+
+    with pytest.raises(SystemExit, match="usage"):
+        launch.main(["jupyter-lab"])
+    shown = subprocess.run(
+        [sys.executable, "-m", "carnet.hub_config.launch", "singleuser", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert shown.returncode == 0 and shown.stdout.strip(), shown.stderr[-2000:]
+    shown = subprocess.run(
+        [sys.executable, "-m", "carnet.hub_config.launch", "hub", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    import jupyterhub
+
+    assert shown.returncode == 0 and shown.stdout.strip() == jupyterhub.__version__, shown.stderr[-2000:]
 
 
 # -- warehouse identifiers ---------------------------------------------------------------------------------
