@@ -632,13 +632,13 @@ def mailed_pdf_text(stack, smtp_server, recipient: str, job_id: int) -> str:
         what="the report mail",
     )
 
-    def ended() -> JobRun | None:  # the mail goes out before the run is marked succeeded
+    def ended() -> tuple | None:  # the mail goes out before the run is marked succeeded
         with session_scope(stack.settings.db_url) as session:
             [run] = session.scalars(select(JobRun).where(JobRun.job_id == job_id)).all()
-            return run if run.status != RunStatus.running else None
+            return None if run.status == RunStatus.running else (run.trigger, run.status, run.error)
 
-    run = wait_until(ended, timeout=60, what="the report run's end")
-    assert run.trigger == "schedule" and run.status == RunStatus.succeeded, run.error
+    trigger, status, error = wait_until(ended, timeout=60, what="the report run's end")
+    assert trigger == "schedule" and status == RunStatus.succeeded, error
     [pdf] = [part for part in message.walk() if part.get_content_type() == "application/pdf"]
     reader = PdfReader(io.BytesIO(pdf.get_payload(decode=True)))
     return "\n".join(page.extract_text() for page in reader.pages)
