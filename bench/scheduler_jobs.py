@@ -832,7 +832,8 @@ def bench_pdf(repeat: int) -> dict:
 
                 def drawn():
                     printer.pump(0.1)
-                    return printing.page.evaluate("() => document.body.dataset.carnetRender") == "done"
+                    rendered = "() => document.body && document.body.dataset.carnetRender"
+                    return printing.page.evaluate(rendered) == "done"
 
                 wait_for(drawn, 120, "the held page drawn", 0)
                 held_print.ahead.append(time.perf_counter() - opened)
