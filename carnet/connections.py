@@ -22,7 +22,8 @@ from carnet.connectors.sql_settings import (
     validate_connection,
 )
 from carnet.crypto import SecretBox, redact
-from carnet.db.models import Connection, DataSource, utcnow
+from carnet.data_versions import bump_version
+from carnet.db.models import Connection, DataSource
 from carnet.errors import ConnectionFailed, ConnectTimeout, NotFound, ValidationError
 from carnet.net_guard import sql_host_guard
 from carnet.sources import connection_secret_context
@@ -145,8 +146,7 @@ def users_of(session, row: Connection) -> list[DataSource]:
 def bump_sources(session, row: Connection) -> None:
     """A changed connection changes what its sources read: new versions, so no cached result survives."""
     for source in users_of(session, row):
-        source.version = (source.version or 1) + 1
-        source.updated_at = utcnow()
+        bump_version(source)
 
 
 def connection_json(row: Connection) -> dict:

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from carnet.db.models import DataSource, utcnow
+from carnet.data_versions import bump_version
+from carnet.db.models import DataSource
 from carnet.query.cache import forget_source
 
 
@@ -19,8 +20,7 @@ def after_load(session, settings, org_id: int, table: str) -> list[int]:
     bumped = []
     for source in sources:
         if (source.options or {}).get("table") == table:
-            source.version = (source.version or 1) + 1
-            source.updated_at = utcnow()
+            bump_version(source)
             bumped.append(source.id)
     return bumped
 

@@ -35,6 +35,7 @@ from urllib.parse import urlencode
 from sqlalchemy import select
 
 from carnet.branding import branding
+from carnet.data_versions import data_version
 from carnet.db import session_scope
 from carnet.db.models import Job, Membership, Organization, utcnow
 from carnet.errors import CarnetError, ValidationError
@@ -201,8 +202,6 @@ def page_fingerprint(session, job: Job, query: str) -> str:
     data version (every load, source change or row-rule change gives a new one), the owner's role and
     attributes in the organization (the rows they may see) and the filter query. A page opened ahead is
     printed only if this is unchanged at its run."""
-    from carnet.service.api.internal import data_version
-
     member = session.scalar(
         select(Membership).where(Membership.user_id == job.owner_id, Membership.org_id == job.org_id)
     )

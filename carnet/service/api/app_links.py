@@ -23,13 +23,14 @@ from carnet.app_links import (
     visitor_token,
 )
 from carnet.branding import branding
+from carnet.data_versions import data_version
 from carnet.db.models import Organization, TokenKind, User
 from carnet.errors import NotFound, ValidationError
 from carnet.org_settings import setting
 from carnet.print_pages import print_session
 from carnet.publishing import current_notebook_path
 from carnet.service.api.base import API_PREFIX, BaseHandler, authorized, service_only
-from carnet.service.api.internal import VIEWER_SERVICE, data_version
+from carnet.service.api.internal import VIEWER_SERVICE
 from carnet.sharing import find_openable_app
 
 EMBED_ORIGINS_SETTING = "embed_origins"

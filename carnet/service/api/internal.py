@@ -5,11 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 
-from sqlalchemy import select
-
 from carnet.app_links import public_link_of
 from carnet.branding import branding
-from carnet.db.models import App, DataSource, Organization, Role, TokenKind
+from carnet.data_versions import data_version
+from carnet.db.models import App, Organization, Role, TokenKind
 from carnet.errors import NotFound, PasswordChangeRequired, PermissionDenied, ValidationError
 from carnet.people import member
 from carnet.permissions import Principal
@@ -114,15 +113,6 @@ def row_context_fingerprint(session, principal: Principal) -> str:
     context = row_context_for(session, principal)
     raw = json.dumps([principal.org_id, context.restricted, context.cache_key()])
     return hashlib.sha256(raw.encode()).hexdigest()[:32]
-
-
-def data_version(session, org_id: int) -> str:
-    """A hash of the versions of the organization's sources: any load or source change gives a new one, so a
-    page rendered over older data is never served as current."""
-    versions = session.execute(
-        select(DataSource.id, DataSource.version).where(DataSource.org_id == org_id).order_by(DataSource.id)
-    ).all()
-    return hashlib.sha256(json.dumps([list(v) for v in versions]).encode()).hexdigest()[:32]
 
 
 def preview_principal(session, admin, app, as_user) -> Principal:

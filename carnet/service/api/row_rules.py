@@ -14,6 +14,7 @@ import asyncio
 
 from sqlalchemy import select
 
+from carnet.data_versions import bump_version
 from carnet.db.models import Membership, User
 from carnet.errors import ValidationError
 from carnet.people import member
@@ -125,7 +126,7 @@ class SourceRowRulesHandler(BaseHandler):
         with self.db() as session:
             source = find_source(session, self.principal().org_id, name)
             source.row_rules = rules
-            source.version = (source.version or 1) + 1  # cached answers under the old rules are not served
+            bump_version(source)  # cached answers under the old rules are not served
             self.audit(session, "source.row_rules", f"source/{source.name}", rules=rules)
             session.flush()
             self.write_json({"source": source.name, "rules": rules})

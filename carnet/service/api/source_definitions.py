@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from carnet import connections
 from carnet.crypto import SecretBox
-from carnet.db.models import Connection, DataSource, utcnow
+from carnet.db.models import Connection, DataSource
 from carnet.errors import ValidationError
 from carnet.service.api.serialize import source_json
 from carnet.sources import SourceKind, source_secret_context
@@ -67,12 +67,6 @@ def connection_for(session, org_id: int, kind: SourceKind, ref, options: dict):
     if check is not None:
         check(options, row.settings or {})
     return row
-
-
-def bump(source: DataSource) -> None:
-    """Every change of definition gets a new version: cached results of the old one are never served."""
-    source.version = (source.version or 1) + 1
-    source.updated_at = utcnow()
 
 
 def source_answer(session, settings, source: DataSource, kind: SourceKind | None, with_settings: bool):

@@ -8,6 +8,7 @@ import pyarrow as pa
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from carnet.data_versions import bump_version
 from carnet.db import session_scope
 from carnet.db.models import DataSource
 from carnet.errors import Conflict, NotFound, ValidationError
@@ -175,7 +176,7 @@ class SourceHandler(BaseHandler):
                     if (connection.id if connection else None) != current_ref:
                         source.connection_id = connection.id if connection else None
                         changed.append("connection")
-                definitions.bump(source)
+                bump_version(source)
                 session.flush()
                 # Which fields changed, never their values: options may hold credentials.
                 self.audit(

@@ -13,7 +13,8 @@ import asyncio
 from sqlalchemy import select
 from tornado import web
 
-from carnet.db.models import DataSource, utcnow
+from carnet.data_versions import bump_version
+from carnet.db.models import DataSource
 from carnet.errors import Conflict
 from carnet.service.api.base import API_PREFIX, BaseHandler, authorized
 from carnet.service.api.serialize import source_json
@@ -98,8 +99,7 @@ class UploadHandler(StreamedBodyMixin, BaseHandler):
                 session.add(source)
             else:
                 # New data behind the same source: cached results keyed on the old version die.
-                source.version = (source.version or 1) + 1
-                source.updated_at = utcnow()
+                bump_version(source)
             session.flush()
             # Sizes and names only: never the file's content.
             self.audit(
