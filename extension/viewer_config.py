@@ -7,6 +7,7 @@ import os
 
 from jupyterhub.log import log_request as hub_log_request
 
+from carnet.extension.html_fragments import EXPORTER_FILTERS
 from carnet.extension.viewer_logs import log_without_link_secrets
 from carnet.settings import CarnetSettings
 
@@ -59,6 +60,8 @@ c.MappingKernelManager.cull_connected = False
 c.KernelProvisionerFactory.default_provisioner_name = "carnet-account-provisioner"
 
 c.VoilaConfiguration.template = "carnet"
+# HTML outputs the template draws on the server stay inside their own output (extension/html_fragments.py).
+c.VoilaExporter.filters = EXPORTER_FILTERS
 c.VoilaConfiguration.strip_sources = True
 c.VoilaConfiguration.show_tracebacks = False
 c.VoilaConfiguration.file_allowlist = []

@@ -68,14 +68,15 @@ PLOTLY_DRAWN = """() => Array.from(document.querySelectorAll('.jp-RenderedPlotly
     && (gd.querySelector('.geo') === null || gd.querySelector('.geo path') !== null))"""
 
 # The page's Viewer kernel and the _xsrf value its shutdown call needs (voila/api/shutdown/<id>, as Voila's
-# beforeunload does): the printer asks for the shutdown itself, after the PDF, off the PDF's time.
+# beforeunload does): the printer asks for the shutdown itself, after the PDF, off the PDF's time. A static
+# page (no output needs Voila's front end: voila_templates/carnet) has asked for it on load.
 KERNEL_OF_PAGE = """() => {
   const data = document.getElementById('jupyter-config-data');
   if (!data) return null;
   const config = JSON.parse(data.textContent);
   const xsrf = document.cookie.match(/\\b_xsrf=([^;]*)\\b/);
   return {baseUrl: config.baseUrl, kernelId: config.kernelId, xsrf: xsrf ? xsrf[1] : '',
-          userAgent: navigator.userAgent};
+          userAgent: navigator.userAgent, static: document.getElementById('carnet-static-page') !== null};
 }"""
 # Seconds a kernel shutdown request may take (it runs in a thread of its own, after the PDF is written).
 SHUTDOWN_TIMEOUT = 10.0
@@ -583,7 +584,9 @@ class ViewerPrinter:
             cookies = {c["name"]: c["value"] for c in sorted(context.cookies(), key=path)}
             for page in context.pages:
                 kernel = page.evaluate(KERNEL_OF_PAGE)
-                if kernel and kernel.get("kernelId"):
+                if kernel and kernel.get("kernelId") and kernel.get("static"):
+                    self.last_kernel_id = kernel["kernelId"]  # a static page shut its kernel down itself
+                elif kernel and kernel.get("kernelId"):
                     origin = "{0.scheme}://{0.netloc}".format(urlsplit(page.url))
                     url = f"{origin}{kernel['baseUrl']}voila/api/shutdown/{kernel['kernelId']}"
                     shutdowns.append((url, kernel["xsrf"], kernel["userAgent"]))

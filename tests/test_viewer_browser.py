@@ -13,9 +13,11 @@ import re
 import time
 from pathlib import Path
 
+import nbformat
 import pytest
 import requests
 
+from tests.api_support import api_url, tiny_notebook, unique
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.slow
@@ -190,6 +192,67 @@ def test_markdown_headings_of_the_app_are_visible(browser, carnet_stack):
             assert page.get_by_role("heading", name=heading).is_visible(), heading
         # The header names the app by its title, not by its snapshot file.
         assert page.locator(".carnet-app-title").inner_text().strip() == "World development"
+    finally:
+        page.close(run_before_unload=True)
+        context.close()
+
+
+# An app with nothing for Voila's front end to draw: text, a table, a markdown heading.
+STATIC_APP = (
+    "import pandas as pd\n"
+    "print('Orders this week: 1,203')\n"
+    "pd.DataFrame({'sku': ['Sku07A', 'Sku07B'], 'amount': [701, 702]})"
+)
+
+
+def test_a_page_with_nothing_for_the_front_end_comes_without_it_and_ends_its_kernel(
+    browser, carnet_stack, hub_token, created
+):
+    """The template leaves Voila's front end out of a page none of whose outputs needs it (a "static page",
+    voila_templates/carnet): the browser loads no Voila bundle, no widget manager and no plotly.js, the cells
+    are shown and the page marked rendered, and its kernel, of no further use, is shut down by the page at
+    once (not when the page is left, nor by the idle culler)."""
+    studio = {"Authorization": f"token {hub_token('studio@acme.example')}"}
+    notebook = tiny_notebook()
+    notebook.cells = [notebook.cells[0], nbformat.v4.new_code_cell(STATIC_APP)]
+    made = requests.post(
+        api_url(carnet_stack, "apps"),
+        json={"slug": unique("static-page"), "title": "Static page", "notebook": notebook},
+        headers=studio,
+        timeout=30,
+    )
+    assert made.status_code == 201, made.text
+    app_id = made.json()["id"]
+    created.apps.add(app_id)
+
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    try:
+        sign_in(page, carnet_stack, ACME_VIEWER)
+        requested.clear()
+        page.goto(f"{carnet_stack.url}/services/carnet-viewer/apps/{app_id}", wait_until="commit")
+        page.wait_for_selector("body[data-carnet-render]", timeout=60_000)
+        assert page.evaluate("document.body.getAttribute('data-carnet-render')") == "done"
+        assert page.locator("body.carnet-ready").count() == 1  # the skeleton gone, the cells shown
+        assert page.get_by_role("heading", name="Tiny").is_visible()
+        assert page.get_by_text("Orders this week: 1,203").is_visible()
+        table = page.locator("#rendered_cells table.dataframe")
+        assert table.is_visible() and "Sku07B" in table.inner_text()
+        scripts = [url for url in requested if url.split("?")[0].endswith(".js")]
+        assert scripts and all("/voila/templates/carnet/static/" in url for url in scripts), scripts
+        assert not [url for url in requested if "labextensions" in url or "/voila/static/" in url]
+
+        # The kernel that ran the cells is ended by the page itself, while the page is still open.
+        token = hub_token(ACME_VIEWER)
+        kernel_id = kernel_id_of(page)
+        wait_until(
+            lambda: kernel_status(carnet_stack, token, kernel_id) == 403,
+            timeout=20,
+            what="the static page's kernel to be shut down",
+        )
+        assert page.get_by_text("Orders this week: 1,203").is_visible()
     finally:
         page.close(run_before_unload=True)
         context.close()

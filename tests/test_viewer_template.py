@@ -20,6 +20,7 @@ from bs4 import BeautifulSoup
 from voila.exporter import VoilaExporter
 from voila.paths import collect_template_paths
 
+from carnet.extension.html_fragments import EXPORTER_FILTERS, balanced
 from tests.api_support import api_url, auth, unique
 
 SECRET_PATH = "/srv/carnet/orgs/1/secret.csv"  # noqa: S108 - only text inside a fake traceback
@@ -59,8 +60,9 @@ def output_of(cell) -> list:
     return [nbformat.v4.new_output("display_data", data={"text/plain": f"output of {cell.source}"})]
 
 
-def render(nb, branding: dict | None = None) -> BeautifulSoup:
-    """The page Voila streams for ``nb`` with Carnet's template (all parts joined)."""
+def render(nb, branding: dict | None = None, outputs=output_of) -> BeautifulSoup:
+    """The page Voila streams for ``nb`` with Carnet's template (all parts joined); ``outputs(cell)`` gives
+    each code cell's outputs."""
 
     async def kernel_start(_nb):
         return "kernel-1"
@@ -69,7 +71,7 @@ def render(nb, branding: dict | None = None) -> BeautifulSoup:
         for cell in nb.cells:
             cell = cell.copy()
             if cell.cell_type == "code":
-                cell.outputs = output_of(cell)
+                cell.outputs = outputs(cell)
             yield cell
 
     async def generate() -> str:
@@ -77,6 +79,7 @@ def render(nb, branding: dict | None = None) -> BeautifulSoup:
             template_paths=collect_template_paths(["voila", "nbconvert"], "carnet"),
             template_name="carnet",
             base_url="/services/carnet-viewer/",
+            filters=EXPORTER_FILTERS,  # as extension/viewer_config.py sets them
         )
         exporter.exclude_input = True  # the Viewer's strip_sources
         parts = []
@@ -127,9 +130,9 @@ def test_headings_start_tabs_and_the_filters_cell_goes_to_the_bar():
     # The first tab is shown; the other is rendered (its outputs are in the page) but hidden.
     assert "carnet-tab-hidden" not in panels[0]["class"] and "carnet-tab-hidden" in panels[1]["class"]
     assert panels[1]["aria-hidden"] == "true"
-    assert "output of costs chart" in str(panels[1])  # outputs travel as JSON for the front end
+    assert "output of costs chart" in panels[1].get_text()  # text outputs are drawn on the server
 
-    assert parts_of(page)[:2] == [("pre", ""), ("filters", "")]
+    assert parts_of(page)[:2] == [("pre", "output of setup"), ("filters", "output of filters widgets")]
     assert [p for p, _ in parts_of(page)[2:]] == ["0", "0", "0", "1", "1"]
     assert "A sub-heading stays in its tab" in panels[0].get_text()
     assert "a comment in a fence" in panels[0].get_text()
@@ -204,7 +207,69 @@ def test_failing_cell_shows_a_generic_message_without_traceback_or_path():
 
 def test_code_is_not_in_the_page():
     page = render(notebook(code("secret_variable = compute_the_secret()")))
-    assert "compute_the_secret" not in page.select_one("#rendered_cells").get_text()
+    cells = page.select_one("#rendered_cells")
+    assert cells.select(".jp-InputArea, .jp-Cell-inputWrapper") == []
+    for output in cells.select(".jp-OutputArea"):
+        output.decompose()  # the fake kernel's output repeats the cell's source
+    assert "compute_the_secret" not in cells.get_text()
+
+
+PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+
+
+def shown(mime: str, value, text: str = "the text form") -> list:
+    return [nbformat.v4.new_output("display_data", data={mime: value, "text/plain": text})]
+
+
+def voila_front_end(page) -> bool:
+    return any(s["src"].endswith("/voila.js") for s in page.select("script[src]"))
+
+
+def test_a_page_of_text_tables_and_images_is_static_drawn_on_the_server():
+    """No output needs Voila's front end: the page comes without it (no voila.js, so no widget manager and no
+    plotly.js), every output drawn here, and marked static for carnet-boot.js (which then shows the cells)."""
+    outputs = {
+        "a": [nbformat.v4.new_output("stream", name="stdout", text="Total ordered 1,203\n")],
+        "b": shown("text/html", "<table class='dataframe'><tr><td>Sku07A</td></tr></table>"),
+        "c": shown("image/png", PNG),
+        "d": [nbformat.v4.new_output("execute_result", data={"text/plain": "42"}, execution_count=1)],
+        "e": shown("text/markdown", "**Bold** words"),
+    }
+    page = render(
+        notebook(*(code(k) for k in outputs), markdown("# Notes")), outputs=lambda c: outputs[c.source]
+    )
+    assert not voila_front_end(page)
+    assert page.select("#carnet-static-page")
+    assert page.select('script[type="application/vnd.voila.cell-output+json"]') == []
+    text = page.select_one("#rendered_cells").get_text(" ", strip=True)
+    assert "Total ordered 1,203" in text and "42" in text and "Notes" in text
+    assert page.select_one("#rendered_cells table.dataframe td").get_text() == "Sku07A"
+    assert page.select_one("#rendered_cells img")["src"] == f"data:image/png;base64,{PNG}"
+    assert page.select_one("#rendered_cells strong").get_text() == "Bold"
+    assert "the text form" not in text  # the richest form is drawn, once
+
+
+@pytest.mark.parametrize(
+    "mime,value",
+    [
+        (
+            "application/vnd.jupyter.widget-view+json",
+            {"model_id": "m1", "version_major": 2, "version_minor": 0},
+        ),
+        ("application/vnd.plotly.v1+json", {"data": [], "layout": {}}),
+        ("application/javascript", "console.log(1)"),
+        ("text/latex", "$x^2$"),
+    ],
+    ids=["widget", "plotly", "javascript", "latex"],
+)
+def test_an_output_the_server_cannot_draw_brings_voilas_front_end(mime, value):
+    outputs = {"text": shown("text/html", "<p id='drawn-here'>drawn here</p>"), "rich": shown(mime, value)}
+    page = render(notebook(code("text"), code("rich")), outputs=lambda c: outputs[c.source])
+    assert voila_front_end(page)
+    assert page.select("#carnet-static-page") == []
+    (sent,) = page.select('script[type="application/vnd.voila.cell-output+json"]')
+    assert mime in json.loads(sent.get_text())["data"]  # for the front end to draw
+    assert page.select_one("#rendered_cells #drawn-here").get_text() == "drawn here"  # the other one, here
 
 
 def test_branding_from_the_viewer_is_in_the_head_and_not_in_the_front_end_config():
@@ -280,3 +345,53 @@ def test_the_viewer_serves_its_icon_font_and_nothing_else_from_that_folder(carne
     assert font.status_code == 200 and font.content[:4] == b"wOF2"
     for path in ("package.json", "README.md", "../../../jupyterhub_config.py", "css/%2e%2e/package.json"):
         assert requests.get(base + path, headers=viewer, timeout=30).status_code == 404, path
+
+
+@pytest.mark.parametrize(
+    "fragment,expected",
+    [
+        ("<div>open", "<div>open</div>"),
+        ("</div></div>escaped", "escaped"),
+        ("<b>bold<i>both</b>after", "<b>bold<i>both</i></b>after"),
+        ("<table><tr><td>1</td></tr></table>", "<table><tr><td>1</td></tr></table>"),
+        ("a < b &amp; c &#62;", "a &lt; b &amp; c &#62;"),
+        ("text<!-- never closed", "text&lt;!-- never closed"),
+        ("<script>if (a<b) {}</script>", "<script>if (a<b) {}</script>"),
+        ("<style>td {} </div>", "<style></style>"),  # never closed: its text is dropped
+        ("<plaintext>the rest of the page", "the rest of the page"),
+        ("<br><img src='x.png'><hr/>", "<br><img src='x.png'><hr/>"),
+    ],
+    ids=[
+        "unclosed",
+        "stray-end",
+        "misnested",
+        "table",
+        "text",
+        "comment",
+        "script",
+        "style",
+        "plaintext",
+        "void",
+    ],
+)
+def test_an_html_output_is_balanced_into_a_fragment_of_its_own(fragment, expected):
+    assert balanced(fragment) == expected
+
+
+def test_an_html_output_cannot_close_or_swallow_the_pages_own_elements():
+    """Drawn on the server, an output's stray ``</div>`` would close the tab panel around it and its unclosed
+    ``<div>`` would take the next cells in: balanced, each stays inside its own output."""
+    outputs = {
+        "breaks out": shown("text/html", "</div></div></div><div class='mine'>unclosed"),
+        "next": [nbformat.v4.new_output("display_data", data={"text/plain": "the next cell"})],
+    }
+    page = render(
+        notebook(markdown("# One"), code("breaks out"), code("next"), markdown("# Two"), code("next")),
+        outputs=lambda c: outputs[c.source],
+    )
+    panels = page.select('[role="tabpanel"]')
+    assert [p["data-carnet-tab"] for p in panels] == ["0", "1"]
+    mine = panels[0].select_one(".mine")
+    assert mine.get_text() == "unclosed" and mine.find_parent(attrs={"data-mime-type": "text/html"})
+    assert "the next cell" in panels[0].get_text() and "the next cell" in panels[1].get_text()
+    assert [p for p, _ in parts_of(page)] == ["0", "0", "0", "1", "1"]

@@ -35,6 +35,26 @@
     window.display_cells();
   };
 
+  // A static page's kernel has done its work (every output is in the page) and nothing will connect to it:
+  // it is shut down now, as Voila's front end does on beforeunload (only its owner may: OwnedKernelShutdownHandler),
+  // rather than holding a place under the Viewer's kernel caps until the idle culler finds it. A snapshot page's
+  // id is its replay session (snapshots.py), which its reload into the live page still needs.
+  function endStaticPagesKernel() {
+    var element = document.getElementById("jupyter-config-data");
+    var config;
+    try {
+      config = JSON.parse(element.textContent);
+    } catch (error) {
+      return;
+    }
+    if (!config.kernelId || config.carnetSnapshot || !navigator.sendBeacon) {
+      return;
+    }
+    var form = new FormData();
+    form.append("_xsrf", (document.cookie.match(/\b_xsrf=([^;]*)\b/) || [])[1] || "");
+    navigator.sendBeacon(config.baseUrl + "voila/api/shutdown/" + config.kernelId, form);
+  }
+
   // Progress: each cell arrives as an element with cell-index / data-carnet-count (the template used to call
   // voila_process from an inline script per cell).
   var seen = 0;
@@ -57,6 +77,12 @@
   document.addEventListener("DOMContentLoaded", function () {
     observer.disconnect();
     progress(document);
+    if (document.getElementById("carnet-static-page")) {
+      // No output needs Voila's front end, so the template left it out: nothing will load a theme (the page's
+      // own CSS has it) and nothing else is coming, so the cells are shown now.
+      window.themeLoaded = true;
+      endStaticPagesKernel();
+    }
     window.voila_finish();
   });
 })();

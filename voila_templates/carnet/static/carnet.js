@@ -71,12 +71,14 @@
     if (failed()) {
       mark("error");
     } else if (!pending()) {
-      // Any change before the timer fires starts the wait again (the observer below calls settle).
+      // Any change before the timer fires starts the wait again (the observer below calls settle). A static
+      // page (no Voila front end, carnet-boot.js) has nothing more coming: no wait.
+      var wait = document.getElementById("carnet-static-page") ? 0 : QUIET_MS;
       quiet = window.setTimeout(function () {
         if (!pending()) {
           mark(failed() ? "error" : "done");
         }
-      }, QUIET_MS);
+      }, wait);
     }
   }
 
