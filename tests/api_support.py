@@ -53,6 +53,23 @@ def tiny_notebook(text: str = "hello") -> dict:
     return notebook
 
 
+def publish_notebook(
+    stack, headers: dict, notebook, created=None, title: str = "Test app", slug: str = "app"
+) -> int:
+    """``POST /apps`` as the person of ``headers``: the new app's id (a fresh slug from ``slug``). With
+    ``created`` (the module's registry) the app is removed when the module ends."""
+    made = requests.post(
+        api_url(stack, "apps"),
+        json={"slug": unique(slug), "title": title, "notebook": notebook},
+        headers=headers,
+        timeout=60,
+    )
+    assert made.status_code == 201, made.text
+    if created is not None:
+        created.apps.add(made.json()["id"])
+    return made.json()["id"]
+
+
 def tiny_png() -> bytes:
     """A valid 1x1 PNG, built by hand (no imaging library needed)."""
     import struct

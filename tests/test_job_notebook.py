@@ -633,26 +633,19 @@ def test_an_alert_file_that_is_a_link_fails_the_run_instead_of_being_read(tmp_pa
 def test_a_notebook_job_in_the_stack_keeps_state_and_alerts_as_the_owners_account(
     carnet_stack, hub_token, created, smtp_server
 ):
-    from tests.api_support import api_url, auth, unique
+    from tests.api_support import api_url, auth, publish_notebook, unique
     from tests.helpers import wait_until
 
     headers = auth(hub_token("analyst@acme.example"))
     notebook = make_notebook(parameters_cell(PARAMETERS_CELL), nbformat.v4.new_code_cell(REPORT_CELL))
-    app = requests.post(
-        api_url(carnet_stack, "apps"),
-        json={"slug": unique("nb-kind"), "title": "Notebook kind", "notebook": notebook},
-        headers=headers,
-        timeout=60,
-    )
-    assert app.status_code == 201, app.text
-    created.apps.add(app.json()["id"])
+    app_id = publish_notebook(carnet_stack, headers, notebook, created, "Notebook kind", slug="nb-kind")
     name = unique("notebook job")
     job = requests.post(
         api_url(carnet_stack, "jobs"),
         json={
             "name": name,
             "kind": "notebook",
-            "app_id": app.json()["id"],
+            "app_id": app_id,
             "cron": None,
             "parameters": {"threshold": 20},
         },

@@ -28,7 +28,16 @@ from carnet.db import session_scope
 from carnet.db.models import AuditEvent, Job, JobRun, RunStatus, utcnow
 from carnet.demo import DEMO_SOURCE
 from carnet.scheduler.cron import next_fire_time
-from tests.api_support import NEVER_CRON, UNKNOWN_ID, api_url, assert_json_error, auth, tiny_notebook, unique
+from tests.api_support import (
+    NEVER_CRON,
+    UNKNOWN_ID,
+    api_url,
+    assert_json_error,
+    auth,
+    publish_notebook,
+    tiny_notebook,
+    unique,
+)
 from tests.helpers import wait_until
 
 ANALYST = "analyst@acme.example"
@@ -44,14 +53,7 @@ def analyst(hub_token):
 
 
 def publish(stack, headers, notebook) -> int:
-    response = requests.post(
-        api_url(stack, "apps"),
-        json={"slug": unique("triggers"), "title": "Triggers", "notebook": notebook},
-        headers=headers,
-        timeout=30,
-    )
-    assert response.status_code == 201, response.text
-    return response.json()["id"]
+    return publish_notebook(stack, headers, notebook, title="Triggers", slug="triggers")
 
 
 @pytest.fixture(scope="module")

@@ -251,7 +251,9 @@ def test_an_interrupted_run_out_of_tries_fails_and_tells_the_owner(settings, wor
 
 
 def test_missed_fire_times_tell_the_owner_once(settings, world, smtp):  # noqa: F811
-    now = utcnow().replace(microsecond=0)
+    # 5.5 minutes after a */10 fire time (past its 60 s of grace: missed, not run late) and in the past (the
+    # notice is due now). The wall clock's "now" fell within the grace 1 run in 10 and that fire then ran.
+    now = (utcnow() - timedelta(hours=1)).replace(minute=5, second=30, microsecond=0)
     job = add_job(settings, world, cron="*/10 * * * *", next_run_at=now - timedelta(hours=3))
     with session_scope(settings.db_url) as session:
         session.get(Job, job).misfire_grace_seconds = 60

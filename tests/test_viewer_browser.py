@@ -17,7 +17,7 @@ import nbformat
 import pytest
 import requests
 
-from tests.api_support import api_url, tiny_notebook, unique
+from tests.api_support import publish_notebook, tiny_notebook
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.slow
@@ -215,15 +215,7 @@ def test_a_page_with_nothing_for_the_front_end_comes_without_it_and_ends_its_ker
     studio = {"Authorization": f"token {hub_token('studio@acme.example')}"}
     notebook = tiny_notebook()
     notebook.cells = [notebook.cells[0], nbformat.v4.new_code_cell(STATIC_APP)]
-    made = requests.post(
-        api_url(carnet_stack, "apps"),
-        json={"slug": unique("static-page"), "title": "Static page", "notebook": notebook},
-        headers=studio,
-        timeout=30,
-    )
-    assert made.status_code == 201, made.text
-    app_id = made.json()["id"]
-    created.apps.add(app_id)
+    app_id = publish_notebook(carnet_stack, studio, notebook, created, "Static page", slug="static-page")
 
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()

@@ -21,7 +21,7 @@ from voila.exporter import VoilaExporter
 from voila.paths import collect_template_paths
 
 from carnet.extension.html_fragments import EXPORTER_FILTERS, balanced
-from tests.api_support import api_url, auth, unique
+from tests.api_support import auth, publish_notebook
 
 SECRET_PATH = "/srv/carnet/orgs/1/secret.csv"  # noqa: S108 - only text inside a fake traceback
 BRANDING = {
@@ -295,17 +295,10 @@ def test_failing_cell_in_the_stacks_viewer_shows_the_generic_message(carnet_stac
     failing = notebook(
         markdown("# Broken"), code("open('/nonexistent/carnet-secret-dir/data.csv')"), code("print('after')")
     )
-    answer = requests.post(
-        api_url(carnet_stack, "apps"),
-        json={"slug": unique("failing"), "title": "Failing app", "notebook": failing},
-        headers=studio,
-        timeout=30,
-    )
-    assert answer.status_code == 201, answer.text
-    created.apps.add(answer.json()["id"])
+    app_id = publish_notebook(carnet_stack, studio, failing, created, "Failing app", slug="failing")
     viewer = auth(hub_token("viewer@acme.example"))
     page = requests.get(
-        f"{carnet_stack.url}/services/carnet-viewer/apps/{answer.json()['id']}", headers=viewer, timeout=120
+        f"{carnet_stack.url}/services/carnet-viewer/apps/{app_id}", headers=viewer, timeout=120
     )
     assert page.status_code == 200, page.text[:500]
     assert "carnet-secret-dir" not in page.text and "FileNotFoundError" not in page.text
