@@ -18,6 +18,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from secrets import token_urlsafe
 
 import nbformat
 import pytest
@@ -44,6 +45,8 @@ ANALYST = "analyst@acme.example"
 STUDIO = "studio@acme.example"
 FINISHED = ("succeeded", "failed", "skipped", "missed")
 HOOK_PATH = "/services/carnet/api/v1/hooks/jobs/"
+# The shape of a webhook secret (43 URL-safe characters), random per run: no other test's string matches it.
+NEVER_SECRET = token_urlsafe(32)
 
 
 # -- helpers -------------------------------------------------------------------------------------------------
@@ -148,7 +151,7 @@ def audit_events(stack, action: str, target: str) -> list[AuditEvent]:
 
 
 def never_existing_hook(stack) -> str:
-    return f"{stack.url}{HOOK_PATH}{'A' * 43}"
+    return f"{stack.url}{HOOK_PATH}{NEVER_SECRET}"
 
 
 # -- webhooks ------------------------------------------------------------------------------------------------
@@ -221,6 +224,11 @@ def test_rotating_or_removing_a_webhook_makes_its_url_unknown(carnet_stack, anal
     again = requests.delete(api_url(carnet_stack, f"jobs/{job['id']}/webhook"), headers=analyst, timeout=30)
     assert_json_error(again, 404)
     assert runs_of(carnet_stack, analyst, job["id"]) == []
+    # A webhook's secret is a credential: the service's request log of these calls never holds one.
+    log = carnet_stack.log_path.read_text(errors="replace")
+    for url in (first, second, never_existing_hook(carnet_stack)):
+        assert url.rsplit("/", 1)[1] not in log
+    assert "POST /services/carnet/api/v1/hooks/jobs/[secret]" in log
 
 
 @pytest.mark.parametrize(

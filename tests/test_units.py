@@ -996,3 +996,23 @@ def test_accounts_are_named_with_the_installations_prefix(tmp_path):
     finally:
         for prefix in prefixes:
             subprocess.run(["userdel", f"{prefix}7"], capture_output=True, check=False)
+
+
+@pytest.mark.parametrize(
+    "uri, logged",
+    [
+        ("/services/carnet/api/v1/hooks/jobs/Abc-_123", "/services/carnet/api/v1/hooks/jobs/[secret]"),
+        ("/services/carnet/api/v1/hooks/jobs/Abc?x=1", "/services/carnet/api/v1/hooks/jobs/[secret]?x=1"),
+        ("/services/carnet/api/v1/push/ab12_cd34", "/services/carnet/api/v1/push/[secret]"),
+        ("/services/carnet/api/v1/jobs/7/webhook", "/services/carnet/api/v1/jobs/7/webhook"),
+        (
+            "/services/carnet/api/v1/warehouse/tables/t/push-endpoints/3",
+            "/services/carnet/api/v1/warehouse/tables/t/push-endpoints/3",
+        ),
+    ],
+    ids=["webhook", "webhook with query", "push", "webhook management", "push endpoints"],
+)
+def test_the_services_request_log_hides_credentials_in_paths(uri, logged):
+    from carnet.service.api.base import without_path_secrets
+
+    assert without_path_secrets(uri) == logged

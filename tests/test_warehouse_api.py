@@ -269,6 +269,11 @@ def test_push_endpoint_create_push_revoke(carnet_stack, studio, hub_token):
     unknown = requests.post(api_url(stack, "push/abcdef123456_nope"), json={"rows": [{"id": 4}]}, timeout=30)
     assert assert_json_error(after, 404) == assert_json_error(unknown, 404)
     assert len(rows(stack, studio, table)) == 3
+    # The token is a credential: the service's request log (200s, the 400, the 404s) never holds it.
+    token = push_url.rsplit("/", 1)[1]
+    log = stack.log_path.read_text(errors="replace")
+    assert token not in log and "abcdef123456_nope" not in log
+    assert "POST /services/carnet/api/v1/push/[secret]" in log
 
 
 @pytest.mark.parametrize("name", ["..%2Fsecrets", "%22gapminder%22", "main.gapminder", "x%3Bdrop"])

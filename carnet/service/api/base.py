@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import re
 import sys
 import traceback
 from http import HTTPStatus
@@ -33,6 +34,16 @@ from carnet.permissions import API_KEY_VIA, PEOPLE_ONLY_ACTIONS, Principal
 from carnet.tokens import TOKEN_PREFIX, resolve_token
 
 API_PREFIX = "api/v1/"
+# Paths whose last segment is the credential itself (a job's webhook secret, a push endpoint's token): never
+# written to a log as they are (tornado logs every request's URI, failed ones at warning level).
+_SECRET_IN_PATH = re.compile(r"(/api/v1/(?:hooks/jobs|push)/)[^/?#]+")
+
+
+def without_path_secrets(uri: str) -> str:
+    """``uri`` with a webhook secret or a push token in its path replaced by ``[secret]``."""
+    return _SECRET_IN_PATH.sub(r"\1[secret]", uri)
+
+
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 ARROW_BATCH_ROWS = 65_536
 ARROW_STREAM_ABOVE_BYTES = 16 * 1024 * 1024
@@ -50,6 +61,10 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
     # Methods a person still holding a one-time password may call (GET /me, POST /me/password); every
     # other request of theirs is refused by principal_for_email (carnet.first_sign_in).
     open_before_own_password: frozenset[str] = frozenset()
+
+    def _request_summary(self) -> str:
+        # Tornado's line for the access log and for logged errors, without a credential in the path.
+        return f"{self.request.method} {without_path_secrets(self.request.uri)} ({self.request.remote_ip})"
 
     @property
     def hub_auth(self):
