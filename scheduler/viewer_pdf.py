@@ -584,13 +584,12 @@ class ViewerPrinter:
             cookies = {c["name"]: c["value"] for c in sorted(context.cookies(), key=path)}
             for page in context.pages:
                 kernel = page.evaluate(KERNEL_OF_PAGE)
-                if kernel and kernel.get("kernelId") and kernel.get("static"):
-                    self.last_kernel_id = kernel["kernelId"]  # a static page shut its kernel down itself
-                elif kernel and kernel.get("kernelId"):
-                    origin = "{0.scheme}://{0.netloc}".format(urlsplit(page.url))
-                    url = f"{origin}{kernel['baseUrl']}voila/api/shutdown/{kernel['kernelId']}"
-                    shutdowns.append((url, kernel["xsrf"], kernel["userAgent"]))
+                if kernel and kernel.get("kernelId"):
                     self.last_kernel_id = kernel["kernelId"]
+                    if not kernel.get("static"):  # a static page asked for its kernel's shutdown on load
+                        origin = "{0.scheme}://{0.netloc}".format(urlsplit(page.url))
+                        url = f"{origin}{kernel['baseUrl']}voila/api/shutdown/{kernel['kernelId']}"
+                        shutdowns.append((url, kernel["xsrf"], kernel["userAgent"]))
                 page.close()
         except Exception as exc:  # noqa: BLE001 - the page or browser may be gone; culling ends the kernel
             log.warning("PDF printer: reading the page's kernel failed: %s", exc)

@@ -261,6 +261,8 @@ def test_a_bad_webhook_payload_is_a_json_error_that_queues_nothing(
     body = assert_json_error(response, status)
     assert body.get("field") == field
     assert runs_of(carnet_stack, analyst, job["id"]) == []
+    # The refusal is logged (with its path), the URL's secret is not.
+    assert url.rsplit("/", 1)[1] not in carnet_stack.log_path.read_text(errors="replace")
 
 
 def test_a_body_refused_before_it_arrives_does_not_break_the_proxys_next_calls(

@@ -7,6 +7,7 @@ import email
 import email.policy
 import io
 import json
+import logging
 import stat
 import subprocess
 import sys
@@ -1016,3 +1017,27 @@ def test_the_services_request_log_hides_credentials_in_paths(uri, logged):
     from carnet.service.api.base import without_path_secrets
 
     assert without_path_secrets(uri) == logged
+
+
+def test_the_services_logged_errors_hide_credentials_in_paths(caplog):
+    """A refusal or a crash on a webhook's or push URL's path is logged with ``[secret]`` in its place."""
+    from unittest import mock
+
+    from tornado.httputil import HTTPServerRequest
+    from tornado.web import Application
+
+    from carnet.errors import ValidationError
+    from carnet.service.api.base import BaseHandler
+
+    secret = "Zq7" * 14
+    request = HTTPServerRequest(method="POST", uri=f"/services/carnet/api/v1/hooks/jobs/{secret}")
+    request.connection = mock.Mock()
+    handler = BaseHandler(Application(log=logging.getLogger("carnet.service.test")), request)
+    caplog.set_level("INFO")
+    for error in (ValidationError("bad body", field="body"), RuntimeError("boom")):
+        try:
+            raise error
+        except Exception:
+            handler.log_exception(*sys.exc_info())
+    assert secret not in caplog.text
+    assert caplog.text.count("POST /services/carnet/api/v1/hooks/jobs/[secret]") == 2

@@ -249,6 +249,19 @@ def test_a_page_of_text_tables_and_images_is_static_drawn_on_the_server():
     assert "the text form" not in text  # the richest form is drawn, once
 
 
+def test_a_display_without_data_leaves_the_page_static():
+    """Nothing for the front end to draw: the page stays static and sends no output for a front end that is
+    not there (such an element would keep the page from ever being marked rendered)."""
+    outputs = {
+        "empty": [nbformat.v4.new_output("display_data", data={})],
+        "text": [nbformat.v4.new_output("display_data", data={"text/plain": "shown"})],
+    }
+    page = render(notebook(code("empty"), code("text")), outputs=lambda c: outputs[c.source])
+    assert not voila_front_end(page) and page.select("#carnet-static-page")
+    assert page.select('script[type="application/vnd.voila.cell-output+json"]') == []
+    assert "shown" in page.select_one("#rendered_cells").get_text()
+
+
 @pytest.mark.parametrize(
     "mime,value",
     [

@@ -237,13 +237,14 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
         self.finish(json.dumps(body))
 
     def log_exception(self, typ, value, tb):
+        path = without_path_secrets(self.request.path)  # no webhook or push secret in the log
         if isinstance(value, CarnetError):
-            self.log.info("%s %s -> %s: %s", self.request.method, self.request.path, value.status, value)
+            self.log.info("%s %s -> %s: %s", self.request.method, path, value.status, value)
         else:
             self.log.error(
                 "Unhandled error on %s %s\n%s",
                 self.request.method,
-                self.request.path,
+                path,
                 "".join(traceback.format_exception(typ, value, tb)),
             )
 

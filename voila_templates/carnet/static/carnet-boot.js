@@ -36,9 +36,9 @@
   };
 
   // A static page's kernel has done its work (every output is in the page) and nothing will connect to it:
-  // it is shut down now, as Voila's front end does on beforeunload (only its owner may: OwnedKernelShutdownHandler),
-  // rather than holding a place under the Viewer's kernel caps until the idle culler finds it. A snapshot page's
-  // id is its replay session (snapshots.py), which its reload into the live page still needs.
+  // it is shut down now, as Voila's front end does on beforeunload (only its owner may:
+  // OwnedKernelShutdownHandler), rather than holding a place under the Viewer's kernel caps until the idle
+  // culler finds it. A snapshot page's id is its replay session (snapshots.py), which its reload still needs.
   function endStaticPagesKernel() {
     var element = document.getElementById("jupyter-config-data");
     var config;
