@@ -7,6 +7,7 @@ import contextlib
 import email
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -26,10 +27,25 @@ from carnet.settings import CarnetSettings
 VENV_BIN = Path(sys.executable).parent
 
 
+# Listening ports for the tests' servers, below Linux's ephemeral range (32768-60999): a port the kernel
+# hands out for "port 0" is also handed to outgoing connections, and one of the suite's thousands of
+# connections took a stack's Hub port between its choice and its bind once ("Address already in use": every
+# test of that worker then errored).
+LISTEN_PORTS = range(20000, 32000)
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A loopback port nothing listens on now, outside the ephemeral range (random, so two xdist workers
+    choosing at once do not pick the same one)."""
+    for _ in range(200):
+        port = random.choice(LISTEN_PORTS)  # noqa: S311 - not a secret
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free loopback port in 20000-31999")
 
 
 class GaveUp(Exception):
